@@ -1,0 +1,315 @@
+"""Image processor of the bottom-up-attention Faster R-CNN: decode like OpenCV, subtract the BGR means, resize like
+`cv2.resize(..., interpolation=INTER_LINEAR)`, batch.
+
+The original (`_get_image_blob` of py-faster-rcnn, fed by `cv2.imread`):
+1. decodes to BGR uint8 (grey, palette, alpha, CMYK and 16-bit images all end as 3 x uint8; EXIF orientation applied);
+2. converts to float32 and subtracts the BGR pixel means (in float64, rounded once);
+3. scales the shorter side to 600 unless the longer would exceed 1000 (then the longer side to 1000);
+4. resizes bilinearly without antialiasing: output `round(W*s) x round(H*s)`, source coordinate
+   `(dst + 0.5) / s - 0.5` clamped at the borders, computed with the factor `s` itself.
+"""
+
+import math
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from transformers.image_processing_backends import TorchvisionBackend
+from transformers.image_processing_base import BatchFeature
+from transformers.processing_utils import ImagesKwargs, Unpack
+
+PIXEL_MEANS_BGR = (102.9801, 115.9465, 122.7717)
+
+
+class ImageDecodeError(ValueError):
+    """An image could not be read; the message names the image and the reason."""
+
+
+class ButdFrcnnImageProcessorKwargs(ImagesKwargs, total=False):
+    r"""
+    pixel_means_bgr (`list[float]`, defaults to `[102.9801, 115.9465, 122.7717]`):
+        Means subtracted from the B, G and R channels (in that order) before resizing.
+    input_channel_order (`str`, defaults to `"rgb"`):
+        Channel order of numpy arrays and tensors passed in: `"rgb"` (the Hugging Face convention, what
+        `np.array(pil_image)` gives) or `"bgr"` (what `cv2.imread` gives). Paths and PIL images are unaffected.
+    apply_exif_orientation (`bool`, defaults to `True`):
+        Rotate images by their EXIF orientation tag, as `cv2.imread` does.
+    """
+
+    pixel_means_bgr: list[float] | tuple[float, ...]
+    input_channel_order: str
+    apply_exif_orientation: bool
+
+
+class ButdFrcnnBatchFeature(BatchFeature):
+    """A `BatchFeature` whose `.to(dtype)` casts `pixel_values` only: `scales` must keep float32/float64 precision
+    (pipelines cast their inputs to the model's dtype)."""
+
+    def to(self, *args, **kwargs) -> "ButdFrcnnBatchFeature":
+        scales = self.data.get("scales")
+        super().to(*args, **kwargs)
+        if isinstance(scales, torch.Tensor):
+            device = self.data["pixel_values"].device
+            self.data["scales"] = scales.to(device=device)
+        return self
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Decoding (like cv2.imread(path, IMREAD_COLOR))
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _cmyk_to_bgr(cmyk: np.ndarray) -> np.ndarray:
+    """OpenCV's CMYK conversion (`icvCvt_CMYK2BGR_8u_C4C3R`) applied to Pillow's (non-inverted) CMYK values.
+
+    libjpeg hands OpenCV Adobe's inverted values `v' = 255 - v`; each colour becomes `k' - ((255 - v') * k' >> 8)`.
+    Pillow's own `convert("RGB")` computes `255 - (v + k)` instead, which differs by up to ~60 levels.
+    """
+    values = cmyk.astype(np.int32)
+    inverted_k = 255 - values[..., 3:4]
+    colours = inverted_k - ((values[..., :3] * inverted_k) >> 8)  # C, M, Y -> R, G, B
+    return colours[..., ::-1].astype(np.uint8)  # -> B, G, R
+
+
+def pil_to_bgr(image: Image.Image, apply_exif_orientation: bool = True) -> np.ndarray:
+    """Decode a PIL image into the H x W x 3 BGR uint8 array that `cv2.imread(path)` returns.
+
+    Grey and bi-level images repeat their channel; palette images expand their palette; alpha is dropped (not
+    composited); 16-bit samples keep their high byte; CMYK uses OpenCV's formula; animations give their first frame.
+    """
+    if getattr(image, "n_frames", 1) > 1:
+        image.seek(0)
+    if apply_exif_orientation:
+        image = ImageOps.exif_transpose(image)
+    mode = image.mode
+    if mode == "CMYK":
+        return _cmyk_to_bgr(np.asarray(image))
+    if mode.startswith("I"):  # 16-bit (and 32-bit integer) grey: keep the high byte of 16 bits, as libpng strips
+        grey = np.clip(np.asarray(image).astype(np.int64) >> 8, 0, 255).astype(np.uint8)
+    elif mode == "F":
+        raise ImageDecodeError("floating-point images are not supported (OpenCV's colour decode rejects them too)")
+    elif mode in ("1", "L", "LA", "La"):
+        grey = np.asarray(image.convert("L"))
+    else:
+        rgb = np.asarray(image.convert("RGB"))
+        return np.ascontiguousarray(rgb[..., ::-1])
+    return np.repeat(grey[..., None], 3, axis=2)
+
+
+def load_image_bgr(path: str | os.PathLike, apply_exif_orientation: bool = True) -> np.ndarray:
+    """Read an image file into BGR uint8, or raise `ImageDecodeError` naming the file and the reason."""
+    path = os.fspath(path)
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return pil_to_bgr(image, apply_exif_orientation)
+    except ImageDecodeError as error:
+        raise ImageDecodeError(f"{path}: {error}") from None
+    except FileNotFoundError:
+        raise ImageDecodeError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ImageDecodeError(f"{path}: is a directory, not an image") from None
+    except UnidentifiedImageError:
+        size = os.path.getsize(path)
+        reason = "the file is empty" if size == 0 else f"not an image Pillow can read ({size} bytes)"
+        raise ImageDecodeError(f"{path}: {reason}") from None
+    except Image.DecompressionBombError as error:
+        raise ImageDecodeError(f"{path}: refused as a decompression bomb: {error}") from None
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ImageDecodeError(f"{path}: cannot decode: {error}") from None
+
+
+def array_to_bgr(array, channel_order: str = "rgb") -> np.ndarray:
+    """Bring a numpy array or tensor (H x W, H x W x C or C x H x W; uint8 or uint16) to H x W x 3 BGR uint8."""
+    if isinstance(array, torch.Tensor):
+        array = array.detach().cpu().numpy()
+    array = np.asarray(array)
+    if array.dtype == np.uint16:
+        array = (array >> 8).astype(np.uint8)
+    if array.dtype != np.uint8:
+        raise ImageDecodeError(
+            f"image arrays must hold uint8 (or uint16) pixels, got {array.dtype}: pass the decoded 0..255 pixels"
+        )
+    if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[2] not in (1, 3, 4):
+        array = array.transpose(1, 2, 0)
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[..., 0]
+    if array.ndim == 2:
+        return np.repeat(array[..., None], 3, axis=2)
+    if array.ndim != 3 or array.shape[2] not in (3, 4):
+        raise ImageDecodeError(f"cannot read an image array of shape {array.shape}")
+    colour = array[..., :3]
+    if channel_order == "rgb":
+        colour = colour[..., ::-1]
+    elif channel_order != "bgr":
+        raise ValueError(f"input_channel_order must be 'rgb' or 'bgr', got {channel_order!r}")
+    return np.ascontiguousarray(colour)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Scale and resize (like py-faster-rcnn's _get_image_blob and cv2.resize INTER_LINEAR)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def compute_scale(height: int, width: int, shortest_edge: int, longest_edge: int) -> float:
+    """`s = shortest / min(H, W)`, unless `round(s * max(H, W)) > longest`: then `s = longest / max(H, W)`."""
+    scale = float(shortest_edge) / float(min(height, width))
+    if round(scale * max(height, width)) > longest_edge:
+        scale = float(longest_edge) / float(max(height, width))
+    return scale
+
+
+def resized_size(size: int, scale: float) -> int:
+    """OpenCV's output size for a factor: round half to even, as `cvRound` does."""
+    return round(size * scale)
+
+
+def _linear_taps(in_size: int, out_size: int, scale: float):
+    """Source indices and float32 weights of OpenCV's bilinear resize along one axis.
+
+    The source coordinate `(dst + 0.5) / scale - 0.5` and its fraction are computed in float64; positions outside
+    the image clamp to the edge pixel with weight 1.
+    """
+    coordinate = (torch.arange(out_size, dtype=torch.float64) + 0.5) * (1.0 / scale) - 0.5
+    index = torch.floor(coordinate)
+    fraction = coordinate - index
+    index = index.long()
+    below, above = index < 0, index >= in_size - 1
+    fraction[below | above] = 0.0
+    index = torch.where(below, torch.zeros_like(index), torch.where(above, torch.full_like(index, in_size - 1), index))
+    return index, (index + 1).clamp(max=in_size - 1), (1.0 - fraction), fraction
+
+
+def resize_like_opencv(image: torch.Tensor, scale: float) -> torch.Tensor:
+    """Bilinear resize of a (C, H, W) float32 image by `scale`, as `cv2.resize(im, None, fx=s, fy=s)` does.
+
+    Horizontal pass then vertical pass, each in float64 rounded to float32. The result agrees with OpenCV's
+    (IPP-accelerated) output to a few float32 ulps; the test suite states the bound.
+    """
+    _, height, width = image.shape
+    out_height, out_width = resized_size(height, scale), resized_size(width, scale)
+    if out_height < 1 or out_width < 1:
+        raise ImageDecodeError(
+            f"a {width}x{height} image resizes to {out_width}x{out_height} at scale {scale:.6g}: too elongated"
+        )
+    x0, x1, wx0, wx1 = _linear_taps(width, out_width, scale)
+    y0, y1, wy0, wy1 = _linear_taps(height, out_height, scale)
+    source = image.double()
+    rows = (source[:, :, x0] * wx0 + source[:, :, x1] * wx1).float().double()
+    return (rows[:, y0, :] * wy0[:, None] + rows[:, y1, :] * wy1[:, None]).float()
+
+
+def subtract_means(bgr: np.ndarray, means: Sequence[float]) -> torch.Tensor:
+    """(H, W, 3) uint8 BGR -> (3, H, W) float32 minus the means, computed in float64 and rounded once (numpy's
+    `float32_image -= float64_means` does the same)."""
+    pixels = torch.from_numpy(np.ascontiguousarray(bgr)).permute(2, 0, 1).double()
+    return (pixels - torch.tensor(means, dtype=torch.float64).view(3, 1, 1)).float()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Processor
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class ButdFrcnnImageProcessor(TorchvisionBackend):
+    r"""
+    Prepares images for [`ButdFrcnnModel`] exactly as the original `generate_tsv.py` did (see the module docstring).
+
+    Accepts image paths, PIL images, numpy arrays and tensors, one or a list. Returns a [`BatchFeature`] with:
+    - `pixel_values` (`(B, 3, H, W)` float32): BGR, mean-subtracted, resized, zero-padded to the batch's largest;
+    - `image_sizes` (`(B, 2)` int64): each image's resized `(height, width)`;
+    - `scales` (`(B,)` float64): each image's resize factor;
+    - `original_sizes` (`(B, 2)` int64): each image's decoded `(height, width)`.
+    All of them can be passed to the model: `model(**processor(images, return_tensors="pt"))`.
+
+    Args:
+        size (`dict[str, int]`, defaults to `{"shortest_edge": 600, "longest_edge": 1000}`):
+            The original's `TEST.SCALES` (600) and `TEST.MAX_SIZE` (1000).
+        pixel_means_bgr, input_channel_order, apply_exif_orientation: see [`ButdFrcnnImageProcessorKwargs`].
+    """
+
+    valid_kwargs = ButdFrcnnImageProcessorKwargs
+    model_input_names = ["pixel_values", "image_sizes", "scales", "original_sizes"]
+    size = {"shortest_edge": 600, "longest_edge": 1000}
+    default_to_square = False
+    pixel_means_bgr = list(PIXEL_MEANS_BGR)
+    input_channel_order = "rgb"
+    apply_exif_orientation = True
+    do_resize = True
+    do_rescale = False
+    do_normalize = False
+    do_convert_rgb = False
+
+    def __init__(self, **kwargs: Unpack[ButdFrcnnImageProcessorKwargs]):
+        super().__init__(**kwargs)
+
+    def fetch_images(self, images):
+        """Paths are opened here (decoded later, with the others); nothing is downloaded."""
+        if isinstance(images, (list, tuple)):
+            return [self.fetch_images(image) for image in images]
+        if isinstance(images, (str, os.PathLike)):
+            return _PathImage(os.fspath(images))
+        return images
+
+    def _prepare_images_structure(self, images, expected_ndims: int = 3):
+        images = self.fetch_images(images)
+        if not isinstance(images, (list, tuple)):
+            images = [images]
+        flat = []
+        for image in images:
+            flat.extend(image if isinstance(image, (list, tuple)) else [image])
+        return flat
+
+    def process_image(self, image, input_channel_order=None, apply_exif_orientation=None, **kwargs) -> np.ndarray:
+        """Decode one input into H x W x 3 BGR uint8."""
+        input_channel_order = input_channel_order or self.input_channel_order
+        apply_exif_orientation = self.apply_exif_orientation if apply_exif_orientation is None else apply_exif_orientation
+        if isinstance(image, _PathImage):
+            return load_image_bgr(image.path, apply_exif_orientation)
+        if isinstance(image, Image.Image):
+            return pil_to_bgr(image, apply_exif_orientation)
+        if isinstance(image, (np.ndarray, torch.Tensor)):
+            return array_to_bgr(image, input_channel_order)
+        raise TypeError(f"cannot read an image from a {type(image).__name__}: pass a path, a PIL image or an array")
+
+    def _validate_preprocess_kwargs(self, **kwargs):
+        size = kwargs.get("size")
+        if not size or "shortest_edge" not in size or "longest_edge" not in size:
+            raise ValueError(f"size must give shortest_edge and longest_edge, got {size}")
+
+    def _preprocess(self, images: list[np.ndarray], size, pixel_means_bgr, return_tensors=None, **kwargs):
+        resized, image_sizes, scales, original_sizes = [], [], [], []
+        for bgr in images:
+            height, width = bgr.shape[:2]
+            scale = compute_scale(height, width, size["shortest_edge"], size["longest_edge"])
+            blob = resize_like_opencv(subtract_means(bgr, pixel_means_bgr), scale)
+            resized.append(blob)
+            image_sizes.append(blob.shape[1:])
+            scales.append(scale)
+            original_sizes.append((height, width))
+        pixel_values = torch.zeros(
+            (len(resized), 3, max(s[0] for s in image_sizes), max(s[1] for s in image_sizes)), dtype=torch.float32
+        )
+        for i, blob in enumerate(resized):
+            pixel_values[i, :, : blob.shape[1], : blob.shape[2]] = blob
+        data = {
+            "pixel_values": pixel_values,
+            "image_sizes": torch.tensor(image_sizes, dtype=torch.long),
+            "scales": torch.tensor(scales, dtype=torch.float64),
+            "original_sizes": torch.tensor(original_sizes, dtype=torch.long),
+        }
+        if return_tensors == "np":
+            data = {key: value.numpy() for key, value in data.items()}
+        return ButdFrcnnBatchFeature(data=data)
+
+
+class _PathImage:
+    """An image given by its path, decoded by `process_image` so that errors name the file."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+
+__all__ = ["ButdFrcnnImageProcessor"]

@@ -1,0 +1,830 @@
+"""The bottom-up-attention Faster R-CNN (ResNet C4 + attribute head), computing what the original Caffe test network
+and `tools/generate_tsv.py` compute.
+
+Conventions of the original, stated once here and followed everywhere below:
+- boxes are `(x1, y1, x2, y2)` pixels with the *inclusive* py-faster-rcnn convention: width = x2 - x1 + 1;
+- box arithmetic runs in float32, in the original's order of operations, so that threshold decisions agree;
+- NMS suppresses at IoU **>=** threshold (the Cython `cpu_nms`), the float32 IoU compared with the threshold as a
+  double;
+- where the original sorted with numpy's unstable `argsort()[::-1]`, exact ties are ordered here by a stable sort:
+  among equal scores the lower index comes first. Only exactly tied scores (flat images) can order differently.
+
+The state-dict names follow the detectron2 / transformers FRCNN layout so that other checkpoints map onto it.
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.ops import roi_pool
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.utils import ModelOutput
+
+from .configuration_butd_frcnn import ButdFrcnnConfig
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Box arithmetic (py-faster-rcnn conventions, float32)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def generate_cell_anchors(base_size: int, ratios: list[float], scales: list[float]) -> torch.Tensor:
+    """The anchors of one feature-map cell, as py-faster-rcnn's `generate_anchors` makes them.
+
+    The base anchor `(0, 0, base_size - 1, base_size - 1)` is reshaped to each ratio keeping its area (sides rounded
+    half-to-even, as `np.round` does), then scaled; ratio-major, scale-minor order. Computed in float64 like the
+    original; the result holds integers or half-integers.
+
+    Returns:
+        `torch.Tensor` of shape `(len(ratios) * len(scales), 4)`, float32.
+    """
+    base = torch.tensor([0.0, 0.0, base_size - 1.0, base_size - 1.0], dtype=torch.float64)
+
+    def width_height_center(anchor):
+        w = anchor[2] - anchor[0] + 1
+        h = anchor[3] - anchor[1] + 1
+        return w, h, anchor[0] + 0.5 * (w - 1), anchor[1] + 0.5 * (h - 1)
+
+    def make_anchors(ws, hs, cx, cy):
+        return torch.stack([cx - 0.5 * (ws - 1), cy - 0.5 * (hs - 1), cx + 0.5 * (ws - 1), cy + 0.5 * (hs - 1)], 1)
+
+    w, h, cx, cy = width_height_center(base)
+    ratios_t = torch.tensor(ratios, dtype=torch.float64)
+    scales_t = torch.tensor(scales, dtype=torch.float64)
+    ws = torch.round(torch.sqrt(w * h / ratios_t))
+    hs = torch.round(ws * ratios_t)
+    anchors = []
+    for ratio_anchor in make_anchors(ws, hs, cx, cy):
+        rw, rh, rcx, rcy = width_height_center(ratio_anchor)
+        anchors.append(make_anchors(rw * scales_t, rh * scales_t, rcx, rcy))
+    return torch.cat(anchors).to(torch.float32)
+
+
+def shift_anchors(cell_anchors: torch.Tensor, height: int, width: int, stride: int) -> torch.Tensor:
+    """All anchors of a `height x width` feature map, ordered (y, x, anchor) slowest to fastest.
+
+    Returns:
+        `torch.Tensor` of shape `(height * width * num_anchors, 4)`.
+    """
+    device = cell_anchors.device
+    shift_y, shift_x = torch.meshgrid(
+        torch.arange(height, device=device) * stride, torch.arange(width, device=device) * stride, indexing="ij"
+    )
+    shifts = torch.stack([shift_x, shift_y, shift_x, shift_y], dim=-1).reshape(-1, 1, 4).to(cell_anchors.dtype)
+    return (shifts + cell_anchors.reshape(1, -1, 4)).reshape(-1, 4)
+
+
+# numpy's float32 `exp` kernel (AVX2/AVX512F builds): Cody-Waite reduction, then a P5/Q2 rational approximation.
+# numpy's decimal constants, rounded to float32 as its C source does.
+def _as_float32(value: float) -> float:
+    return torch.tensor(value, dtype=torch.float32).item()
+
+
+_EXP_LOG2E = _as_float32(1.442695040888963407359924681001892137)
+_EXP_ROUND_MAGIC = _as_float32(float.fromhex("0x1.8p23"))  # adding then subtracting it rounds a float32 to the nearest integer
+_EXP_LN2_HIGH = _as_float32(-6.93145752e-1)
+_EXP_LN2_LOW = _as_float32(-1.42860677e-6)
+_EXP_P = tuple(
+    _as_float32(v)
+    for v in (
+        9.999999999980870924916e-01,
+        7.257664613233124478488e-01,
+        2.473615434895520810817e-01,
+        5.114512081637298353406e-02,
+        6.757896990527504603057e-03,
+        5.082762527590693718096e-04,
+    )
+)
+_EXP_Q = tuple(_as_float32(v) for v in (1.0, -2.742335390411667452936e-01, 2.159509375685829852307e-02))
+_EXP_OVERFLOW, _EXP_UNDERFLOW = 88.72283935546875, -103.97208404541015625
+
+
+def _fma32(a: torch.Tensor, b: torch.Tensor | float, c: torch.Tensor | float) -> torch.Tensor:
+    """Float32 fused multiply-add: the product of two float32 values is exact in float64, the sum rounds there."""
+    return (a.double() * b + c).float()
+
+
+def numpy_float32_exp(x: torch.Tensor) -> torch.Tensor:
+    """`np.exp` on a float32 array, bit for bit.
+
+    The original decodes proposal sizes with numpy's float32 `exp`, whose SIMD kernel is not correctly rounded:
+    `torch.exp` differs from it in the last bit for about a fifth of the inputs, which moves proposal corners by an
+    ulp. This replays the kernel's steps (range reduction by rint(x * log2 e), a rational approximation, scaling by
+    2^k) with its float32 constants; it matches `np.exp` on every float32 input we tried, on any device.
+    """
+    x = x.float()
+    nan, overflow, underflow = torch.isnan(x), x >= _EXP_OVERFLOW, x <= _EXP_UNDERFLOW
+    x = torch.where(nan | overflow | underflow, torch.zeros_like(x), x)
+    k = (x * _EXP_LOG2E + _EXP_ROUND_MAGIC) - _EXP_ROUND_MAGIC
+    r = _fma32(k, _EXP_LN2_LOW, _fma32(k, _EXP_LN2_HIGH, x))
+    numerator = torch.full_like(r, _EXP_P[5])
+    for coefficient in reversed(_EXP_P[:5]):
+        numerator = _fma32(numerator, r.double(), coefficient)
+    denominator = _fma32(torch.full_like(r, _EXP_Q[2]), r.double(), _EXP_Q[1])
+    denominator = _fma32(denominator, r.double(), _EXP_Q[0])
+    result = torch.ldexp(numerator / denominator, k.to(torch.int32))
+    result = torch.where(overflow, torch.full_like(result, math.inf), result)
+    result = torch.where(underflow, torch.zeros_like(result), result)
+    return torch.where(nan, torch.full_like(result, math.nan), result)
+
+
+def decode_boxes(anchors: torch.Tensor, deltas: torch.Tensor) -> torch.Tensor:
+    """Apply `(dx, dy, dw, dh)` deltas to anchors: py-faster-rcnn's `bbox_transform_inv`, in float32.
+
+    Note the asymmetry of the original: widths count the +1, but the decoded corners are `center -/+ 0.5 * width`
+    with no -1 on the right edge.
+    """
+    widths = anchors[:, 2] - anchors[:, 0] + 1.0
+    heights = anchors[:, 3] - anchors[:, 1] + 1.0
+    center_x = anchors[:, 0] + 0.5 * widths
+    center_y = anchors[:, 1] + 0.5 * heights
+    pred_center_x = deltas[:, 0] * widths + center_x
+    pred_center_y = deltas[:, 1] * heights + center_y
+    pred_w = numpy_float32_exp(deltas[:, 2]) * widths
+    pred_h = numpy_float32_exp(deltas[:, 3]) * heights
+    return torch.stack(
+        [
+            pred_center_x - 0.5 * pred_w,
+            pred_center_y - 0.5 * pred_h,
+            pred_center_x + 0.5 * pred_w,
+            pred_center_y + 0.5 * pred_h,
+        ],
+        dim=1,
+    )
+
+
+def clip_boxes(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Clip to `[0, width - 1] x [0, height - 1]` (the last pixel is inclusive)."""
+    x = boxes[:, 0::2].clamp(min=0, max=width - 1)
+    y = boxes[:, 1::2].clamp(min=0, max=height - 1)
+    return torch.stack([x[:, 0], y[:, 0], x[:, 1], y[:, 1]], dim=1)
+
+
+def box_sizes_at_least(boxes: torch.Tensor, min_size: torch.Tensor) -> torch.Tensor:
+    """Mask of boxes whose inclusive width and height both reach `min_size` (`_filter_boxes`)."""
+    widths = boxes[:, 2] - boxes[:, 0] + 1
+    heights = boxes[:, 3] - boxes[:, 1] + 1
+    return (widths >= min_size) & (heights >= min_size)
+
+
+def float32_threshold(threshold: float) -> float:
+    """The smallest float32 `t32` with `t32 >= threshold`.
+
+    The original compares a float32 IoU with a Python (double) threshold; for a float32 `x`, `x >= threshold` holds
+    exactly when `x >= t32`, so the comparison can stay in float32.
+    """
+    t32 = torch.tensor(threshold, dtype=torch.float32)
+    if t32.double().item() < threshold:
+        t32 = torch.nextafter(t32, torch.tensor(math.inf))
+    return t32.item()
+
+
+def pairwise_iou(boxes_a: torch.Tensor, boxes_b: torch.Tensor) -> torch.Tensor:
+    """IoU of every box of `boxes_a` (the suppressors) with every box of `boxes_b`, as `cpu_nms` computes it.
+
+    Float32, +1 areas, `inter / (area_a + area_b - inter)` in that order of operations.
+
+    Returns:
+        `torch.Tensor` of shape `(len(boxes_a), len(boxes_b))`.
+    """
+    area_a = (boxes_a[:, 2] - boxes_a[:, 0] + 1) * (boxes_a[:, 3] - boxes_a[:, 1] + 1)
+    area_b = (boxes_b[:, 2] - boxes_b[:, 0] + 1) * (boxes_b[:, 3] - boxes_b[:, 1] + 1)
+    xx1 = torch.maximum(boxes_a[:, None, 0], boxes_b[None, :, 0])
+    yy1 = torch.maximum(boxes_a[:, None, 1], boxes_b[None, :, 1])
+    xx2 = torch.minimum(boxes_a[:, None, 2], boxes_b[None, :, 2])
+    yy2 = torch.minimum(boxes_a[:, None, 3], boxes_b[None, :, 3])
+    inter = (xx2 - xx1 + 1).clamp(min=0) * (yy2 - yy1 + 1).clamp(min=0)
+    return inter / (area_a[:, None] + area_b[None, :] - inter)
+
+
+def greedy_nms(boxes: torch.Tensor, threshold: float, max_keep: int | None = None, block_size: int = 256):
+    """Greedy NMS over boxes already sorted by descending score; the `cpu_nms` of the original, exactly.
+
+    A box is kept unless a kept box before it overlaps it with IoU >= `threshold`. The boxes are processed in
+    blocks: a block is first thinned by the boxes kept so far, then resolved internally as the fixed point of
+    `kept = alive & ~any(kept_before & overlaps)`, which is unique and reached in at most one pass per link of the
+    longest suppression chain. No Python loop runs over single boxes.
+
+    Returns:
+        `torch.Tensor`: indices of the kept boxes, in order, at most `max_keep` of them.
+    """
+    t32 = float32_threshold(threshold)
+    kept_chunks = []
+    kept_boxes = boxes.new_zeros((0, 4))
+    num_kept = 0
+    for start in range(0, boxes.shape[0], block_size):
+        block = boxes[start : start + block_size]
+        alive = torch.ones(block.shape[0], dtype=torch.bool, device=boxes.device)
+        if kept_boxes.shape[0]:
+            alive &= ~(pairwise_iou(kept_boxes, block) >= t32).any(dim=0)
+        overlaps = torch.triu(pairwise_iou(block, block) >= t32, diagonal=1)
+        kept = alive
+        while True:
+            updated = alive & ~(kept[:, None] & overlaps).any(dim=0)
+            if torch.equal(updated, kept):
+                break
+            kept = updated
+        kept_index = torch.nonzero(kept).flatten() + start
+        kept_chunks.append(kept_index)
+        kept_boxes = torch.cat([kept_boxes, boxes[kept_index]])
+        num_kept += kept_index.numel()
+        if max_keep is not None and num_kept >= max_keep:
+            break
+    keep = torch.cat(kept_chunks) if kept_chunks else torch.zeros(0, dtype=torch.long, device=boxes.device)
+    return keep[:max_keep] if max_keep is not None else keep
+
+
+def per_class_nms_max_scores(boxes: torch.Tensor, class_scores: torch.Tensor, threshold: float) -> torch.Tensor:
+    """For each box, the highest score it keeps through a per-class NMS (`max_conf` of `generate_tsv.py`).
+
+    For every class j, the original runs `cpu_nms` over (boxes, class_scores[:, j]) and each kept box records
+    `max(max_conf, score)`. All classes run here at once: step t visits, for every class, the box of rank t in that
+    class; it is kept if no kept box suppressed it, and then suppresses its overlaps. This equals the sequential
+    per-class NMS; the loop is over ranks, vectorised over classes.
+
+    Args:
+        boxes (`torch.Tensor` of shape `(R, 4)`): the regions, float32.
+        class_scores (`torch.Tensor` of shape `(R, C)`): the scores of the classes taking part (background left out).
+
+    Returns:
+        `torch.Tensor` of shape `(R,)`: the score each box keeps (0 when no class keeps it).
+    """
+    num_boxes, num_classes = class_scores.shape
+    if num_boxes == 0:
+        return class_scores.new_zeros(0)
+    overlaps = pairwise_iou(boxes, boxes) >= float32_threshold(threshold)
+    order = torch.sort(class_scores, dim=0, descending=True, stable=True).indices.t()  # (C, R): rank -> box
+    classes = torch.arange(num_classes, device=boxes.device)
+    suppressed = torch.zeros(num_classes, num_boxes, dtype=torch.bool, device=boxes.device)
+    kept = torch.zeros_like(suppressed)
+    for rank in range(num_boxes):
+        box = order[:, rank]
+        is_kept = ~suppressed[classes, box]
+        kept[classes, box] = is_kept
+        suppressed |= overlaps[box] & is_kept[:, None]
+    return torch.where(kept.t(), class_scores, torch.zeros_like(class_scores)).amax(dim=1)
+
+
+def select_regions(max_scores: torch.Tensor, score_threshold: float, min_boxes: int, max_boxes: int) -> torch.Tensor:
+    """The regions `generate_tsv.py` emits, in its order.
+
+    Those with `max_score >= score_threshold`, in region order; if fewer than `min_boxes`, the `min_boxes` best
+    instead, and if more than `max_boxes`, the `max_boxes` best (best first, ties by lower index).
+    """
+    keep = torch.nonzero(max_scores.double() >= score_threshold).flatten()
+    if min_boxes <= keep.numel() <= max_boxes:
+        return keep
+    count = min_boxes if keep.numel() < min_boxes else max_boxes
+    return torch.sort(max_scores, descending=True, stable=True).indices[:count]
+
+
+def argmax_last(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Argmax that resolves exact ties to the highest index, as Caffe's ArgMax layer does."""
+    size = x.shape[dim]
+    return size - 1 - torch.argmax(torch.flip(x, dims=[dim]), dim=dim)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Layers
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class ButdFrozenBatchNorm2d(nn.Module):
+    """Caffe's BatchNorm (global statistics) followed by its Scale layer: one affine map per channel.
+
+    Stored like detectron2's FrozenBatchNorm2d: `running_mean` and `running_var` are Caffe's statistics already
+    divided by the moving-average factor; `weight` and `bias` are the Scale layer's gamma and beta.
+    """
+
+    def __init__(self, num_features: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.register_buffer("weight", torch.ones(num_features))
+        self.register_buffer("bias", torch.zeros(num_features))
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_var", torch.ones(num_features))
+
+    def scale_and_shift(self) -> tuple[torch.Tensor, torch.Tensor]:
+        scale = self.weight * torch.rsqrt(self.running_var + self.eps)
+        return scale, self.bias - self.running_mean * scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale, shift = self.scale_and_shift()
+        return x * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)
+
+
+class ButdConv2d(nn.Conv2d):
+    """A bias-free Caffe convolution followed by BatchNorm + Scale, folded into the convolution when it runs."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, eps=1e-5):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, bias=False)
+        self.norm = ButdFrozenBatchNorm2d(out_channels, eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale, shift = self.norm.scale_and_shift()
+        weight = self.weight * scale.view(-1, 1, 1, 1)
+        return F.conv2d(x, weight.to(x.dtype), shift.to(x.dtype), self.stride, self.padding, self.dilation)
+
+
+class ButdBottleneck(nn.Module):
+    """Caffe ResNet bottleneck: the stride sits on the first 1x1 conv (and the projection shortcut)."""
+
+    def __init__(self, in_channels, bottleneck_channels, out_channels, stride=1, dilation=1, eps=1e-5):
+        super().__init__()
+        self.stride = stride
+        self.dilation = dilation
+        if in_channels != out_channels or stride != 1:
+            self.shortcut = ButdConv2d(in_channels, out_channels, 1, stride=stride, eps=eps)
+        else:
+            self.shortcut = None
+        self.conv1 = ButdConv2d(in_channels, bottleneck_channels, 1, stride=stride, eps=eps)
+        self.conv2 = ButdConv2d(
+            bottleneck_channels, bottleneck_channels, 3, padding=dilation, dilation=dilation, eps=eps
+        )
+        self.conv3 = ButdConv2d(bottleneck_channels, out_channels, 1, eps=eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x if self.shortcut is None else self.shortcut(x)
+        out = F.relu(self.conv1(x))
+        out = F.relu(self.conv2(out))
+        out = self.conv3(out)
+        return F.relu(out + shortcut)
+
+
+class ButdStage(nn.Sequential):
+    """A ResNet stage: `depth` bottlenecks, the first one changing width and stride."""
+
+    def __init__(self, in_channels, bottleneck_channels, out_channels, depth, stride, dilation, eps):
+        blocks = [ButdBottleneck(in_channels, bottleneck_channels, out_channels, stride, dilation, eps)]
+        blocks += [
+            ButdBottleneck(out_channels, bottleneck_channels, out_channels, 1, dilation, eps) for _ in range(depth - 1)
+        ]
+        super().__init__(*blocks)
+
+
+class ButdStem(nn.Module):
+    """conv1 7x7/2 + BatchNorm + Scale + ReLU, then a 3x3/2 max pool that rounds its output size up (Caffe)."""
+
+    def __init__(self, in_channels: int, out_channels: int, eps: float):
+        super().__init__()
+        self.conv1 = ButdConv2d(in_channels, out_channels, 7, stride=2, padding=3, eps=eps)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns conv1's activation (before pooling) and the pooled map."""
+        conv1 = F.relu(self.conv1(x))
+        return conv1, F.max_pool2d(conv1, kernel_size=3, stride=2, padding=0, ceil_mode=True)
+
+
+class ButdBackbone(nn.Module):
+    """ResNet up to res4 (stride 16): the feature map of the RPN and of the RoI pooling."""
+
+    def __init__(self, config: ButdFrcnnConfig):
+        super().__init__()
+        eps = config.batch_norm_eps
+        self.stem = ButdStem(config.num_channels, config.stem_channels, eps)
+        in_channels = config.stem_channels
+        for index, name in enumerate(("res2", "res3", "res4")):
+            stage = ButdStage(
+                in_channels,
+                config.bottleneck_sizes[index],
+                config.hidden_sizes[index],
+                config.depths[index],
+                config.stage_strides[index],
+                config.stage_dilations[index],
+                eps,
+            )
+            self.add_module(name, stage)
+            in_channels = config.hidden_sizes[index]
+
+    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Returns the feature maps `(conv1 after its ReLU, res2, res3, res4)` of a batch of same-size images."""
+        conv1, x = self.stem(pixel_values)
+        res2 = self.res2(x)
+        res3 = self.res3(res2)
+        return conv1, res2, res3, self.res4(res3)
+
+
+class ButdAnchorGenerator(nn.Module):
+    """Holds the 12 cell anchors as a persistent buffer so that they travel with the weights."""
+
+    def __init__(self, config: ButdFrcnnConfig):
+        super().__init__()
+        self.stride = config.feature_stride
+        self.register_buffer("cell_anchors", self.default_cell_anchors(config), persistent=True)
+
+    @staticmethod
+    def default_cell_anchors(config: ButdFrcnnConfig) -> torch.Tensor:
+        return generate_cell_anchors(config.anchor_base_size, config.anchor_ratios, config.anchor_scales)
+
+    def forward(self, height: int, width: int) -> torch.Tensor:
+        return shift_anchors(self.cell_anchors, height, width, self.stride)
+
+
+class ButdRPNHead(nn.Module):
+    """`rpn_conv/3x3` + ReLU, then 2A objectness logits `[bg for anchors 0..A-1, fg for anchors 0..A-1]` and 4A
+    box deltas `(dx, dy, dw, dh)` per anchor."""
+
+    def __init__(self, in_channels: int, hidden_channels: int, num_anchors: int):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, hidden_channels, 3, padding=1)
+        self.objectness_logits = nn.Conv2d(hidden_channels, 2 * num_anchors, 1)
+        self.anchor_deltas = nn.Conv2d(hidden_channels, 4 * num_anchors, 1)
+
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = F.relu(self.conv(features))
+        return self.objectness_logits(hidden), self.anchor_deltas(hidden)
+
+
+def objectness_probabilities(logits: torch.Tensor) -> torch.Tensor:
+    """Caffe's softmax over the (bg, fg) pair of each anchor: `(B, 2A, H, W)` logits -> `(B, 2A, H, W)` probabilities
+    in the same channel layout (`rpn_cls_prob_reshape`)."""
+    batch, channels, height, width = logits.shape
+    pairs = logits.float().reshape(batch, 2, channels // 2, height, width)
+    return torch.softmax(pairs, dim=1).reshape(batch, channels, height, width)
+
+
+class ButdRegionProposalNetwork(nn.Module):
+    """The RPN and the Python `ProposalLayer` of the original (test mode)."""
+
+    def __init__(self, config: ButdFrcnnConfig):
+        super().__init__()
+        self.anchor_generator = ButdAnchorGenerator(config)
+        self.rpn_head = ButdRPNHead(config.hidden_sizes[2], config.rpn_hidden_size, config.num_anchors)
+        self.pre_nms_top_n = config.rpn_pre_nms_top_n
+        self.post_nms_top_n = config.rpn_post_nms_top_n
+        self.nms_threshold = config.rpn_nms_threshold
+        self.min_size = config.rpn_min_size
+
+    def forward(self, features: torch.Tensor, image_height: int, image_width: int, scales: torch.Tensor):
+        """Proposals of each image of a batch of same-size images, in resized-image pixels, best first.
+
+        Args:
+            features (`torch.Tensor` of shape `(B, C, h, w)`): res4.
+            image_height, image_width: the images' resized size (`im_info[:2]`).
+            scales (`torch.Tensor` of shape `(B,)`): float32 resize factors (`im_info[2]`).
+
+        Returns:
+            `list[torch.Tensor]`: one `(P_i, 4)` float32 tensor per image, `P_i <= rpn_post_nms_top_n`.
+        """
+        logits, deltas = self.rpn_head(features)
+        num_anchors = self.anchor_generator.cell_anchors.shape[0]
+        # (B, A, h, w) -> (B, h * w * A): the original enumerates (y, x, anchor), slowest to fastest
+        foreground = objectness_probabilities(logits)[:, num_anchors:].permute(0, 2, 3, 1).flatten(1)
+        deltas = deltas.float().permute(0, 2, 3, 1).reshape(deltas.shape[0], -1, 4)
+        anchors = self.anchor_generator(features.shape[2], features.shape[3])
+        return [
+            self.proposals_from_scores(foreground[i], deltas[i], anchors, image_height, image_width, scales[i])
+            for i in range(features.shape[0])
+        ]
+
+    def proposals_from_scores(self, scores, deltas, anchors, image_height, image_width, scale):
+        """Decode, clip, drop small boxes, keep the best `pre_nms_top_n`, NMS, keep the best `post_nms_top_n`."""
+        boxes = clip_boxes(decode_boxes(anchors, deltas), image_height, image_width)
+        large_enough = box_sizes_at_least(boxes, self.min_size * scale)
+        boxes, scores = boxes[large_enough], scores[large_enough]
+        order = torch.sort(scores, descending=True, stable=True).indices[: self.pre_nms_top_n]
+        boxes = boxes[order]
+        keep = greedy_nms(boxes, self.nms_threshold, max_keep=self.post_nms_top_n)
+        return boxes[keep]
+
+
+class ButdBoxPredictor(nn.Module):
+    """`cls_score` (index 0 = background) and the class-specific `bbox_pred` (4 deltas per class, background too)."""
+
+    def __init__(self, in_features: int, num_classes: int):
+        super().__init__()
+        self.cls_score = nn.Linear(in_features, num_classes)
+        self.bbox_pred = nn.Linear(in_features, 4 * num_classes)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.cls_score(x), self.bbox_pred(x)
+
+
+class ButdAttributePredictor(nn.Module):
+    """Attribute head: embed the predicted class, concatenate after the region feature, `fc_attr` + ReLU, then
+    `attr_score` (index 0 = "no attribute")."""
+
+    def __init__(self, in_features: int, num_classes: int, embedding_size: int, hidden_size: int, num_attributes):
+        super().__init__()
+        self.cls_embedding = nn.Embedding(num_classes, embedding_size)
+        self.fc_attr = nn.Linear(in_features + embedding_size, hidden_size)
+        self.attr_score = nn.Linear(hidden_size, num_attributes)
+
+    def forward(self, features: torch.Tensor, predicted_classes: torch.Tensor) -> torch.Tensor:
+        hidden = torch.cat([features, self.cls_embedding(predicted_classes).to(features.dtype)], dim=1)
+        return self.attr_score(F.relu(self.fc_attr(hidden)))
+
+
+class ButdRoIHeads(nn.Module):
+    """RoI pooling on res4, res5 at stride 1 with dilation, global average pooling (the region features), and the
+    class, box and attribute predictors."""
+
+    def __init__(self, config: ButdFrcnnConfig):
+        super().__init__()
+        self.pool_size = config.roi_pool_size
+        self.spatial_scale = 1.0 / config.feature_stride
+        self.chunk_size = config.roi_head_chunk_size
+        self.res5 = ButdStage(
+            config.hidden_sizes[2],
+            config.bottleneck_sizes[3],
+            config.hidden_sizes[3],
+            config.depths[3],
+            config.stage_strides[3],
+            config.stage_dilations[3],
+            config.batch_norm_eps,
+        )
+        num_classes = config.num_labels
+        self.box_predictor = ButdBoxPredictor(config.hidden_sizes[3], num_classes)
+        self.attribute_predictor = ButdAttributePredictor(
+            config.hidden_sizes[3],
+            num_classes,
+            config.class_embedding_size,
+            config.attribute_hidden_size,
+            config.num_attributes,
+        )
+
+    def pool_regions(self, features: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        """Caffe ROIPooling of one image's boxes: corners rounded half away from zero at 1/16, max over bins, empty
+        bins give 0 (`torchvision.ops.roi_pool` has exactly these semantics).
+
+        Args:
+            features (`torch.Tensor` of shape `(1, C, h, w)`): the image's res4.
+            boxes (`torch.Tensor` of shape `(K, 4)`): `(x1, y1, x2, y2)` in resized-image pixels.
+        """
+        return roi_pool(features, [boxes.to(features.dtype)], self.pool_size, self.spatial_scale)
+
+    def region_features(self, pooled: torch.Tensor) -> torch.Tensor:
+        """res5 and the global average pool (`pool5_flat`), over the regions in memory-bounded chunks."""
+        outputs = [self.res5(chunk).mean(dim=(2, 3)) for chunk in chunks_without_singletons(pooled, self.chunk_size)]
+        return torch.cat(outputs) if outputs else pooled.new_zeros((0, self.res5[-1].conv3.out_channels))
+
+    def forward(self, features: torch.Tensor, boxes: torch.Tensor):
+        """Region features, class probabilities, box deltas and attribute probabilities of one image's boxes.
+
+        Each image runs on its own, in chunks that depend only on its own box count, so that its results do not
+        depend on which other images share its batch (BLAS kernels choose code paths by matrix size).
+        """
+        region_features = self.region_features(self.pool_regions(features, boxes))
+        rows = region_features if region_features.shape[0] != 1 else torch.cat([region_features] * 2)
+        class_logits, box_deltas = self.box_predictor(rows)
+        attribute_logits = self.attribute_predictor(rows, argmax_last(class_logits, dim=1))
+        count = region_features.shape[0]
+        class_probs = torch.softmax(class_logits[:count].float(), dim=1)
+        attribute_probs = torch.softmax(attribute_logits[:count].float(), dim=1)
+        return region_features, class_probs, box_deltas[:count], attribute_probs
+
+
+def chunks_without_singletons(x: torch.Tensor, chunk_size: int) -> list[torch.Tensor]:
+    """Split along dim 0 into chunks of `chunk_size`, merging a last chunk of one row into the previous one: single
+    rows take other kernels (and other roundings) than batches do."""
+    chunks = list(torch.split(x, chunk_size))
+    if len(chunks) > 1 and chunks[-1].shape[0] == 1:
+        chunks[-2:] = [torch.cat(chunks[-2:])]
+    return chunks
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Model
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ButdFrcnnModelOutput(ModelOutput):
+    r"""
+    Outputs of [`ButdFrcnnModel`]. Per-image results are padded to the batch's largest count: features, boxes and
+    scores with 0, ids with -1; `num_boxes` and `num_proposals` say how many entries are real.
+
+    Args:
+        region_features (`torch.FloatTensor` of shape `(batch_size, num_regions, hidden_size)`):
+            The selected regions' `pool5_flat` features (2048-d for ResNet-101): the "BUTD features".
+        boxes (`torch.FloatTensor` of shape `(batch_size, num_regions, 4)`):
+            The selected regions, `(x1, y1, x2, y2)` in original-image pixels (inclusive convention). These are the
+            proposals themselves, not regressed boxes, as in the original.
+        object_ids (`torch.LongTensor` of shape `(batch_size, num_regions)`):
+            Most probable object class of each region, an id of `config.id2label` (1..num_labels-1).
+        object_scores (`torch.FloatTensor` of shape `(batch_size, num_regions)`): its probability.
+        attribute_ids (`torch.LongTensor` of shape `(batch_size, num_regions)`):
+            Most probable attribute (1..num_attributes-1), an index of `config.attribute_names`.
+        attribute_scores (`torch.FloatTensor` of shape `(batch_size, num_regions)`): its probability.
+        num_boxes (`torch.LongTensor` of shape `(batch_size,)`): selected regions per image.
+        proposals (`torch.FloatTensor` of shape `(batch_size, num_proposals, 4)`):
+            All RPN proposals in resized-image pixels (the original's `rois[:, 1:]`), best first.
+        num_proposals (`torch.LongTensor` of shape `(batch_size,)`): proposals per image (300 or fewer).
+        proposal_features (`torch.FloatTensor` of shape `(batch_size, num_proposals, hidden_size)`):
+            `pool5_flat` of every proposal.
+        class_probs (`torch.FloatTensor` of shape `(batch_size, num_proposals, num_labels)`): `cls_prob`.
+        attribute_probs (`torch.FloatTensor` of shape `(batch_size, num_proposals, num_attributes)`): `attr_prob`.
+        box_deltas (`torch.FloatTensor` of shape `(batch_size, num_proposals, 4 * num_labels)`): `bbox_pred`.
+        hidden_states (`tuple(torch.FloatTensor)`, *optional*, with `output_hidden_states=True`):
+            conv1 (after its ReLU, before pooling), res2, res3 and res4 feature maps, zero beyond each image.
+    """
+
+    region_features: torch.FloatTensor | None = None
+    boxes: torch.FloatTensor | None = None
+    object_ids: torch.LongTensor | None = None
+    object_scores: torch.FloatTensor | None = None
+    attribute_ids: torch.LongTensor | None = None
+    attribute_scores: torch.FloatTensor | None = None
+    num_boxes: torch.LongTensor | None = None
+    proposals: torch.FloatTensor | None = None
+    num_proposals: torch.LongTensor | None = None
+    proposal_features: torch.FloatTensor | None = None
+    class_probs: torch.FloatTensor | None = None
+    attribute_probs: torch.FloatTensor | None = None
+    box_deltas: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+
+
+def pad_and_stack(tensors: list[torch.Tensor], value: float = 0) -> torch.Tensor:
+    """Stack per-image tensors of different lengths along a new batch dimension, padding at the end."""
+    length = max(t.shape[0] for t in tensors)
+    out = tensors[0].new_full((len(tensors), length, *tensors[0].shape[1:]), value)
+    for i, t in enumerate(tensors):
+        out[i, : t.shape[0]] = t
+    return out
+
+
+def group_by_size(image_sizes: torch.Tensor) -> dict[tuple[int, int], list[int]]:
+    """Batch indices of the images of each distinct `(height, width)`, in order of first appearance."""
+    groups: dict[tuple[int, int], list[int]] = {}
+    for index, (height, width) in enumerate(image_sizes.tolist()):
+        groups.setdefault((int(height), int(width)), []).append(index)
+    return groups
+
+
+def scatter_feature_maps(hidden_states, maps, indices, batch_size):
+    """Place one size group's feature maps into batch-wide, zero-padded tensors (grown as larger groups come)."""
+    hidden_states = list(hidden_states) if hidden_states is not None else [None] * len(maps)
+    for level, feature_map in enumerate(maps):
+        current = hidden_states[level]
+        height = max(feature_map.shape[2], 0 if current is None else current.shape[2])
+        width = max(feature_map.shape[3], 0 if current is None else current.shape[3])
+        grown = feature_map.new_zeros((batch_size, feature_map.shape[1], height, width))
+        if current is not None:
+            grown[:, :, : current.shape[2], : current.shape[3]] = current
+        grown[indices, :, : feature_map.shape[2], : feature_map.shape[3]] = feature_map
+        hidden_states[level] = grown
+    return tuple(hidden_states)
+
+
+class ButdFrcnnPreTrainedModel(PreTrainedModel):
+    config: ButdFrcnnConfig
+    config_class = ButdFrcnnConfig
+    base_model_prefix = "butd_frcnn"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+
+    def _init_weights(self, module):
+        """Random weights for models built from a config; a checkpoint overwrites all of them."""
+        if isinstance(module, ButdFrozenBatchNorm2d):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+            init.zeros_(module.running_mean)
+            init.ones_(module.running_var)
+        elif isinstance(module, ButdAnchorGenerator):
+            init.copy_(module.cell_anchors, ButdAnchorGenerator.default_cell_anchors(self.config))
+        elif isinstance(module, nn.Conv2d):
+            init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.Linear):
+            init.normal_(module.weight, std=0.01)
+            init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            init.normal_(module.weight, std=0.01)
+
+
+class ButdFrcnnModel(ButdFrcnnPreTrainedModel):
+    """Bottom-up-attention Faster R-CNN: image batch in, selected regions with their features, classes and
+    attributes out (plus every proposal's outputs, for parity checks)."""
+
+    def __init__(self, config: ButdFrcnnConfig):
+        super().__init__(config)
+        self.backbone = ButdBackbone(config)
+        self.proposal_generator = ButdRegionProposalNetwork(config)
+        self.roi_heads = ButdRoIHeads(config)
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        image_sizes: torch.Tensor | None = None,
+        scales: torch.Tensor | None = None,
+        original_sizes: torch.Tensor | None = None,
+        min_boxes: int | None = None,
+        max_boxes: int | None = None,
+        score_threshold: float | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> ButdFrcnnModelOutput | tuple:
+        r"""
+        Args:
+            pixel_values (`torch.FloatTensor` of shape `(batch_size, 3, height, width)`):
+                BGR, mean-subtracted, resized images, zero-padded at the bottom and right
+                ([`ButdFrcnnImageProcessor`] makes them).
+            image_sizes (`torch.LongTensor` of shape `(batch_size, 2)`, *optional*):
+                Each image's resized `(height, width)` inside the padded batch; the whole tensor when omitted.
+            scales (`torch.Tensor` of shape `(batch_size,)`, *optional*):
+                Each image's resize factor; used in float32, as the original's `im_info`. Defaults to 1.
+            original_sizes (`torch.LongTensor` of shape `(batch_size, 2)`, *optional*):
+                The images' `(height, width)` before resizing. The network does not need them (boxes are mapped back
+                with `scales`, as in the original); accepted so that the processor's output can be passed whole.
+            min_boxes, max_boxes, score_threshold (*optional*):
+                Region selection of this call (e.g. 10/100/0.2 or 36/36/0.2); default to the config's.
+        """
+        if kwargs:
+            raise TypeError(f"ButdFrcnnModel.forward got unexpected arguments: {sorted(kwargs)}")
+        config = self.config
+        min_boxes = config.min_boxes if min_boxes is None else min_boxes
+        max_boxes = config.max_boxes if max_boxes is None else max_boxes
+        score_threshold = config.score_threshold if score_threshold is None else score_threshold
+        return_dict = config.return_dict if return_dict is None else return_dict
+        if not 0 < min_boxes <= max_boxes:
+            raise ValueError(f"need 0 < min_boxes <= max_boxes, got min_boxes={min_boxes}, max_boxes={max_boxes}")
+
+        batch_size, _, height, width = pixel_values.shape
+        device = pixel_values.device
+        if image_sizes is None:
+            image_sizes = torch.tensor([[height, width]] * batch_size)
+        if scales is None:
+            scales = torch.ones(batch_size, dtype=torch.float64)
+        if scales.dtype in (torch.float16, torch.bfloat16):
+            raise ValueError("`scales` must stay float32 or float64: cast only `pixel_values` to a lower precision")
+        # the original's im_info is float32: its min-size filter and box rescaling use the float32 scale
+        scales = scales.to(device=device, dtype=torch.float32)
+
+        per_image: list[dict | None] = [None] * batch_size
+        hidden_states = None
+        for (image_height, image_width), indices in group_by_size(image_sizes).items():
+            # images of one size run together, cropped to that size: padding never reaches the network
+            images = pixel_values[indices, :, :image_height, :image_width]
+            maps = self.backbone(images)
+            if output_hidden_states:
+                hidden_states = scatter_feature_maps(hidden_states, maps, indices, batch_size)
+            features = maps[-1]
+            proposals = self.proposal_generator(features, image_height, image_width, scales[indices])
+            for j, i in enumerate(indices):
+                region_features, class_probs, box_deltas, attribute_probs = self.roi_heads(
+                    features[j : j + 1], proposals[j]
+                )
+                per_image[i] = {
+                    "proposals": proposals[j],
+                    "proposal_features": region_features,
+                    "class_probs": class_probs,
+                    "attribute_probs": attribute_probs,
+                    "box_deltas": box_deltas,
+                    **self.select(
+                        proposals[j] / scales[i],
+                        region_features,
+                        class_probs,
+                        attribute_probs,
+                        min_boxes,
+                        max_boxes,
+                        score_threshold,
+                    ),
+                }
+
+        def stacked(key, pad=0):
+            return pad_and_stack([image[key] for image in per_image], pad)
+
+        output = ButdFrcnnModelOutput(
+            region_features=stacked("region_features"),
+            boxes=stacked("boxes"),
+            object_ids=stacked("object_ids", -1),
+            object_scores=stacked("object_scores"),
+            attribute_ids=stacked("attribute_ids", -1),
+            attribute_scores=stacked("attribute_scores"),
+            num_boxes=torch.tensor([image["boxes"].shape[0] for image in per_image], device=device),
+            proposals=stacked("proposals"),
+            num_proposals=torch.tensor([image["proposals"].shape[0] for image in per_image], device=device),
+            proposal_features=stacked("proposal_features"),
+            class_probs=stacked("class_probs"),
+            attribute_probs=stacked("attribute_probs"),
+            box_deltas=stacked("box_deltas"),
+            hidden_states=hidden_states,
+        )
+        return output if return_dict else output.to_tuple()
+
+    def select(self, boxes, features, class_probs, attribute_probs, min_boxes, max_boxes, score_threshold):
+        """`generate_tsv.py`'s region selection for one image; boxes in original-image pixels."""
+        max_scores = per_class_nms_max_scores(boxes, class_probs[:, 1:], self.config.selection_nms_threshold)
+        keep = select_regions(max_scores, score_threshold, min_boxes, max_boxes)
+        objects = class_probs[keep, 1:]
+        attributes = attribute_probs[keep, 1:]
+        object_ids = torch.argmax(objects, dim=1)
+        attribute_ids = torch.argmax(attributes, dim=1)
+        return {
+            "region_features": features[keep],
+            "boxes": boxes[keep],
+            "object_ids": object_ids + 1,
+            "object_scores": objects.gather(1, object_ids[:, None]).squeeze(1),
+            "attribute_ids": attribute_ids + 1,
+            "attribute_scores": attributes.gather(1, attribute_ids[:, None]).squeeze(1),
+        }
+
+
+__all__ = ["ButdFrcnnModel", "ButdFrcnnPreTrainedModel", "ButdFrcnnModelOutput"]
