@@ -1,6 +1,27 @@
-"""Bottom-up-attention Faster R-CNN (BUTD region features) as a Hugging Face Transformers model."""
+"""Bottom-up-attention Faster R-CNN (BUTD region features) as a Hugging Face Transformers model.
+
+Importing the package registers the classes with the Auto* factories, so that `AutoModel.from_pretrained` resolves
+a converted folder without remote code.
+"""
+
+from transformers import AutoConfig, AutoImageProcessor, AutoModel
 
 from .configuration_butd_frcnn import ButdFrcnnConfig
+from .image_processing_butd_frcnn import ButdFrcnnImageProcessor
 from .modeling_butd_frcnn import ButdFrcnnModel, ButdFrcnnModelOutput, ButdFrcnnPreTrainedModel
 
-__all__ = ["ButdFrcnnConfig", "ButdFrcnnModel", "ButdFrcnnModelOutput", "ButdFrcnnPreTrainedModel"]
+AutoConfig.register(ButdFrcnnConfig.model_type, ButdFrcnnConfig, exist_ok=True)
+AutoModel.register(ButdFrcnnConfig, ButdFrcnnModel, exist_ok=True)
+AutoImageProcessor.register(
+    ButdFrcnnConfig, image_processor_classes={"torchvision": ButdFrcnnImageProcessor}, exist_ok=True
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ButdFrcnnConfig",
+    "ButdFrcnnImageProcessor",
+    "ButdFrcnnModel",
+    "ButdFrcnnModelOutput",
+    "ButdFrcnnPreTrainedModel",
+]

@@ -708,6 +708,7 @@ class ButdFrcnnModel(ButdFrcnnPreTrainedModel):
         self.roi_heads = ButdRoIHeads(config)
         self.post_init()
 
+    @torch.no_grad()
     def forward(
         self,
         pixel_values: torch.Tensor,
