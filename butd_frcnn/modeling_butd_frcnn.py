@@ -426,9 +426,10 @@ class ButdFrozenBatchNorm2d(nn.Module):
     divided by the moving-average factor; `weight` and `bias` are the Scale layer's gamma and beta.
     """
 
-    def __init__(self, num_features: int, eps: float):
+    def __init__(self, num_features: int, eps: float, ends_residual_branch: bool = False):
         super().__init__()
         self.eps = eps
+        self.ends_residual_branch = ends_residual_branch  # random init only: start the branch at zero
         self.register_buffer("weight", torch.ones(num_features))
         self.register_buffer("bias", torch.zeros(num_features))
         self.register_buffer("running_mean", torch.zeros(num_features))
@@ -446,9 +447,11 @@ class ButdFrozenBatchNorm2d(nn.Module):
 class ButdConv2d(nn.Conv2d):
     """A bias-free Caffe convolution followed by BatchNorm + Scale, folded into the convolution when it runs."""
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, eps=1e-5):
+    def __init__(
+        self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, eps=1e-5, ends_residual_branch=False
+    ):
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, bias=False)
-        self.norm = ButdFrozenBatchNorm2d(out_channels, eps)
+        self.norm = ButdFrozenBatchNorm2d(out_channels, eps, ends_residual_branch)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         scale, shift = self.norm.scale_and_shift()
@@ -471,7 +474,7 @@ class ButdBottleneck(nn.Module):
         self.conv2 = ButdConv2d(
             bottleneck_channels, bottleneck_channels, 3, padding=dilation, dilation=dilation, eps=eps
         )
-        self.conv3 = ButdConv2d(bottleneck_channels, out_channels, 1, eps=eps)
+        self.conv3 = ButdConv2d(bottleneck_channels, out_channels, 1, eps=eps, ends_residual_branch=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x if self.shortcut is None else self.shortcut(x)
@@ -818,20 +821,26 @@ class ButdFrcnnPreTrainedModel(PreTrainedModel):
     input_modalities = ("image",)
 
     def _init_weights(self, module):
-        """Random weights for models built from a config; a checkpoint overwrites all of them."""
+        """Random weights for models built from a config (tests, benchmarks); a checkpoint overwrites all of them.
+
+        The frozen BatchNorms start as identities and the last one of every residual branch at zero, so that a
+        randomly initialised 101-layer network keeps bounded activations and proposes boxes near its anchors.
+        """
         if isinstance(module, ButdFrozenBatchNorm2d):
-            init.ones_(module.weight)
+            init.constant_(module.weight, 0.0 if module.ends_residual_branch else 1.0)
             init.zeros_(module.bias)
             init.zeros_(module.running_mean)
             init.ones_(module.running_var)
         elif isinstance(module, ButdAnchorGenerator):
             init.copy_(module.cell_anchors, ButdAnchorGenerator.default_cell_anchors(self.config))
-        elif isinstance(module, nn.Conv2d):
+        elif isinstance(module, ButdConv2d):
             init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            if module.bias is not None:
-                init.zeros_(module.bias)
-        elif isinstance(module, nn.Linear):
+        elif isinstance(module, nn.Conv2d):  # the RPN head
             init.normal_(module.weight, std=0.01)
+            init.zeros_(module.bias)
+        elif isinstance(module, nn.Linear):
+            # box deltas start near zero, so that random proposals stay near their anchors
+            init.normal_(module.weight, std=0.001 if module is self.roi_heads.box_predictor.bbox_pred else 0.01)
             init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
             init.normal_(module.weight, std=0.01)

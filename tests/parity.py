@@ -39,14 +39,16 @@ def selection_scores(boxes: torch.Tensor, class_probs: torch.Tensor) -> np.ndarr
     return per_class_nms_max_scores(boxes, class_probs[:, 1:], 0.3).numpy()
 
 
-def assert_same_selection_up_to_near_ties(ours: np.ndarray, our_scores: np.ndarray, theirs: np.ndarray, tol=1e-5):
+def assert_same_selection_up_to_near_ties(
+    ours: np.ndarray, our_scores: np.ndarray, theirs: np.ndarray, tol: float = 1e-5, atol: float = BOX_ATOL
+):
     """Same boxes; where the order differs, the swapped regions' scores (ours) differ by less than `tol`, the
     numerical agreement of the two implementations' probabilities: a near-tie either side may break."""
     assert ours.shape == theirs.shape, f"{len(ours)} regions vs {len(theirs)}"
     for position in range(len(ours)):
-        if np.abs(ours[position] - theirs[position]).max() <= BOX_ATOL:
+        if np.abs(ours[position] - theirs[position]).max() <= atol:
             continue
-        match = np.flatnonzero(np.abs(ours - theirs[position]).max(axis=1) <= BOX_ATOL)
+        match = np.flatnonzero(np.abs(ours - theirs[position]).max(axis=1) <= atol)
         assert match.size == 1, f"region {theirs[position]} of the original is not among ours"
         assert abs(our_scores[match[0]] - our_scores[position]) < tol, (
             f"regions {position} and {match[0]} swapped although their scores differ by "
