@@ -77,7 +77,7 @@ class _Reader:
         self.file_offset = file_offset  # where `buffer[0]` sits in the file
 
     def error(self, message: str) -> CaffeModelError:
-        return CaffeModelError(f"{self.path}: {message} at byte {self.file_offset + self.pos} ({self.context})")
+        return CaffeModelError(f"{self.path}: {self.context}: {message} (at byte {self.file_offset + self.pos})")
 
     def varint(self) -> int:
         result, shift = 0, 0
@@ -151,7 +151,7 @@ class _Stream:
         self.sha256 = hashlib.sha256()
 
     def error(self, message: str) -> CaffeModelError:
-        return CaffeModelError(f"{self.path}: {message} at byte {self.pos} (NetParameter)")
+        return CaffeModelError(f"{self.path}: {message} (at byte {self.pos})")
 
     def read(self, count: int) -> bytearray:
         data = bytearray(count)
