@@ -25,7 +25,13 @@ from .hub import HubClient, push_folder, resolve_token
 from .model_card import render_model_card
 from .prototxt import check_prototxt, proposal_parameters, read_prototxt
 from .vocab import attribute_names_from_vocabulary, id2label_from_vocabulary
-from .weights import ConversionReport, caffe_to_state_dict, config_from_caffe, infer_architecture
+from .weights import (
+    ConversionReport,
+    WeightMappingError,
+    caffe_to_state_dict,
+    config_from_caffe,
+    infer_architecture,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -215,10 +221,10 @@ def convert_caffemodel(
 
     try:
         config = config_from_caffe(net, **overrides)
-    except ConversionError:
-        raise
-    except ValueError as error:  # the config's own validation (e.g. a feature stride its stage strides do not make)
-        raise ConversionError(f"{checkpoint}: the settings do not make a consistent model: {error}") from None
+    except WeightMappingError as error:
+        if definition is None:
+            raise
+        raise WeightMappingError(f"{error} (with the proposal-layer parameters of {definition.path})") from None
     if definition is not None:
         check_prototxt(definition, config, net)
         notes.append(f"proposal-layer parameters from {Path(definition.path).name}, the rest of it checked")

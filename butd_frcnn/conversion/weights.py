@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from huggingface_hub.errors import StrictDataclassError
 
 from ..configuration_butd_frcnn import ButdFrcnnConfig
 from ..modeling_butd_frcnn import ButdAnchorGenerator, ButdFrcnnModel
@@ -320,7 +321,11 @@ def config_from_caffe(net: CaffeNet, **overrides) -> ButdFrcnnConfig:
     kwargs = {**architecture, **overrides}
     if "id2label" not in kwargs:
         kwargs["num_labels"] = num_labels
-    config = ButdFrcnnConfig(**kwargs)
+    try:
+        config = ButdFrcnnConfig(**kwargs)
+    except (StrictDataclassError, ValueError, TypeError) as error:  # the config's own validation
+        cause = error.__cause__ or error
+        raise WeightMappingError(f"these settings do not make a consistent model: {cause}") from None
     if config.num_anchors != num_anchors:
         raise WeightMappingError(
             f"rpn_cls_score has {2 * num_anchors} channels ({num_anchors} anchors), but the config's "
