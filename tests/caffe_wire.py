@@ -72,8 +72,10 @@ def write_caffemodel(path, layers, legacy: bool = False, net_name: str = "test-n
     path = Path(path)
     with open(path, "wb") as f:
         f.write(field_bytes(1, net_name.encode()))
-        for name, layer_type, blobs in layers:
-            f.write(field_bytes(2 if legacy else 100, layer_bytes(name, layer_type, blobs, legacy, **blob_options)))
+        f.writelines(
+            field_bytes(2 if legacy else 100, layer_bytes(name, layer_type, blobs, legacy, **blob_options))
+            for name, layer_type, blobs in layers
+        )
     return path
 
 

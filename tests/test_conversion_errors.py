@@ -53,7 +53,12 @@ def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     environment = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")}
     environment.update(PYTHONPATH=str(REPO_ROOT), HF_HUB_OFFLINE="1", **(env or {}))
     return subprocess.run(
-        [sys.executable, "-m", "butd_frcnn.cli", *args], capture_output=True, text=True, env=environment, timeout=600
+        [sys.executable, "-m", "butd_frcnn.cli", *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=600,
     )
 
 
@@ -98,10 +103,11 @@ def test_missing_layer(tmp_path, tiny_layers):
 
 
 def test_missing_blob(tmp_path, tiny_layers):
-    gamma = dict((name, blobs) for name, _, blobs in tiny_layers)["scale2a_branch2c"][0]
+    gamma = {name: blobs for name, _, blobs in tiny_layers}["scale2a_branch2c"][0]
     layers = edited(tiny_layers, replace={"scale2a_branch2c": ("Scale", [gamma])})
     with pytest.raises(
-        WeightMappingError, match=r"'scale2a_branch2c' has 1 blob\(s\); .*blob 1 .*backbone\.res2\.0\.conv3\.norm\.bias"
+        WeightMappingError,
+        match=r"'scale2a_branch2c' has 1 blob\(s\); .*blob 1 .*backbone\.res2\.0\.conv3\.norm\.bias",
     ):
         convert_layers(tmp_path, layers)
     assert_nothing_written(tmp_path)
@@ -120,13 +126,15 @@ def test_wrong_shape(tmp_path, tiny_layers):
 
 def test_unknown_layer(tmp_path, tiny_layers):
     layers = edited(tiny_layers, add=[("fc_mystery", "InnerProduct", [np.zeros((5, 7), np.float32)])])
-    with pytest.raises(WeightMappingError, match=r"layers the model does not know: fc_mystery \(InnerProduct.*\[5, 7\]"):
+    with pytest.raises(
+        WeightMappingError, match=r"layers the model does not know: fc_mystery \(InnerProduct.*\[5, 7\]"
+    ):
         convert_layers(tmp_path, layers)
     assert_nothing_written(tmp_path)
 
 
 def test_unknown_blob_of_a_known_layer(tmp_path, tiny_layers):
-    weight = dict((name, blobs) for name, _, blobs in tiny_layers)["conv1"][0]
+    weight = {name: blobs for name, _, blobs in tiny_layers}["conv1"][0]
     layers = edited(tiny_layers, replace={"conv1": ("Convolution", [weight, np.zeros(8, np.float32)])})
     with pytest.raises(WeightMappingError, match=r"'conv1' has 2 blobs but the model uses 1: unknown blob 1 .*\[8\]"):
         convert_layers(tmp_path, layers)
@@ -134,7 +142,7 @@ def test_unknown_blob_of_a_known_layer(tmp_path, tiny_layers):
 
 
 def test_layer_of_the_wrong_type(tmp_path, tiny_layers):
-    blobs = dict((name, blobs) for name, _, blobs in tiny_layers)["bn_conv1"]
+    blobs = {name: blobs for name, _, blobs in tiny_layers}["bn_conv1"]
     layers = edited(tiny_layers, replace={"bn_conv1": ("Scale", blobs)})
     with pytest.raises(WeightMappingError, match=r"'bn_conv1' is a Scale layer, but the model needs a BatchNorm"):
         convert_layers(tmp_path, layers)
@@ -171,7 +179,9 @@ def test_prototxt_anchor_scales_that_the_weights_do_not_have(tmp_path, golden_di
 
 def test_prototxt_feature_stride_that_the_strides_do_not_make(tmp_path, golden_dir):
     prototxt = prototxt_with(tmp_path, ("'feat_stride': 16", "'feat_stride': 8"))
-    with pytest.raises(ConversionError, match=r"feature_stride=8 but stage_strides=\[1, 2, 2, 1\] put res4 at stride 16"):
+    with pytest.raises(
+        ConversionError, match=r"feature_stride=8 but stage_strides=\[1, 2, 2, 1\] put res4 at stride 16"
+    ):
         convert_caffemodel(golden_dir / "tiny_seed0.caffemodel", tmp_path / "out", prototxt=prototxt)
 
 
@@ -267,9 +277,15 @@ def test_push_to_hub_creates_the_repository_and_uploads_the_folder_in_one_commit
         hub_api=hub,
     )
     assert [call[0] for call in hub.calls] == ["create_repo", "create_branch", "upload_folder"]
-    assert hub.calls[0][1:] == ("org/butd-frcnn-tiny", {
-        "token": "hf_test_token", "private": True, "repo_type": "model", "exist_ok": True,
-    })
+    assert hub.calls[0][1:] == (
+        "org/butd-frcnn-tiny",
+        {
+            "token": "hf_test_token",
+            "private": True,
+            "repo_type": "model",
+            "exist_ok": True,
+        },
+    )
     assert hub.calls[1][2]["branch"] == "v1"
     upload = hub.calls[2][2]
     assert upload["folder_path"] == str(tmp_path / "out") and upload["revision"] == "v1"
@@ -291,7 +307,11 @@ def test_push_without_token_fails_before_converting(tmp_path, golden_dir, monkey
 
 def test_cli_push_without_token(tmp_path, golden_dir):
     result = run_cli(
-        "convert", str(golden_dir / "tiny_seed0.caffemodel"), str(tmp_path / "out"), "--push-to-hub", "org/m",
+        "convert",
+        str(golden_dir / "tiny_seed0.caffemodel"),
+        str(tmp_path / "out"),
+        "--push-to-hub",
+        "org/m",
         env={"HF_HOME": str(tmp_path / "hf-home")},
     )
     assert result.returncode == 1
@@ -309,7 +329,11 @@ def test_failed_push_keeps_the_converted_folder(tmp_path, golden_dir, failure):
     hub = FakeHub(fail=failure())
     with pytest.raises(HubPushError, match=r"pushing .*out to org/m failed: .*hf upload org/m"):
         convert_caffemodel(
-            golden_dir / "tiny_seed0.caffemodel", tmp_path / "out", push_to_hub="org/m", token="t", hub_api=hub,
+            golden_dir / "tiny_seed0.caffemodel",
+            tmp_path / "out",
+            push_to_hub="org/m",
+            token="t",
+            hub_api=hub,
             create_pr=True,
         )
     assert hub.calls[-1][2]["create_pr"] is True

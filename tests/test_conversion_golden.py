@@ -25,10 +25,17 @@ BOX_ATOL = 1e-3
 
 def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     """`butd-frcnn ...` in a subprocess importing this worktree's code, with no Hub token and no network."""
-    environment = {key: value for key, value in os.environ.items() if key not in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")}
+    environment = {
+        key: value for key, value in os.environ.items() if key not in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
+    }
     environment.update(PYTHONPATH=str(REPO_ROOT), HF_HUB_OFFLINE="1", **(env or {}))
     return subprocess.run(
-        [sys.executable, "-m", "butd_frcnn.cli", *args], capture_output=True, text=True, env=environment, timeout=600
+        [sys.executable, "-m", "butd_frcnn.cli", *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=600,
     )
 
 
@@ -98,11 +105,17 @@ def converted_36(tmp_path_factory):
     """The same weights converted with the vocabularies, the prototxt and the 36-box selection as default."""
     out = tmp_path_factory.mktemp("golden-36") / "tiny-36"
     result = run_cli(
-        "convert", str(GOLDEN / "tiny_seed0.caffemodel"), str(out),
-        "--prototxt", str(GOLDEN / "test_tiny.prototxt"),
-        "--objects-vocab", str(VOCAB / "objects_vocab.txt"),
-        "--attributes-vocab", str(VOCAB / "attributes_vocab.txt"),
-        "--boxes", "36",
+        "convert",
+        str(GOLDEN / "tiny_seed0.caffemodel"),
+        str(out),
+        "--prototxt",
+        str(GOLDEN / "test_tiny.prototxt"),
+        "--objects-vocab",
+        str(VOCAB / "objects_vocab.txt"),
+        "--attributes-vocab",
+        str(VOCAB / "attributes_vocab.txt"),
+        "--boxes",
+        "36",
     )
     assert result.returncode == 0, result.stderr
     return out
@@ -125,8 +138,9 @@ def test_cli_with_vocabularies_prototxt_and_36_boxes(converted_36):
 )
 def test_installed_auto_model_reproduces_golden_outputs(request, folder, name, preset):
     """Loaded by the installed package; the folder's own selection default (no per-call arguments) applies."""
-    import butd_frcnn  # registers the classes: no remote code needed
     from transformers import AutoImageProcessor, AutoModel
+
+    import butd_frcnn  # registers the classes: no remote code needed
 
     folder = request.getfixturevalue(folder)
     model = AutoModel.from_pretrained(folder).eval()
@@ -176,9 +190,22 @@ def test_remote_code_reproduces_golden_outputs(converted, tmp_path):
         "HF_MODULES_CACHE": str(tmp_path / "modules"),
     }
     result = subprocess.run(
-        [sys.executable, "-I", "-S", str(script), str(converted), str(golden_image_path("astronaut")), str(output),
-         *site.getsitepackages()],
-        capture_output=True, text=True, cwd=tmp_path, env=environment, timeout=600,
+        [
+            sys.executable,
+            "-I",
+            "-S",
+            str(script),
+            str(converted),
+            str(golden_image_path("astronaut")),
+            str(output),
+            *site.getsitepackages(),
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=environment,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     with np.load(output) as outputs:

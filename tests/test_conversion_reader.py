@@ -61,9 +61,12 @@ def test_reader_skips_fields_it_does_not_need(tmp_path):
     layer = layer_bytes("conv1", "Convolution", [WEIGHT])
     extra = (
         field_bytes(3, b"data")  # NetParameter.input
-        + tag(7, 0) + varint(1)  # force_backward
-        + tag(50, 5) + b"\x00\x00\x80\x3f"
-        + tag(51, 1) + b"\x00" * 8
+        + tag(7, 0)
+        + varint(1)  # force_backward
+        + tag(50, 5)
+        + b"\x00\x00\x80\x3f"
+        + tag(51, 1)
+        + b"\x00" * 8
     )
     net = parse_net(extra + field_bytes(100, layer + tag(9, 0) + varint(3)))
     np.testing.assert_array_equal(net.layers[0].blobs[0], WEIGHT)

@@ -76,8 +76,10 @@ def expected_state_dict(layers) -> dict[str, np.ndarray]:
 
 def with_unused_layers(layers, seed=1):
     rng = np.random.default_rng(seed)
-    extra = [(name, kind, [rng.standard_normal(shape).astype(np.float32) for shape in shapes])
-             for name, kind, shapes in UNUSED_LAYERS]
+    extra = [
+        (name, kind, [rng.standard_normal(shape).astype(np.float32) for shape in shapes])
+        for name, kind, shapes in UNUSED_LAYERS
+    ]
     return layers[:10] + extra + layers[10:]
 
 
@@ -145,7 +147,7 @@ def golden_tiny_state_dict():
 
 def load_weights(folder) -> dict[str, np.ndarray]:
     with safe_open(folder / "model.safetensors", framework="np") as f:
-        return {key: f.get_tensor(key) for key in f.keys()}
+        return {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 (a safe_open handle is not a dict)
 
 
 def test_caffemodel2pytorch_state_dict(tmp_path, golden_tiny_state_dict):
@@ -203,19 +205,23 @@ def test_research_frcnn_state_dict(tmp_path, golden_tiny_state_dict):
     for suffix in ("weight", "bias"):
         deltas = converted[f"roi_heads.box_predictor.bbox_pred.{suffix}"]
         assert deltas.shape[0] == 1601 * 4 and not deltas[:4].any()
-        np.testing.assert_array_equal(deltas[4:], golden_tiny_state_dict[f"roi_heads.box_predictor.bbox_pred.{suffix}"][4:])
+        np.testing.assert_array_equal(
+            deltas[4:], golden_tiny_state_dict[f"roi_heads.box_predictor.bbox_pred.{suffix}"][4:]
+        )
         logits = converted[f"proposal_generator.rpn_head.objectness_logits.{suffix}"]
         assert logits.shape[0] == 24 and not logits[:12].any()
 
     # the RPN on the original's res4 gives the original's objectness probabilities
     golden = load_golden("tiny", "astronaut")
     res4 = torch.from_numpy(golden["blob/res4a"])
-    hidden = torch.relu(torch.nn.functional.conv2d(
-        res4,
-        torch.from_numpy(converted["proposal_generator.rpn_head.conv.weight"]),
-        torch.from_numpy(converted["proposal_generator.rpn_head.conv.bias"]),
-        padding=1,
-    ))
+    hidden = torch.relu(
+        torch.nn.functional.conv2d(
+            res4,
+            torch.from_numpy(converted["proposal_generator.rpn_head.conv.weight"]),
+            torch.from_numpy(converted["proposal_generator.rpn_head.conv.bias"]),
+            padding=1,
+        )
+    )
     logits = torch.nn.functional.conv2d(
         hidden,
         torch.from_numpy(converted["proposal_generator.rpn_head.objectness_logits.weight"]),

@@ -17,8 +17,9 @@ file size; the SHA-256 of the file is computed on the way.
 import hashlib
 import io
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 import numpy as np
 
@@ -277,7 +278,9 @@ def read_net(file: BinaryIO, size: int, path: str = "<bytes>") -> CaffeNet:
         except CaffeModelError as error:
             raise CaffeModelError(f"{error}{_not_caffe_hint(head)}") from None
     if not any(layer.blobs for layer in layers):
-        raise CaffeModelError(f"{path}: no layer with weights found: this is not a Caffe model file{_not_caffe_hint(head)}")
+        raise CaffeModelError(
+            f"{path}: no layer with weights found: this is not a Caffe model file{_not_caffe_hint(head)}"
+        )
     return CaffeNet(
         name=name, layers=layers, layout="+".join(sorted(layouts)), sha256=stream.sha256.hexdigest(), size=size
     )

@@ -151,7 +151,9 @@ def caffe_net_from_detectron_names(state_dict: dict[str, torch.Tensor], path: st
                 key = new + key[len(old) :]
         arrays[key] = _as_array(tensor)
     if any("cell_anchors" in key for key in ignored):
-        notes.append("the checkpoint's own anchor table was replaced by the config's (the original's generate_anchors)")
+        notes.append(
+            "the checkpoint's own anchor table was replaced by the config's (the original's generate_anchors)"
+        )
 
     num_anchors = arrays[ANCHOR_DELTAS].shape[0] // 4 if ANCHOR_DELTAS in arrays else None
     for suffix in ("weight", "bias"):
@@ -174,7 +176,9 @@ def caffe_net_from_detectron_names(state_dict: dict[str, torch.Tensor], path: st
     by_parameter = {target.parameter: target for target in table}
     unknown = sorted(set(arrays) - set(by_parameter))
     if unknown:
-        raise CheckpointError(f"{path}: keys the model does not know: {unknown[:8]}{' ...' if len(unknown) > 8 else ''}")
+        raise CheckpointError(
+            f"{path}: keys the model does not know: {unknown[:8]}{' ...' if len(unknown) > 8 else ''}"
+        )
     missing = sorted(set(by_parameter) - set(arrays))
     if missing:
         raise CheckpointError(f"{path}: the checkpoint lacks {missing[:8]}{' ...' if len(missing) > 8 else ''}")

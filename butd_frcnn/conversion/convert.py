@@ -78,6 +78,24 @@ def selection_preset(checkpoint: str | os.PathLike, boxes: str | None) -> str:
     return DEFAULT_PRESET
 
 
+def vocabulary_overrides(
+    architecture: dict, objects_vocab: str | os.PathLike | None, attributes_vocab: str | os.PathLike | None
+) -> tuple[dict, str]:
+    """`id2label` / `attribute_names` from the vocabulary files, checked against the heads' sizes, and a line for
+    the model card saying where the names come from."""
+    overrides = {}
+    if objects_vocab is not None:
+        overrides["id2label"] = id2label_from_vocabulary(objects_vocab, architecture["num_labels"])
+    if attributes_vocab is not None:
+        overrides["attribute_names"] = attribute_names_from_vocabulary(
+            attributes_vocab, architecture["num_attributes"]
+        )
+    given = [f"`{Path(path).name}`" for path in (objects_vocab, attributes_vocab) if path is not None]
+    if not given:
+        return overrides, "placeholders (`class_1`, ...; no vocabulary given)"
+    return overrides, f"from {' and '.join(given)} (a class is named by its first synonym)"
+
+
 def check_output_dir(output_dir: Path, overwrite: bool):
     """Refuse early what would fail late: an existing non-empty folder (unless `overwrite`), an unwritable place."""
     if output_dir.exists() and not output_dir.is_dir():
@@ -200,24 +218,16 @@ def convert_caffemodel(
     if push_to_hub:
         token = resolve_token(token)
 
+    definition = read_prototxt(prototxt) if prototxt is not None else None
     net, source_format, notes = read_checkpoint(checkpoint, bn_factor)
     logger.info("read %s (%s, %d layers)", checkpoint, source_format, len(net.layers))
     overrides = dict(SELECTION_PRESETS[selection_preset(checkpoint, boxes)])
     if score_threshold is not None:
         overrides["score_threshold"] = score_threshold
-    definition = None
-    if prototxt is not None:
-        definition = read_prototxt(prototxt)
+    if definition is not None:
         overrides.update(proposal_parameters(definition))
-    architecture = infer_architecture(net)
-    vocabulary = "placeholders (`class_1`, ...; no vocabulary given)"
-    if objects_vocab is not None:
-        overrides["id2label"] = id2label_from_vocabulary(objects_vocab, architecture["num_labels"])
-    if attributes_vocab is not None:
-        overrides["attribute_names"] = attribute_names_from_vocabulary(attributes_vocab, architecture["num_attributes"])
-    if objects_vocab is not None or attributes_vocab is not None:
-        given = [Path(p).name for p in (objects_vocab, attributes_vocab) if p is not None]
-        vocabulary = f"from {' and '.join(f'`{name}`' for name in given)} (a class is named by its first synonym)"
+    labels, vocabulary = vocabulary_overrides(infer_architecture(net), objects_vocab, attributes_vocab)
+    overrides.update(labels)
 
     try:
         config = config_from_caffe(net, **overrides)
@@ -225,10 +235,10 @@ def convert_caffemodel(
         if definition is None:
             raise
         raise WeightMappingError(f"{error} (with the proposal-layer parameters of {definition.path})") from None
+    state_dict, report = caffe_to_state_dict(net, config)
     if definition is not None:
         check_prototxt(definition, config, net)
         notes.append(f"proposal-layer parameters from {Path(definition.path).name}, the rest of it checked")
-    state_dict, report = caffe_to_state_dict(net, config)
     del net
     report.source, report.source_format, report.notes = os.fspath(checkpoint), source_format, notes
 

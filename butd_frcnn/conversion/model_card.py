@@ -53,6 +53,7 @@ def selection_name(config: ButdFrcnnConfig) -> str:
 
 
 def report_rows(config: ButdFrcnnConfig, report: ConversionReport) -> list[tuple[str, str]]:
+    ratios = _numbers(config.anchor_ratios)
     rows = [
         ("source", f"`{Path(report.source).name}`"),
         ("format", f"{report.source_format} (layout: {report.layout})"),
@@ -64,15 +65,8 @@ def report_rows(config: ButdFrcnnConfig, report: ConversionReport) -> list[tuple
         ("blocks per stage (res2-res5)", _numbers(config.depths)),
         ("stage widths", _numbers(config.hidden_sizes)),
         ("classes / attributes", f"{config.num_labels} / {config.num_attributes} (index 0: background / none)"),
-        (
-            "anchors",
-            f"stride {config.feature_stride}, scales {_numbers(config.anchor_scales)}, "
-            f"ratios {_numbers(config.anchor_ratios)}",
-        ),
-        (
-            "selection defaults",
-            f"{selection_name(config)} regions, score threshold {config.score_threshold:g}",
-        ),
+        ("anchors", f"stride {config.feature_stride}, scales {_numbers(config.anchor_scales)}, ratios {ratios}"),
+        ("selection defaults", f"{selection_name(config)} regions, score threshold {config.score_threshold:g}"),
     ]
     rows += [("note", note) for note in report.notes]
     return [(_cell(name), _cell(value)) for name, value in rows]

@@ -17,7 +17,7 @@ import numpy as np
 from ..configuration_butd_frcnn import ButdFrcnnConfig
 from .caffemodel import CaffeNet
 from .errors import ConversionError
-from .weights import BLOCK_LAYER, HEAD_LAYERS, caffe_parameter_table, is_unused_layer, squeeze_legacy_shape
+from .weights import BLOCK_LAYER, caffe_parameter_table, is_unused_layer, squeeze_legacy_shape
 
 Message = dict[str, list]  # field name -> values in file order (scalars, strings or nested messages)
 
@@ -90,7 +90,7 @@ def _tokenize(text: str, path: str) -> list[tuple[str, str, int]]:
     while pos < len(text):
         match = _TOKEN.match(text, pos)
         if not match:
-            raise PrototxtError(f"{path}: line {line}: cannot read {text[pos:pos + 20]!r}")
+            raise PrototxtError(f"{path}: line {line}: cannot read {text[pos : pos + 20]!r}")
         kind = match.lastgroup
         if kind:
             tokens.append((kind, match.group(kind), line))
@@ -212,7 +212,9 @@ def parse_param_str(text: str, where: str) -> dict:
             else:
                 params[match.group("key")] = _number(raw)
         except ValueError:
-            raise PrototxtError(f"{where}: param_str value {raw!r} of {match.group('key')!r} is not a number") from None
+            raise PrototxtError(
+                f"{where}: param_str value {raw!r} of {match.group('key')!r} is not a number"
+            ) from None
     leftover.append(text[pos:])
     if re.sub(r"[\s{},]", "", "".join(leftover)):
         raise PrototxtError(f"{where}: cannot read param_str {text!r} (expected `key: value` pairs)")
@@ -284,7 +286,8 @@ def _check_convolution(layer: PrototxtLayer, expected: tuple[int, int, int], pro
     params = first(layer.params, "convolution_param", {})
     stride, pad, dilation = expected
     found = {
-        "stride": _repeated(params, "stride", 1) + [int(params[k][0]) for k in ("stride_h", "stride_w") if k in params],
+        "stride": _repeated(params, "stride", 1)
+        + [int(params[k][0]) for k in ("stride_h", "stride_w") if k in params],
         "pad": _repeated(params, "pad", 0) + [int(params[k][0]) for k in ("pad_h", "pad_w") if k in params],
         "dilation": _repeated(params, "dilation", 1),
     }
@@ -313,6 +316,31 @@ def _check_outputs(layer: PrototxtLayer, blobs: list[np.ndarray], needs_bias: bo
         problems.append(f"layer {layer.name!r}: bias_term {bias_term} but the model's layer has {has} bias")
 
 
+def _check_batch_norm(layer: PrototxtLayer, config: ButdFrcnnConfig, problems: list[str]):
+    params = first(layer.params, "batch_norm_param", {})
+    eps = float(first(params, "eps", CAFFE_BATCH_NORM_EPS))
+    if not _float32_equal(eps, config.batch_norm_eps):
+        problems.append(f"layer {layer.name!r}: eps {eps} but the config has batch_norm_eps {config.batch_norm_eps}")
+    if first(params, "use_global_stats", True) is False:
+        problems.append(f"layer {layer.name!r}: use_global_stats false, but the model uses the stored statistics")
+
+
+def _check_roi_pooling(layer: PrototxtLayer, config: ButdFrcnnConfig, problems: list[str]):
+    params = first(layer.params, "roi_pooling_param", {})
+    for key in ("pooled_h", "pooled_w"):
+        if int(first(params, key, 0)) != config.roi_pool_size:
+            problems.append(
+                f"layer {layer.name!r}: {key} {first(params, key)} but the config has roi_pool_size "
+                f"{config.roi_pool_size}"
+            )
+    scale = float(first(params, "spatial_scale", 1.0))
+    if not _float32_equal(scale, 1.0 / config.feature_stride):
+        problems.append(
+            f"layer {layer.name!r}: spatial_scale {scale} but the config's feature_stride {config.feature_stride} "
+            f"makes {1.0 / config.feature_stride}"
+        )
+
+
 def check_prototxt(definition: NetDefinition, config: ButdFrcnnConfig, net: CaffeNet):
     """Raise `PrototxtError` listing everything in the prototxt that disagrees with the config or the weights."""
     problems: list[str] = []
@@ -330,39 +358,23 @@ def check_prototxt(definition: NetDefinition, config: ButdFrcnnConfig, net: Caff
         layer = layers.get(name)
         if layer is None:
             problems.append(f"layer {name!r} ({layer_type}) is missing from the prototxt")
-            continue
-        if layer.type != layer_type:
+        elif layer.type != layer_type:
             problems.append(f"layer {name!r} is a {layer.type} layer in the prototxt; the model has a {layer_type}")
-            continue
-        if name in geometry:
-            _check_convolution(layer, geometry[name], problems)
-        if layer_type == "BatchNorm":
-            params = first(layer.params, "batch_norm_param", {})
-            eps = float(first(params, "eps", CAFFE_BATCH_NORM_EPS))
-            if not _float32_equal(eps, config.batch_norm_eps):
-                problems.append(f"layer {name!r}: eps {eps} but the config has batch_norm_eps {config.batch_norm_eps}")
-            if first(params, "use_global_stats", True) is False:
-                problems.append(f"layer {name!r}: use_global_stats false (batch statistics): the model uses the stored")
-        if layer_type in ("Convolution", "InnerProduct", "Embed") and name in weights and weights[name].blobs:
-            _check_outputs(layer, weights[name].blobs, name in biased, problems)
+        elif layer_type == "BatchNorm":
+            _check_batch_norm(layer, config, problems)
+        elif layer_type in ("Convolution", "InnerProduct", "Embed"):
+            if name in geometry:
+                _check_convolution(layer, geometry[name], problems)
+            if name in weights and weights[name].blobs:
+                _check_outputs(layer, weights[name].blobs, name in biased, problems)
     for layer in definition.layers:
         if layer.type in PARAMETER_LAYER_TYPES and layer.name not in types and not is_unused_layer(layer.name):
             problems.append(f"layer {layer.name!r} ({layer.type}) is not part of the model")
         if layer.type == "ROIPooling":
-            params = first(layer.params, "roi_pooling_param", {})
-            for key in ("pooled_h", "pooled_w"):
-                if int(first(params, key, 0)) != config.roi_pool_size:
-                    problems.append(f"layer {layer.name!r}: {key} {first(params, key)} but the config has "
-                                    f"roi_pool_size {config.roi_pool_size}")
-            scale = float(first(params, "spatial_scale", 1.0))
-            if not _float32_equal(scale, 1.0 / config.feature_stride):
-                problems.append(f"layer {layer.name!r}: spatial_scale {scale} but the config's feature_stride "
-                                f"{config.feature_stride} makes {1.0 / config.feature_stride}")
+            _check_roi_pooling(layer, config, problems)
     if problems:
         shown = problems[:12] + ([f"... and {len(problems) - 12} more"] if len(problems) > 12 else [])
-        raise PrototxtError(
-            f"{definition.path} disagrees with the model:\n  " + "\n  ".join(shown)
-        )
+        raise PrototxtError(f"{definition.path} disagrees with the model:\n  " + "\n  ".join(shown))
 
 
 __all__ = [
