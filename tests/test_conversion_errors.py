@@ -11,10 +11,13 @@ import httpx2
 import huggingface_hub
 import numpy as np
 import pytest
+import torch
 from caffe_wire import random_layers, write_caffemodel
 from conftest import GOLDEN, REPO_ROOT, VOCAB
 from huggingface_hub.errors import HfHubHTTPError
+from safetensors import safe_open
 
+from butd_frcnn import ButdFrcnnConfig, ButdFrcnnModel
 from butd_frcnn.conversion.convert import EXPECTED_FILES, convert_caffemodel
 from butd_frcnn.conversion.errors import ConversionError
 from butd_frcnn.conversion.hub import HubPushError
@@ -22,6 +25,7 @@ from butd_frcnn.conversion.prototxt import PrototxtError
 from butd_frcnn.conversion.vocab import VocabularyError
 from butd_frcnn.conversion.weights import WeightMappingError
 from butd_frcnn.image_processing_butd_frcnn import ButdFrcnnImageProcessor
+from butd_frcnn.modeling_butd_frcnn import generate_cell_anchors
 
 
 @pytest.fixture(scope="module")
@@ -183,6 +187,23 @@ def test_prototxt_feature_stride_that_the_strides_do_not_make(tmp_path, golden_d
         ConversionError, match=r"feature_stride=8 but stage_strides=\[1, 2, 2, 1\] put res4 at stride 16"
     ):
         convert_caffemodel(golden_dir / "tiny_seed0.caffemodel", tmp_path / "out", prototxt=prototxt)
+
+
+def test_prototxt_proposal_parameters_reach_the_config_and_the_anchors(tmp_path, golden_dir):
+    """Other scales (still 12 anchors, so the weights fit): taken from param_str, not from the defaults."""
+    prototxt = prototxt_with(tmp_path, ("[4, 8, 16, 32]", "[2, 4, 8, 16]"))
+    result = convert_caffemodel(golden_dir / "tiny_seed0.caffemodel", tmp_path / "out", prototxt=prototxt)
+    assert result.config.anchor_scales == [2.0, 4.0, 8.0, 16.0]
+    with safe_open(tmp_path / "out" / "model.safetensors", framework="pt") as f:
+        anchors = f.get_tensor("proposal_generator.anchor_generator.cell_anchors")
+    torch.testing.assert_close(anchors, generate_cell_anchors(16, [0.5, 1.0, 2.0], [2.0, 4.0, 8.0, 16.0]))
+    assert anchors[4].tolist() == [-8.0, -8.0, 23.0, 23.0]  # ratio 1, scale 2: 32 x 32 centred at 7.5
+
+
+def test_conversion_leaves_no_class_registered_for_remote_code(tmp_path, golden_dir):
+    convert_caffemodel(golden_dir / "tiny_seed0.caffemodel", tmp_path / "out")
+    for cls in (ButdFrcnnConfig, ButdFrcnnModel, ButdFrcnnImageProcessor):
+        assert getattr(cls, "_auto_class", None) is None, cls
 
 
 def test_vocabulary_that_does_not_fit_the_head(tmp_path, golden_dir):

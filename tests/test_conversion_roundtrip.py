@@ -103,7 +103,8 @@ def full_layers():
 @pytest.mark.parametrize("legacy", [False, True], ids=["layer, shape", "V1 layers, num-channels-height-width"])
 def test_full_size_round_trip(tmp_path, full_layers, legacy):
     path = write_caffemodel(tmp_path / "full.caffemodel", full_layers, legacy=legacy, legacy_shape=legacy)
-    result = convert_caffemodel(path, tmp_path / "out")
+    prototxt = None if legacy else GOLDEN / "test_full.prototxt"  # the unmodified original network: it agrees
+    result = convert_caffemodel(path, tmp_path / "out", prototxt=prototxt)
     config = json.loads((tmp_path / "out" / "config.json").read_text())
     assert config["depths"] == [3, 4, 23, 3]
     assert config["hidden_sizes"] == [256, 512, 1024, 2048]

@@ -11,6 +11,7 @@ import os
 import shutil
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +47,7 @@ RELEASED_CHECKPOINTS = {
     "resnet101_faster_rcnn_final_iter_320000.caffemodel": "36",
 }
 DEFAULT_PRESET = "10-100"
+_UNSET = object()
 EXPECTED_FILES = (
     "config.json",
     "model.safetensors",
@@ -109,6 +111,28 @@ def check_output_dir(output_dir: Path, overwrite: bool):
         raise ConversionError(f"{output_dir}: cannot create the output folder: {parent} is not writable")
 
 
+@contextmanager
+def registered_for_remote_code():
+    """While saving: `auto_map` entries and copies of the three source files, so that the folder loads as remote
+    code. The registration is a class attribute; it is undone afterwards so that it does not leak into other saves."""
+    classes = {
+        ButdFrcnnConfig: "AutoConfig",
+        ButdFrcnnModel: "AutoModel",
+        ButdFrcnnImageProcessor: "AutoImageProcessor",
+    }
+    previous = {cls: cls.__dict__.get("_auto_class", _UNSET) for cls in classes}
+    for cls, auto_class in classes.items():
+        cls.register_for_auto_class(auto_class)
+    try:
+        yield
+    finally:
+        for cls, value in previous.items():
+            if value is _UNSET:
+                del cls._auto_class
+            else:
+                cls._auto_class = value
+
+
 def _default_permissions(folder: Path):
     """What a plain `mkdir` / `open` would have given: temporary folders and some writers use owner-only modes."""
     umask = os.umask(0)
@@ -153,11 +177,9 @@ def save_model_folder(
         with torch.device("meta"):
             model = ButdFrcnnModel(config)
         model.load_state_dict(state_dict, strict=True, assign=True)
-        ButdFrcnnConfig.register_for_auto_class()
-        ButdFrcnnModel.register_for_auto_class("AutoModel")
-        ButdFrcnnImageProcessor.register_for_auto_class("AutoImageProcessor")
-        model.save_pretrained(staging)
-        ButdFrcnnImageProcessor().save_pretrained(staging)
+        with registered_for_remote_code():
+            model.save_pretrained(staging)
+            ButdFrcnnImageProcessor().save_pretrained(staging)
         (staging / "README.md").write_text(model_card, encoding="utf-8")
         missing = [name for name in EXPECTED_FILES if not (staging / name).is_file()]
         if missing:
