@@ -252,3 +252,12 @@ def test_pickle_of_arbitrary_objects_is_refused_unexecuted(tmp_path):
         convert_caffemodel(tmp_path / "evil.pt", tmp_path / "out")
     assert not marker.exists()
     assert not (tmp_path / "out").exists()
+
+
+def test_research_checkpoint_with_a_missing_key(tmp_path, golden_tiny_state_dict):
+    checkpoint = research_layout(golden_tiny_state_dict)
+    del checkpoint["backbone.res3.0.conv2.norm.running_var"]
+    torch.save(checkpoint, tmp_path / "model.pt")
+    with pytest.raises(CheckpointError, match=r"model.pt: the checkpoint lacks: \['backbone\.res3\.0\.conv2\.norm"):
+        convert_caffemodel(tmp_path / "model.pt", tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -137,11 +137,13 @@ def _research_depths(keys: list[str], path: str) -> list[int]:
     return [max(blocks[stage]) + 1 for stage in range(2, 6)]
 
 
-def caffe_net_from_detectron_names(state_dict: dict[str, torch.Tensor], path: str) -> tuple[CaffeNet, list[str]]:
-    """The transformers-research FRCNN layout (or this model's own) as Caffe layers, via the mapping table."""
-    notes = []
-    arrays: dict[str, np.ndarray] = {}
-    ignored = []
+def _to_model_names(state_dict: dict[str, torch.Tensor]) -> tuple[dict[str, np.ndarray], list[str]]:
+    """The research layout renamed and reshaped into this model's state-dict entries (this model's own layout
+    passes through unchanged).
+
+    The objectness channels keep their order: anchor `a`'s sigmoid logit becomes anchor `a`'s foreground logit.
+    """
+    notes, arrays, ignored = [], {}, []
     for key, tensor in state_dict.items():
         if IGNORED_KEYS.search(key):
             ignored.append(key)
@@ -156,44 +158,45 @@ def caffe_net_from_detectron_names(state_dict: dict[str, torch.Tensor], path: st
         )
 
     num_anchors = arrays[ANCHOR_DELTAS].shape[0] // 4 if ANCHOR_DELTAS in arrays else None
-    for suffix in ("weight", "bias"):
-        key = OBJECTNESS + suffix
-        if num_anchors and key in arrays and arrays[key].shape[0] == num_anchors:
-            logits = arrays[key]
-            arrays[key] = np.concatenate([np.zeros_like(logits), logits])  # softmax(0, l) == sigmoid(l)
-            if suffix == "weight":
-                notes.append(f"RPN: {num_anchors} sigmoid objectness logits mapped to (background 0, foreground l)")
     num_classes = arrays[CLASS_SCORES].shape[0] if CLASS_SCORES in arrays else None
     for suffix in ("weight", "bias"):
-        key = BOX_DELTAS + suffix
-        if num_classes and key in arrays and arrays[key].shape[0] == 4 * (num_classes - 1):
-            deltas = arrays[key]
-            arrays[key] = np.concatenate([np.zeros((4, *deltas.shape[1:]), deltas.dtype), deltas])
+        logits = arrays.get(OBJECTNESS + suffix)
+        if num_anchors and logits is not None and logits.shape[0] == num_anchors:
+            arrays[OBJECTNESS + suffix] = np.concatenate([np.zeros_like(logits), logits])  # softmax(0, l) = sigmoid(l)
+            if suffix == "weight":
+                notes.append(f"RPN: {num_anchors} sigmoid objectness logits mapped to (background 0, foreground l)")
+        deltas = arrays.get(BOX_DELTAS + suffix)
+        if num_classes and deltas is not None and deltas.shape[0] == 4 * (num_classes - 1):
+            background = np.zeros((4, *deltas.shape[1:]), deltas.dtype)
+            arrays[BOX_DELTAS + suffix] = np.concatenate([background, deltas])
             if suffix == "weight":
                 notes.append(f"bbox_pred: a zero background row added ({deltas.shape[0]} -> {deltas.shape[0] + 4})")
+    return arrays, notes
 
+
+def caffe_net_from_detectron_names(state_dict: dict[str, torch.Tensor], path: str) -> tuple[CaffeNet, list[str]]:
+    """The transformers-research FRCNN layout (or this model's own) as Caffe layers, via the mapping table; the
+    BatchNorm statistics are stored already divided, so their factor blob is 1."""
+    arrays, notes = _to_model_names(state_dict)
     table = caffe_parameter_table(_research_depths(list(arrays), path))
     by_parameter = {target.parameter: target for target in table}
-    unknown = sorted(set(arrays) - set(by_parameter))
-    if unknown:
-        raise CheckpointError(
-            f"{path}: keys the model does not know: {unknown[:8]}{' ...' if len(unknown) > 8 else ''}"
-        )
-    missing = sorted(set(by_parameter) - set(arrays))
-    if missing:
-        raise CheckpointError(f"{path}: the checkpoint lacks {missing[:8]}{' ...' if len(missing) > 8 else ''}")
+    for problem, keys in (
+        ("keys the model does not know", sorted(set(arrays) - set(by_parameter))),
+        ("the checkpoint lacks", sorted(set(by_parameter) - set(arrays))),
+    ):
+        if keys:
+            raise CheckpointError(f"{path}: {problem}: {keys[:8]}{' ...' if len(keys) > 8 else ''}")
 
-    layers: dict[str, CaffeLayer] = {}
+    blobs: dict[str, dict[int, np.ndarray]] = defaultdict(dict)
     for target in table:
-        layer = layers.setdefault(target.layer, CaffeLayer(target.layer, target.layer_type, []))
-        blobs = layer.blobs
-        while len(blobs) <= target.blob:
-            blobs.append(None)
-        blobs[target.blob] = arrays[target.parameter]
-        if target.transform != "copy" and len(blobs) <= BATCH_NORM_FACTOR_BLOB:
-            blobs += [None] * (BATCH_NORM_FACTOR_BLOB + 1 - len(blobs))
-            blobs[BATCH_NORM_FACTOR_BLOB] = np.ones(1, np.float32)  # statistics stored already divided
-    return CaffeNet(name="", layers=list(layers.values()), layout="detectron2 names"), notes
+        blobs[target.layer][target.blob] = arrays[target.parameter]
+        if target.transform != "copy":
+            blobs[target.layer][BATCH_NORM_FACTOR_BLOB] = np.ones(1, np.float32)
+    types = {target.layer: target.layer_type for target in table}
+    layers = [
+        CaffeLayer(name, types[name], [by_index[i] for i in sorted(by_index)]) for name, by_index in blobs.items()
+    ]
+    return CaffeNet(name="", layers=layers, layout="detectron2 names"), notes
 
 
 def file_sha256(path: str | os.PathLike, chunk_size: int = 1 << 24) -> str:

@@ -236,6 +236,9 @@ def convert_caffemodel(
     """
     started = time.perf_counter()
     output_dir = Path(output_dir).absolute()
+    for path in (checkpoint, prototxt, objects_vocab, attributes_vocab):
+        if path is not None and not Path(path).is_file():
+            raise ConversionError(f"{path}: no such file")
     check_output_dir(output_dir, overwrite)
     if push_to_hub:
         token = resolve_token(token)
