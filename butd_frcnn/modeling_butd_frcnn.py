@@ -893,6 +893,8 @@ class ButdFrcnnModel(ButdFrcnnPreTrainedModel):
         max_boxes = config.max_boxes if max_boxes is None else max_boxes
         score_threshold = config.score_threshold if score_threshold is None else score_threshold
         return_dict = config.return_dict if return_dict is None else return_dict
+        if output_hidden_states is None:
+            output_hidden_states = config.output_hidden_states
         if not 0 < min_boxes <= max_boxes:
             raise ValueError(f"need 0 < min_boxes <= max_boxes, got min_boxes={min_boxes}, max_boxes={max_boxes}")
 
