@@ -77,7 +77,7 @@ def draw_regions(
     width, height = canvas.size
     short_side = min(width, height)
     line_width = max(1, round(short_side / 300))
-    font = ImageFont.load_default(size=max(10, round(short_side / 32)))
+    font = ImageFont.load_default(size=max(11, round(short_side / 30)))
     padding = max(1, line_width)
     draw = ImageDraw.Draw(canvas)
     colors = distinct_colors(len(boxes))
