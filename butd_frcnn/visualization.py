@@ -23,11 +23,15 @@ logger = logging.getLogger(__name__)
 
 GOLDEN_RATIO_CONJUGATE = 0.618033988749895
 BLACK, WHITE = (0, 0, 0), (255, 255, 255)
+# sizes relative to the image's shorter side, so that small and large pictures look alike
+LINE_WIDTH_DIVISOR = 300
+FONT_SIZE_DIVISOR = 30
+MIN_FONT_SIZE = 11
 
 
 def distinct_colors(count: int) -> list[tuple[int, int, int]]:
-    """`count` saturated colours whose hues step by the golden ratio: consecutive colours are far apart on the colour
-    wheel and no two coincide, whatever the count."""
+    """`count` saturated colours whose hues step by the golden ratio around the colour wheel: consecutive colours are
+    far apart, and the hues never repeat however many boxes there are."""
     colors = []
     for i in range(count):
         hue = (i * GOLDEN_RATIO_CONJUGATE) % 1.0
@@ -58,9 +62,7 @@ def region_caption(attribute: str, object_name: str, score: float) -> str:
     return f"{display_name(attribute)} {display_name(object_name)} {score:.2f}"
 
 
-def draw_regions(
-    image: Image.Image, boxes: Sequence[Sequence[float]], captions: Sequence[str]
-) -> Image.Image:
+def draw_regions(image: Image.Image, boxes: Sequence[Sequence[float]], captions: Sequence[str]) -> Image.Image:
     """Draw boxes and their captions on an RGB copy of `image`.
 
     Args:
@@ -76,8 +78,8 @@ def draw_regions(
     canvas = image.convert("RGB")
     width, height = canvas.size
     short_side = min(width, height)
-    line_width = max(1, round(short_side / 300))
-    font = ImageFont.load_default(size=max(11, round(short_side / 30)))
+    line_width = max(1, round(short_side / LINE_WIDTH_DIVISOR))
+    font = ImageFont.load_default(size=max(MIN_FONT_SIZE, round(short_side / FONT_SIZE_DIVISOR)))
     padding = max(1, line_width)
     draw = ImageDraw.Draw(canvas)
     colors = distinct_colors(len(boxes))

@@ -87,6 +87,7 @@ def run_without_package(code: str, workdir: Path) -> dict:
         text=True,
         stdin=subprocess.DEVNULL,
         timeout=600,
+        check=False,
     )
     assert completed.returncode == 0, f"subprocess failed:\n{completed.stderr[-4000:]}"
     return json.loads(completed.stdout.strip().splitlines()[-1])

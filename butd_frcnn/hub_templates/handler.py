@@ -36,6 +36,8 @@ _BASE64_PREFIX = ";base64,"
 
 
 class EndpointHandler:
+    """Loads the model folder once; each call runs one image (see the module docstring for the request)."""
+
     def __init__(self, path: str = ""):
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model = AutoModelForObjectDetection.from_pretrained(path, trust_remote_code=True).to(self.device).eval()
