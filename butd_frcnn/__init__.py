@@ -1,10 +1,12 @@
 """Bottom-up-attention Faster R-CNN (BUTD region features) as a Hugging Face Transformers model.
 
 Importing the package registers the classes with the Auto* factories, so that `AutoModel.from_pretrained` resolves
-a converted folder without remote code.
+a converted folder without remote code. The one model class serves `AutoModel` (the `image-feature-extraction`
+pipeline) and `AutoModelForObjectDetection` (the `object-detection` pipeline): its output carries the region
+features first and the selected, labelled boxes that `post_process_object_detection` reads.
 """
 
-from transformers import AutoConfig, AutoImageProcessor, AutoModel
+from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForObjectDetection
 
 from .configuration_butd_frcnn import ButdFrcnnConfig
 from .image_processing_butd_frcnn import ButdFrcnnImageProcessor
@@ -12,6 +14,7 @@ from .modeling_butd_frcnn import ButdFrcnnModel, ButdFrcnnModelOutput, ButdFrcnn
 
 AutoConfig.register(ButdFrcnnConfig.model_type, ButdFrcnnConfig, exist_ok=True)
 AutoModel.register(ButdFrcnnConfig, ButdFrcnnModel, exist_ok=True)
+AutoModelForObjectDetection.register(ButdFrcnnConfig, ButdFrcnnModel, exist_ok=True)
 AutoImageProcessor.register(
     ButdFrcnnConfig, image_processor_classes={"torchvision": ButdFrcnnImageProcessor}, exist_ok=True
 )

@@ -304,6 +304,69 @@ class ButdFrcnnImageProcessor(TorchvisionBackend):
             data = {key: value.numpy() for key, value in data.items()}
         return ButdFrcnnBatchFeature(data=data)
 
+    def post_process_object_detection(
+        self,
+        outputs,
+        threshold: float = 0.5,
+        target_sizes: torch.Tensor | Sequence[Sequence[int]] | None = None,
+    ) -> list[dict[str, torch.Tensor]]:
+        """The selected regions of [`ButdFrcnnModel`] as detections, in the layout of the `object-detection`
+        pipeline.
+
+        The model has already chosen the regions (the original's selection: 10-100 or 36 per image, padding beyond
+        `num_boxes`); this keeps those whose object score reaches `threshold`, in the model's order. Pass
+        `threshold=0` to keep every selected region.
+
+        Args:
+            outputs ([`ButdFrcnnModelOutput`] or a mapping with its fields):
+                The model's output.
+            threshold (`float`, *optional*, defaults to 0.5):
+                Minimum object score (probability of the region's most probable class) of a kept region.
+            target_sizes (`torch.Tensor` of shape `(batch_size, 2)` or a list of `(height, width)`, *optional*):
+                Image sizes to express the boxes in. The model's boxes are already in original-image pixels, so they
+                are rescaled only where a target size differs from the `original_sizes` the model was given.
+
+        Returns:
+            `list[dict]`, one per image, with tensors for its kept regions:
+            - `"scores"` `(N,)`: object scores;
+            - `"labels"` `(N,)`: object class ids, keys of `config.id2label` (1..num_labels-1);
+            - `"boxes"` `(N, 4)`: `(x1, y1, x2, y2)` pixels, inclusive convention (width = x2 - x1 + 1);
+            - `"attributes"` `(N,)`: attribute ids, indices of `config.attribute_names` (1..num_attributes-1);
+            - `"attribute_scores"` `(N,)`: their probabilities.
+        """
+        num_boxes = outputs["num_boxes"].tolist()
+        if target_sizes is not None:
+            target_sizes = torch.as_tensor(target_sizes).reshape(-1, 2).cpu()
+            if target_sizes.shape[0] != len(num_boxes):
+                raise ValueError(
+                    f"target_sizes gives {target_sizes.shape[0]} sizes for a batch of {len(num_boxes)} images"
+                )
+            original_sizes = outputs.get("original_sizes")
+            if original_sizes is None:
+                raise ValueError(
+                    "target_sizes needs the size the boxes refer to: pass the processor's `original_sizes` to the "
+                    "model (`model(**processor(images, return_tensors='pt'))` does)"
+                )
+            original_sizes = original_sizes.cpu()
+        results = []
+        for i, count in enumerate(num_boxes):
+            scores = outputs["object_scores"][i, :count].cpu()
+            boxes = outputs["boxes"][i, :count].cpu()
+            if target_sizes is not None and not torch.equal(target_sizes[i], original_sizes[i]):
+                height_ratio, width_ratio = (target_sizes[i].double() / original_sizes[i].double()).tolist()
+                boxes = boxes * torch.tensor([width_ratio, height_ratio, width_ratio, height_ratio])
+            keep = scores.double() >= threshold
+            results.append(
+                {
+                    "scores": scores[keep],
+                    "labels": outputs["object_ids"][i, :count].cpu()[keep],
+                    "boxes": boxes[keep],
+                    "attributes": outputs["attribute_ids"][i, :count].cpu()[keep],
+                    "attribute_scores": outputs["attribute_scores"][i, :count].cpu()[keep],
+                }
+            )
+        return results
+
 
 class _PathImage:
     """An image given by its path, decoded by `process_image` so that errors name the file."""

@@ -762,6 +762,9 @@ class ButdFrcnnModelOutput(ModelOutput):
         box_deltas (`torch.FloatTensor` of shape `(batch_size, num_proposals, 4 * num_labels)`): `bbox_pred`.
         hidden_states (`tuple(torch.FloatTensor)`, *optional*, with `output_hidden_states=True`):
             conv1 (after its ReLU, before pooling), res2, res3 and res4 feature maps, zero beyond each image.
+        original_sizes (`torch.LongTensor` of shape `(batch_size, 2)`, *optional*):
+            The `original_sizes` given to the forward, passed through: the `(height, width)` that `boxes` refer to,
+            so that post-processing can map them onto other target sizes.
     """
 
     region_features: torch.FloatTensor | None = None
@@ -779,6 +782,7 @@ class ButdFrcnnModelOutput(ModelOutput):
     attribute_probs: torch.FloatTensor | None = None
     box_deltas: torch.FloatTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    original_sizes: torch.LongTensor | None = None
 
 
 def pad_and_stack(tensors: list[torch.Tensor], value: float = 0) -> torch.Tensor:
@@ -882,7 +886,8 @@ class ButdFrcnnModel(ButdFrcnnPreTrainedModel):
                 Each image's resize factor; used in float32, as the original's `im_info`. Defaults to 1.
             original_sizes (`torch.LongTensor` of shape `(batch_size, 2)`, *optional*):
                 The images' `(height, width)` before resizing. The network does not need them (boxes are mapped back
-                with `scales`, as in the original); accepted so that the processor's output can be passed whole.
+                with `scales`, as in the original); they are returned with the output, which makes the boxes'
+                frame explicit for post-processing.
             min_boxes, max_boxes, score_threshold (*optional*):
                 Region selection of this call (e.g. 10/100/0.2 or 36/36/0.2); default to the config's.
         """
@@ -959,6 +964,7 @@ class ButdFrcnnModel(ButdFrcnnPreTrainedModel):
             attribute_probs=stacked("attribute_probs"),
             box_deltas=stacked("box_deltas"),
             hidden_states=hidden_states,
+            original_sizes=None if original_sizes is None else original_sizes.to(device),
         )
         return output if return_dict else output.to_tuple()
 

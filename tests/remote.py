@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 BLOCK_PACKAGE = '''
 import importlib.abc
@@ -25,6 +26,11 @@ except ModuleNotFoundError:
     pass
 else:
     raise SystemExit("butd_frcnn is importable: the test would not be testing remote code")
+
+
+def _assert_package_never_imported():
+    imported = [name for name in sys.modules if name == "butd_frcnn" or name.startswith("butd_frcnn.")]
+    assert not imported, imported
 '''
 
 
@@ -32,7 +38,8 @@ def run_without_package(code: str, cwd, timeout: float = 600) -> subprocess.Comp
     """Run `code` with `butd_frcnn` unimportable (offline, in `cwd`); raise with its output if it fails."""
     environment = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     environment["HF_HUB_OFFLINE"] = "1"
-    environment["HF_MODULES_CACHE"] = str(cwd)  # remote code is copied here, not into the user's cache
+    environment["HF_HOME"] = str(Path(cwd) / "hf_home")  # remote code is copied here, not into the user's cache
+    environment["TRANSFORMERS_VERBOSITY"] = "error"
     result = subprocess.run(
         [sys.executable, "-c", BLOCK_PACKAGE + textwrap.dedent(code)],
         cwd=cwd,
@@ -40,6 +47,7 @@ def run_without_package(code: str, cwd, timeout: float = 600) -> subprocess.Comp
         capture_output=True,
         text=True,
         timeout=timeout,
+        stdin=subprocess.DEVNULL,
     )
     if result.returncode != 0:
         raise AssertionError(f"subprocess failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")

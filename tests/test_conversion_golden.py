@@ -57,6 +57,7 @@ def test_folder_holds_exactly_the_hub_files(converted):
     assert config["auto_map"] == {
         "AutoConfig": "configuration_butd_frcnn.ButdFrcnnConfig",
         "AutoModel": "modeling_butd_frcnn.ButdFrcnnModel",
+        "AutoModelForObjectDetection": "modeling_butd_frcnn.ButdFrcnnModel",
     }
     assert (config["min_boxes"], config["max_boxes"], config["score_threshold"]) == (10, 100, 0.2)
     assert (len(config["id2label"]), config["num_attributes"]) == (1601, 401)

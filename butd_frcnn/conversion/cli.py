@@ -32,7 +32,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         metavar="F",
         help="BatchNorm moving-average factor, for .pt files that lost it (caffemodel2pytorch keeps two blobs)",
     )
-    parser.add_argument("--license", default="mit", help="license in the model card metadata (default: mit)")
     parser.add_argument("--overwrite", action="store_true", help="replace OUTPUT_DIR if it exists")
     hub = parser.add_argument_group("Hugging Face Hub")
     hub.add_argument("--push-to-hub", metavar="ORG/NAME", help="push the folder to this model repository")
@@ -62,7 +61,6 @@ def run(args: argparse.Namespace) -> int:
             score_threshold=args.score_threshold,
             bn_factor=args.bn_factor,
             overwrite=args.overwrite,
-            license=args.license,
             push_to_hub=args.push_to_hub,
             private=args.private,
             revision=args.revision,

@@ -1,7 +1,8 @@
 """Original checkpoint -> Hub-ready folder (-> the Hub): the conversion tool as a Python function.
 
 The folder holds `config.json` (with `auto_map` for remote code), `model.safetensors`, `preprocessor_config.json`,
-the model's three source files and a `README.md` rendered from `model_card.md`. It is written to a temporary folder
+the model's three source files, an Inference Endpoints `handler.py` with its `requirements.txt`, the attribute-aware
+pipeline `pipeline_butd_frcnn.py`, and a `README.md` rendered from `model_card.md`. It is written to a temporary folder
 beside the destination and renamed into place only when complete, so that an error never leaves a half-written
 folder behind.
 """
@@ -22,6 +23,7 @@ from ..image_processing_butd_frcnn import ButdFrcnnImageProcessor
 from ..modeling_butd_frcnn import ButdFrcnnModel
 from .checkpoints import read_checkpoint
 from .errors import ConversionError
+from ..hub import ENDPOINT_FILES, PIPELINE_FILE, register_for_remote_code, write_hub_files
 from .hub import HubClient, push_folder, resolve_token
 from .model_card import render_model_card
 from .prototxt import check_prototxt, proposal_parameters, read_prototxt
@@ -56,6 +58,8 @@ EXPECTED_FILES = (
     "modeling_butd_frcnn.py",
     "image_processing_butd_frcnn.py",
     "README.md",
+    *ENDPOINT_FILES,
+    PIPELINE_FILE,
 )
 
 
@@ -177,9 +181,12 @@ def save_model_folder(
         with torch.device("meta"):
             model = ButdFrcnnModel(config)
         model.load_state_dict(state_dict, strict=True, assign=True)
+        processor = ButdFrcnnImageProcessor()
         with registered_for_remote_code():
+            register_for_remote_code(model, processor)
             model.save_pretrained(staging)
-            ButdFrcnnImageProcessor().save_pretrained(staging)
+            processor.save_pretrained(staging)
+        write_hub_files(staging)
         (staging / "README.md").write_text(model_card, encoding="utf-8")
         missing = [name for name in EXPECTED_FILES if not (staging / name).is_file()]
         if missing:
@@ -205,7 +212,6 @@ def convert_caffemodel(
     score_threshold: float | None = None,
     bn_factor: float | None = None,
     overwrite: bool = False,
-    license: str = "mit",
     push_to_hub: str | None = None,
     private: bool = False,
     revision: str | None = None,
@@ -268,7 +274,7 @@ def convert_caffemodel(
     report.source, report.source_format, report.notes = os.fspath(checkpoint), source_format, notes
 
     card = render_model_card(
-        config, report, model_id=push_to_hub or output_dir.name, license=license, vocabulary=vocabulary
+        config, report, model_id=push_to_hub or output_dir.name, vocabulary=vocabulary
     )
     save_model_folder(output_dir, config, state_dict, card, overwrite=overwrite)
     logger.info("wrote %s in %.1f s", output_dir, time.perf_counter() - started)

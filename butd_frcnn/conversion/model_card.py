@@ -1,13 +1,13 @@
-"""Render the repository's `model_card.md` (a Jinja template with YAML metadata) into a converted folder's README.
+"""Render the repository's `model_card.md` into a converted folder's README.
 
-The rendered card is parsed back with `huggingface_hub.ModelCard` before it is written, so that a template edit that
-breaks the Hub's metadata fails the conversion instead of the upload.
+The template opens with an HTML comment that documents it (dropped when rendering); the rest is filled with
+`str.format` (literal braces are doubled there). The rendered card is parsed back with `huggingface_hub.ModelCard`
+before it is written, so that a template edit that breaks the Hub's metadata fails the conversion, not the upload.
 """
 
 import sysconfig
 from pathlib import Path
 
-import jinja2
 from huggingface_hub import ModelCard
 
 from .. import __version__
@@ -18,6 +18,17 @@ from .weights import ConversionReport
 TEMPLATE_NAME = "model_card.md"
 REQUIRED_METADATA = ("license", "library_name", "pipeline_tag", "tags", "datasets")
 
+# Measured by the test suite against the original Caffe code's outputs (../shared/golden, synthetic weights);
+# `python benchmarks/parity_report.py --full` prints the full table.
+PARITY_TABLE = """| stage | agreement with the original (TINY network on 7 images, FULL ResNet-101 on 2) |
+|---|---|
+| preprocessed input blob | within 3.1e-5 (OpenCV's IPP resize rounds the last bits differently) |
+| res4 features, RPN maps | within 7e-6 and 1.1e-6 (float32 sums of a different BLAS) |
+| proposals, given the original's RPN maps | bit-exact, same order, on all 9 image/network pairs |
+| proposals end to end | same 300 boxes in the same order on every non-constant image (corners within 3e-4 px) |
+| region features, class and attribute probabilities | within 5e-6 |
+| selection scores (`max_conf`), given the original's probabilities | bit-exact on all images |
+| selected regions, 10-100 and 36 | same boxes, same order, same object and attribute ids, feature cosine >= 0.99999 on every non-constant image (one pair of regions whose scores differ by 2e-7 swaps places in one case) |"""
 
 def model_card_template_path() -> Path:
     """The template: at the repository root (source checkouts, editable installs), else where the wheel installs it
@@ -62,7 +73,7 @@ def report_rows(config: ButdFrcnnConfig, report: ConversionReport) -> list[tuple
         ("layers converted", len(report.converted_layers)),
         ("values converted", f"{report.num_parameters:,}"),
         ("layers skipped (not in the test network)", ", ".join(report.skipped_layers) or "none"),
-        ("blocks per stage (res2-res5)", _numbers(config.depths)),
+        ("architecture", f"{architecture_name(config)}, blocks per stage (res2-res5) {_numbers(config.depths)}"),
         ("stage widths", _numbers(config.hidden_sizes)),
         ("classes / attributes", f"{config.num_labels} / {config.num_attributes} (index 0: background / none)"),
         ("anchors", f"stride {config.feature_stride}, scales {_numbers(config.anchor_scales)}, ratios {ratios}"),
@@ -77,35 +88,30 @@ def render_model_card(
     report: ConversionReport,
     *,
     model_id: str,
-    license: str,
     vocabulary: str,
     template_path: str | Path | None = None,
 ) -> str:
     """The README of a converted folder; raises `ConversionError` when the template or its metadata is broken."""
     template_path = Path(template_path) if template_path else model_card_template_path()
-    environment = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    text = template_path.read_text(encoding="utf-8")
+    if text.startswith("<!--"):
+        text = text.split("-->", 1)[1].lstrip()
+    rows = report_rows(config, report) + [("class and attribute names", _cell(vocabulary))]
+    conversion_report = "\n".join(["| item | value |", "|---|---|"] + [f"| {name} | {value} |" for name, value in rows])
     try:
-        template = environment.from_string(template_path.read_text(encoding="utf-8"))
-        text = template.render(
-            license=license,
-            architecture=architecture_name(config),
-            num_objects=config.num_labels - 1,
-            num_attributes=config.num_attributes - 1,
-            feature_size=config.hidden_sizes[-1],
-            selection=selection_name(config),
+        text = text.format(
+            repo_id=model_id,
+            checkpoint=Path(report.source).name,
+            checkpoint_sha256=report.sha256,
+            package_version=__version__,
             min_boxes=config.min_boxes,
             max_boxes=config.max_boxes,
             score_threshold=f"{config.score_threshold:g}",
-            model_id=model_id,
-            converter_version=f"version {__version__}",
-            source_name=Path(report.source).name,
-            source_format=report.source_format,
-            source_sha256=report.sha256,
-            vocabulary=vocabulary,
-            report_rows=report_rows(config, report),
+            parity_table=PARITY_TABLE,
+            conversion_report=conversion_report,
         )
-    except jinja2.TemplateError as error:
-        raise ConversionError(f"{template_path}: cannot render the model card: {error}") from None
+    except (KeyError, IndexError, ValueError) as error:
+        raise ConversionError(f"{template_path}: cannot render the model card: {error!r}") from None
     metadata = ModelCard(text, ignore_metadata_errors=False).data.to_dict()
     missing = [key for key in REQUIRED_METADATA if not metadata.get(key)]
     if missing:
