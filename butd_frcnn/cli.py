@@ -23,7 +23,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _tool_parsers():
     """The subcommands, imported lazily so that `butd-frcnn --help` stays fast."""
-    return []
+    from .extraction import cli as extraction_cli
+
+    return [extraction_cli.add_parser]
 
 
 def main(argv: list[str] | None = None) -> int:
