@@ -23,9 +23,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _tool_parsers():
     """The subcommands, imported lazily so that `butd-frcnn --help` stays fast."""
+    from .conversion import cli as conversion_cli
     from .extraction import cli as extraction_cli
 
-    return [extraction_cli.add_parser]
+    return [conversion_cli.add_parser, extraction_cli.add_parser]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -68,6 +68,12 @@ class ButdFrcnnConfig(PreTrainedConfig):
             and at most `max_boxes` of them. The "36 boxes" features use `min_boxes = max_boxes = 36`.
         selection_nms_threshold (`float`, defaults to 0.3): IoU of the per-class NMS of the selection.
 
+    Sorting:
+        exact_tie_order (`bool`, defaults to `True`): order exactly tied scores as the original's numpy 1.x sort did
+            (flat image regions, and proposals that round to the same RoI-pooling cells, tie exactly). This sort
+            runs on the CPU; `False` sorts on the model's device, stably (lower index first), and differs from the
+            original only where scores tie exactly.
+
     Example:
     ```python
     >>> from butd_frcnn import ButdFrcnnConfig, ButdFrcnnModel
@@ -109,6 +115,7 @@ class ButdFrcnnConfig(PreTrainedConfig):
     max_boxes: int = 100
     score_threshold: float = 0.2
     selection_nms_threshold: float = 0.3
+    exact_tie_order: bool = True
 
     def __post_init__(self, **kwargs):
         for name in ("depths", "hidden_sizes", "bottleneck_sizes", "stage_strides", "stage_dilations"):

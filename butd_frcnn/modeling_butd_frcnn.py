@@ -6,15 +6,18 @@ Conventions of the original, stated once here and followed everywhere below:
 - box arithmetic runs in float32, in the original's order of operations, so that threshold decisions agree;
 - NMS suppresses at IoU **>=** threshold (the Cython `cpu_nms`), the float32 IoU compared with the threshold as a
   double;
-- where the original sorted with numpy's unstable `argsort()[::-1]`, exact ties are ordered here by a stable sort:
-  among equal scores the lower index comes first. Only exactly tied scores (flat images) can order differently.
+- where the original sorted with `argsort()[::-1]`, numpy 1.x's unstable introsort decided the order of exactly tied
+  scores (flat image regions; proposals that round to the same RoI-pooling cells). `original_argsort` reproduces
+  that order (`config.exact_tie_order`, default); the alternative is a stable device sort, lower index first.
 
 The state-dict names follow the detectron2 / transformers FRCNN layout so that other checkpoints map onto it.
 """
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -75,6 +78,125 @@ def shift_anchors(cell_anchors: torch.Tensor, height: int, width: int, stride: i
     )
     shifts = torch.stack([shift_x, shift_y, shift_x, shift_y], dim=-1).reshape(-1, 1, 4).to(cell_anchors.dtype)
     return (shifts + cell_anchors.reshape(1, -1, 4)).reshape(-1, 4)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The original's sort order (numpy 1.x argsort)
+# ---------------------------------------------------------------------------------------------------------------
+
+_QUICKSORT_SMALL = 15  # numpy's SMALL_QUICKSORT: partitions this small are insertion-sorted
+
+
+def _heapsort_indices(values: list, order: list, start: int, count: int) -> None:
+    """numpy's `aheapsort_` on `order[start:start + count]` (introsort's fallback when recursion gets too deep)."""
+
+    def less(a: int, b: int) -> bool:
+        return values[order[start + a - 1]] < values[order[start + b - 1]]
+
+    def sift_down(node: int, item: int, end: int) -> None:
+        child = node << 1
+        while child <= end:
+            if child < end and less(child, child + 1):
+                child += 1
+            if values[item] < values[order[start + child - 1]]:
+                order[start + node - 1] = order[start + child - 1]
+                node, child = child, child << 1
+            else:
+                break
+        order[start + node - 1] = item
+
+    for node in range(count >> 1, 0, -1):
+        sift_down(node, order[start + node - 1], count)
+    for end in range(count, 1, -1):
+        item = order[start + end - 1]
+        order[start + end - 1] = order[start]
+        sift_down(1, item, end - 1)
+
+
+def numpy_quicksort_argsort(values: Sequence[float]) -> list[int]:
+    """`np.argsort(values, kind="quicksort")` of numpy 1.x, transcribed: median-of-3 quicksort, insertion sort below
+    16 elements, heapsort past a depth of 2 log2(n). Its order among equal values is what the original saw."""
+    values = list(values)
+    order = list(range(len(values)))
+    low, high = 0, len(values) - 1
+    depth = 2 * (max(len(values), 1).bit_length() - 1)
+    pending = []
+    while True:
+        if depth < 0:
+            _heapsort_indices(values, order, low, high - low + 1)
+        else:
+            while high - low > _QUICKSORT_SMALL:
+                middle = low + ((high - low) >> 1)
+                if values[order[middle]] < values[order[low]]:
+                    order[middle], order[low] = order[low], order[middle]
+                if values[order[high]] < values[order[middle]]:
+                    order[high], order[middle] = order[middle], order[high]
+                if values[order[middle]] < values[order[low]]:
+                    order[middle], order[low] = order[low], order[middle]
+                pivot = values[order[middle]]
+                i, j = low, high - 1
+                order[middle], order[j] = order[j], order[middle]
+                while True:
+                    i += 1
+                    while values[order[i]] < pivot:
+                        i += 1
+                    j -= 1
+                    while pivot < values[order[j]]:
+                        j -= 1
+                    if i >= j:
+                        break
+                    order[i], order[j] = order[j], order[i]
+                order[i], order[high - 1] = order[high - 1], order[i]
+                depth -= 1
+                if i - low < high - i:  # continue with the smaller partition, keep the larger for later
+                    pending.append((i + 1, high, depth))
+                    high = i - 1
+                else:
+                    pending.append((low, i - 1, depth))
+                    low = i + 1
+            for i in range(low + 1, high + 1):
+                item, j = order[i], i
+                while j > low and values[item] < values[order[j - 1]]:
+                    order[j] = order[j - 1]
+                    j -= 1
+                order[j] = item
+        if not pending:
+            return order
+        low, high, depth = pending.pop()
+
+
+def _numpy_sorts_longdouble_generically() -> bool:
+    """numpy 2 sorts float32/float64 with SIMD kernels whose tie order differs from numpy 1.x, but long doubles still
+    go through the generic introsort. Checked once against the transcription, on values with many ties."""
+    if np.finfo(np.longdouble).nmant <= np.finfo(np.float64).nmant:
+        return False
+    values = np.array([(i * 7919) % 13 for i in range(300)], dtype=np.float64) / 4
+    return np.argsort(values.astype(np.longdouble), kind="quicksort").tolist() == numpy_quicksort_argsort(values)
+
+
+_LONGDOUBLE_SORT_IS_GENERIC = _numpy_sorts_longdouble_generically()
+
+
+def original_argsort_descending(values: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    """The original's `values.argsort()[::-1]` along `dim`: descending, exact ties in numpy 1.x's order.
+
+    Runs on the CPU (float32 and float64 convert to long double exactly, keeping every tie).
+    """
+    array = np.moveaxis(values.detach().to("cpu", torch.float64).numpy(), dim, -1)
+    if _LONGDOUBLE_SORT_IS_GENERIC:
+        order = np.argsort(array.astype(np.longdouble), axis=-1, kind="quicksort")
+    else:
+        rows = array.reshape(-1, array.shape[-1])
+        order = np.array([numpy_quicksort_argsort(row) for row in rows], dtype=np.int64).reshape(array.shape)
+    order = np.moveaxis(order[..., ::-1], -1, dim).copy()
+    return torch.from_numpy(order).to(values.device)
+
+
+def descending_order(values: torch.Tensor, exact_ties: bool, dim: int = 0) -> torch.Tensor:
+    """Indices sorting `values` best first: ties as the original ordered them, or stably on the device."""
+    if exact_ties:
+        return original_argsort_descending(values, dim)
+    return torch.sort(values, dim=dim, descending=True, stable=True).indices
 
 
 # numpy's float32 `exp` kernel (AVX2/AVX512F builds): Cody-Waite reduction, then a P5/Q2 rational approximation.
@@ -201,7 +323,7 @@ def pairwise_iou(boxes_a: torch.Tensor, boxes_b: torch.Tensor) -> torch.Tensor:
 
 
 def greedy_nms(boxes: torch.Tensor, threshold: float, max_keep: int | None = None, block_size: int = 256):
-    """Greedy NMS over boxes already sorted by descending score; the `cpu_nms` of the original, exactly.
+    """Greedy NMS over boxes given in the order to visit them (best score first); the `cpu_nms` of the original.
 
     A box is kept unless a kept box before it overlaps it with IoU >= `threshold`. The boxes are processed in
     blocks: a block is first thinned by the boxes kept so far, then resolved internally as the fixed point of
@@ -237,7 +359,9 @@ def greedy_nms(boxes: torch.Tensor, threshold: float, max_keep: int | None = Non
     return keep[:max_keep] if max_keep is not None else keep
 
 
-def per_class_nms_max_scores(boxes: torch.Tensor, class_scores: torch.Tensor, threshold: float) -> torch.Tensor:
+def per_class_nms_max_scores(
+    boxes: torch.Tensor, class_scores: torch.Tensor, threshold: float, exact_ties: bool = True
+) -> torch.Tensor:
     """For each box, the highest score it keeps through a per-class NMS (`max_conf` of `generate_tsv.py`).
 
     For every class j, the original runs `cpu_nms` over (boxes, class_scores[:, j]) and each kept box records
@@ -248,6 +372,7 @@ def per_class_nms_max_scores(boxes: torch.Tensor, class_scores: torch.Tensor, th
     Args:
         boxes (`torch.Tensor` of shape `(R, 4)`): the regions, float32.
         class_scores (`torch.Tensor` of shape `(R, C)`): the scores of the classes taking part (background left out).
+        exact_ties (`bool`): visit tied scores in the original's order (see `descending_order`).
 
     Returns:
         `torch.Tensor` of shape `(R,)`: the score each box keeps (0 when no class keeps it).
@@ -256,7 +381,7 @@ def per_class_nms_max_scores(boxes: torch.Tensor, class_scores: torch.Tensor, th
     if num_boxes == 0:
         return class_scores.new_zeros(0)
     overlaps = pairwise_iou(boxes, boxes) >= float32_threshold(threshold)
-    order = torch.sort(class_scores, dim=0, descending=True, stable=True).indices.t()  # (C, R): rank -> box
+    order = descending_order(class_scores, exact_ties, dim=0).t()  # (C, R): rank -> box
     classes = torch.arange(num_classes, device=boxes.device)
     suppressed = torch.zeros(num_classes, num_boxes, dtype=torch.bool, device=boxes.device)
     kept = torch.zeros_like(suppressed)
@@ -268,17 +393,19 @@ def per_class_nms_max_scores(boxes: torch.Tensor, class_scores: torch.Tensor, th
     return torch.where(kept.t(), class_scores, torch.zeros_like(class_scores)).amax(dim=1)
 
 
-def select_regions(max_scores: torch.Tensor, score_threshold: float, min_boxes: int, max_boxes: int) -> torch.Tensor:
+def select_regions(
+    max_scores: torch.Tensor, score_threshold: float, min_boxes: int, max_boxes: int, exact_ties: bool = True
+) -> torch.Tensor:
     """The regions `generate_tsv.py` emits, in its order.
 
     Those with `max_score >= score_threshold`, in region order; if fewer than `min_boxes`, the `min_boxes` best
-    instead, and if more than `max_boxes`, the `max_boxes` best (best first, ties by lower index).
+    instead, and if more than `max_boxes`, the `max_boxes` best (best first; ties as `descending_order` puts them).
     """
     keep = torch.nonzero(max_scores.double() >= score_threshold).flatten()
     if min_boxes <= keep.numel() <= max_boxes:
         return keep
     count = min_boxes if keep.numel() < min_boxes else max_boxes
-    return torch.sort(max_scores, descending=True, stable=True).indices[:count]
+    return descending_order(max_scores.double(), exact_ties)[:count]
 
 
 def argmax_last(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
@@ -299,9 +426,10 @@ class ButdFrozenBatchNorm2d(nn.Module):
     divided by the moving-average factor; `weight` and `bias` are the Scale layer's gamma and beta.
     """
 
-    def __init__(self, num_features: int, eps: float):
+    def __init__(self, num_features: int, eps: float, ends_residual_branch: bool = False):
         super().__init__()
         self.eps = eps
+        self.ends_residual_branch = ends_residual_branch  # random init only: start the branch at zero
         self.register_buffer("weight", torch.ones(num_features))
         self.register_buffer("bias", torch.zeros(num_features))
         self.register_buffer("running_mean", torch.zeros(num_features))
@@ -319,9 +447,11 @@ class ButdFrozenBatchNorm2d(nn.Module):
 class ButdConv2d(nn.Conv2d):
     """A bias-free Caffe convolution followed by BatchNorm + Scale, folded into the convolution when it runs."""
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, eps=1e-5):
+    def __init__(
+        self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, eps=1e-5, ends_residual_branch=False
+    ):
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, bias=False)
-        self.norm = ButdFrozenBatchNorm2d(out_channels, eps)
+        self.norm = ButdFrozenBatchNorm2d(out_channels, eps, ends_residual_branch)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         scale, shift = self.norm.scale_and_shift()
@@ -344,7 +474,7 @@ class ButdBottleneck(nn.Module):
         self.conv2 = ButdConv2d(
             bottleneck_channels, bottleneck_channels, 3, padding=dilation, dilation=dilation, eps=eps
         )
-        self.conv3 = ButdConv2d(bottleneck_channels, out_channels, 1, eps=eps)
+        self.conv3 = ButdConv2d(bottleneck_channels, out_channels, 1, eps=eps, ends_residual_branch=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x if self.shortcut is None else self.shortcut(x)
@@ -457,6 +587,7 @@ class ButdRegionProposalNetwork(nn.Module):
         self.post_nms_top_n = config.rpn_post_nms_top_n
         self.nms_threshold = config.rpn_nms_threshold
         self.min_size = config.rpn_min_size
+        self.exact_tie_order = config.exact_tie_order
 
     def forward(self, features: torch.Tensor, image_height: int, image_width: int, scales: torch.Tensor):
         """Proposals of each image of a batch of same-size images, in resized-image pixels, best first.
@@ -467,7 +598,8 @@ class ButdRegionProposalNetwork(nn.Module):
             scales (`torch.Tensor` of shape `(B,)`): float32 resize factors (`im_info[2]`).
 
         Returns:
-            `list[torch.Tensor]`: one `(P_i, 4)` float32 tensor per image, `P_i <= rpn_post_nms_top_n`.
+            `list[tuple[torch.Tensor, torch.Tensor]]`: per image, the proposals `(P_i, 4)` (float32,
+            `P_i <= rpn_post_nms_top_n`) and their objectness `(P_i,)`.
         """
         logits, deltas = self.rpn_head(features)
         num_anchors = self.anchor_generator.cell_anchors.shape[0]
@@ -481,14 +613,22 @@ class ButdRegionProposalNetwork(nn.Module):
         ]
 
     def proposals_from_scores(self, scores, deltas, anchors, image_height, image_width, scale):
-        """Decode, clip, drop small boxes, keep the best `pre_nms_top_n`, NMS, keep the best `post_nms_top_n`."""
+        """Decode, clip, drop small boxes, keep the best `pre_nms_top_n`, NMS, keep the best `post_nms_top_n`.
+
+        Returns:
+            `(boxes, scores)`: the proposals `(P, 4)` and their objectness `(P,)`, best first.
+        """
         boxes = clip_boxes(decode_boxes(anchors, deltas), image_height, image_width)
         large_enough = box_sizes_at_least(boxes, self.min_size * scale)
         boxes, scores = boxes[large_enough], scores[large_enough]
-        order = torch.sort(scores, descending=True, stable=True).indices[: self.pre_nms_top_n]
-        boxes = boxes[order]
+        order = descending_order(scores, self.exact_tie_order)[: self.pre_nms_top_n]
+        boxes, scores = boxes[order], scores[order]
+        if self.exact_tie_order:  # the original's nms sorts its (already sorted) input again: ties move once more
+            order = descending_order(scores, exact_ties=True)
+            boxes = boxes[order]
+            scores = scores[order]
         keep = greedy_nms(boxes, self.nms_threshold, max_keep=self.post_nms_top_n)
-        return boxes[keep]
+        return boxes[keep], scores[keep]
 
 
 class ButdBoxPredictor(nn.Module):
@@ -613,6 +753,8 @@ class ButdFrcnnModelOutput(ModelOutput):
         proposals (`torch.FloatTensor` of shape `(batch_size, num_proposals, 4)`):
             All RPN proposals in resized-image pixels (the original's `rois[:, 1:]`), best first.
         num_proposals (`torch.LongTensor` of shape `(batch_size,)`): proposals per image (300 or fewer).
+        proposal_scores (`torch.FloatTensor` of shape `(batch_size, num_proposals)`): each proposal's objectness
+            (the RPN's foreground probability).
         proposal_features (`torch.FloatTensor` of shape `(batch_size, num_proposals, hidden_size)`):
             `pool5_flat` of every proposal.
         class_probs (`torch.FloatTensor` of shape `(batch_size, num_proposals, num_labels)`): `cls_prob`.
@@ -631,6 +773,7 @@ class ButdFrcnnModelOutput(ModelOutput):
     num_boxes: torch.LongTensor | None = None
     proposals: torch.FloatTensor | None = None
     num_proposals: torch.LongTensor | None = None
+    proposal_scores: torch.FloatTensor | None = None
     proposal_features: torch.FloatTensor | None = None
     class_probs: torch.FloatTensor | None = None
     attribute_probs: torch.FloatTensor | None = None
@@ -678,20 +821,26 @@ class ButdFrcnnPreTrainedModel(PreTrainedModel):
     input_modalities = ("image",)
 
     def _init_weights(self, module):
-        """Random weights for models built from a config; a checkpoint overwrites all of them."""
+        """Random weights for models built from a config (tests, benchmarks); a checkpoint overwrites all of them.
+
+        The frozen BatchNorms start as identities and the last one of every residual branch at zero, so that a
+        randomly initialised 101-layer network keeps bounded activations and proposes boxes near its anchors.
+        """
         if isinstance(module, ButdFrozenBatchNorm2d):
-            init.ones_(module.weight)
+            init.constant_(module.weight, 0.0 if module.ends_residual_branch else 1.0)
             init.zeros_(module.bias)
             init.zeros_(module.running_mean)
             init.ones_(module.running_var)
         elif isinstance(module, ButdAnchorGenerator):
             init.copy_(module.cell_anchors, ButdAnchorGenerator.default_cell_anchors(self.config))
-        elif isinstance(module, nn.Conv2d):
+        elif isinstance(module, ButdConv2d):
             init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            if module.bias is not None:
-                init.zeros_(module.bias)
-        elif isinstance(module, nn.Linear):
+        elif isinstance(module, nn.Conv2d):  # the RPN head
             init.normal_(module.weight, std=0.01)
+            init.zeros_(module.bias)
+        elif isinstance(module, nn.Linear):
+            # box deltas start near zero, so that random proposals stay near their anchors
+            init.normal_(module.weight, std=0.001 if module is self.roi_heads.box_predictor.bbox_pred else 0.01)
             init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
             init.normal_(module.weight, std=0.01)
@@ -744,6 +893,8 @@ class ButdFrcnnModel(ButdFrcnnPreTrainedModel):
         max_boxes = config.max_boxes if max_boxes is None else max_boxes
         score_threshold = config.score_threshold if score_threshold is None else score_threshold
         return_dict = config.return_dict if return_dict is None else return_dict
+        if output_hidden_states is None:
+            output_hidden_states = config.output_hidden_states
         if not 0 < min_boxes <= max_boxes:
             raise ValueError(f"need 0 < min_boxes <= max_boxes, got min_boxes={min_boxes}, max_boxes={max_boxes}")
 
@@ -769,17 +920,17 @@ class ButdFrcnnModel(ButdFrcnnPreTrainedModel):
             features = maps[-1]
             proposals = self.proposal_generator(features, image_height, image_width, scales[indices])
             for j, i in enumerate(indices):
-                region_features, class_probs, box_deltas, attribute_probs = self.roi_heads(
-                    features[j : j + 1], proposals[j]
-                )
+                boxes, objectness = proposals[j]
+                region_features, class_probs, box_deltas, attribute_probs = self.roi_heads(features[j : j + 1], boxes)
                 per_image[i] = {
-                    "proposals": proposals[j],
+                    "proposals": boxes,
+                    "proposal_scores": objectness,
                     "proposal_features": region_features,
                     "class_probs": class_probs,
                     "attribute_probs": attribute_probs,
                     "box_deltas": box_deltas,
                     **self.select(
-                        proposals[j] / scales[i],
+                        boxes / scales[i],
                         region_features,
                         class_probs,
                         attribute_probs,
@@ -802,6 +953,7 @@ class ButdFrcnnModel(ButdFrcnnPreTrainedModel):
             num_boxes=torch.tensor([image["boxes"].shape[0] for image in per_image], device=device),
             proposals=stacked("proposals"),
             num_proposals=torch.tensor([image["proposals"].shape[0] for image in per_image], device=device),
+            proposal_scores=stacked("proposal_scores"),
             proposal_features=stacked("proposal_features"),
             class_probs=stacked("class_probs"),
             attribute_probs=stacked("attribute_probs"),
@@ -812,8 +964,9 @@ class ButdFrcnnModel(ButdFrcnnPreTrainedModel):
 
     def select(self, boxes, features, class_probs, attribute_probs, min_boxes, max_boxes, score_threshold):
         """`generate_tsv.py`'s region selection for one image; boxes in original-image pixels."""
-        max_scores = per_class_nms_max_scores(boxes, class_probs[:, 1:], self.config.selection_nms_threshold)
-        keep = select_regions(max_scores, score_threshold, min_boxes, max_boxes)
+        exact = self.config.exact_tie_order
+        max_scores = per_class_nms_max_scores(boxes, class_probs[:, 1:], self.config.selection_nms_threshold, exact)
+        keep = select_regions(max_scores, score_threshold, min_boxes, max_boxes, exact)
         objects = class_probs[keep, 1:]
         attributes = attribute_probs[keep, 1:]
         object_ids = torch.argmax(objects, dim=1)

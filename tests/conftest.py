@@ -129,3 +129,10 @@ def processor():
     from butd_frcnn import ButdFrcnnImageProcessor
 
     return ButdFrcnnImageProcessor()
+
+
+@pytest.fixture(autouse=True)
+def _no_grad():
+    """Tests call submodules directly too: nothing here needs gradients."""
+    with torch.no_grad():
+        yield

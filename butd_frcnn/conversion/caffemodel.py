@@ -9,29 +9,38 @@ Only the few messages that hold weights are decoded, straight from the protobuf 
                          5: data (float), 8: double_data (double) }
     BlobShape          { 1: dim (int64) }
 
-Every other field is skipped by its wire type. Blob data is returned as zero-copy numpy views into the file's bytes,
-so reading costs one copy of the file in memory.
+Every other field is skipped by its wire type. The file is streamed one layer at a time and every blob becomes its
+own aligned array, so reading costs about one copy of the weights in memory (plus the largest layer), whatever the
+file size; the SHA-256 of the file is computed on the way.
 """
 
+import hashlib
+import io
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import BinaryIO
 
 import numpy as np
 
+from .errors import ConversionError
+
 # wire types
 VARINT, FIXED64, LENGTH_DELIMITED, START_GROUP, END_GROUP, FIXED32 = 0, 1, 2, 3, 4, 5
+FIXED_WIDTHS = {FIXED64: 8, FIXED32: 4}
 
 NET_NAME, NET_LAYERS_V1, NET_LAYER = 1, 2, 100
 LAYER_NAME, LAYER_TYPE, LAYER_BLOBS = 1, 2, 7
 V1_LAYER_NAME, V1_LAYER_TYPE, V1_LAYER_BLOBS = 4, 5, 6
 BLOB_NUM, BLOB_CHANNELS, BLOB_HEIGHT, BLOB_WIDTH, BLOB_DATA, BLOB_SHAPE, BLOB_DOUBLE_DATA = 1, 2, 3, 4, 5, 7, 8
+LEGACY_SHAPE_FIELDS = (BLOB_NUM, BLOB_CHANNELS, BLOB_HEIGHT, BLOB_WIDTH)
 SHAPE_DIM = 1
 
 # Layer types of the legacy V1 enum that can carry weights (V1LayerParameter.LayerType).
 V1_LAYER_TYPES = {4: "Convolution", 14: "InnerProduct", 39: "Deconvolution"}
 
 
-class CaffeModelError(ValueError):
+class CaffeModelError(ConversionError):
     """The file is not a readable Caffe NetParameter (truncated, corrupt, or something else entirely)."""
 
 
@@ -46,26 +55,36 @@ class CaffeLayer:
 class CaffeNet:
     name: str
     layers: list[CaffeLayer]
-    layout: str  # "layer" (current) or "layers" (legacy V1)
+    layout: str  # "layer" (current), "layers" (legacy V1), or a description of where the blobs came from
+    sha256: str = ""
+    size: int = 0
 
     def by_name(self) -> dict[str, CaffeLayer]:
         return {layer.name: layer for layer in self.layers}
 
 
-class _Reader:
-    """Cursor over one protobuf message in a buffer; errors say where in the file they happened."""
+def _not_caffe_hint(head: bytes) -> str:
+    """A hint for the commonest wrong inputs: a text file (often the .prototxt) instead of the binary weights."""
+    if head and all(32 <= b < 127 or b in b"\t\r\n" for b in head):
+        return " (it looks like a text file: pass the binary .caffemodel, not the .prototxt)"
+    return ""
 
-    def __init__(self, buffer: memoryview, start: int, end: int, path: str, context: str):
+
+class _Reader:
+    """Cursor over one protobuf message held in memory; errors say where in the file they happened."""
+
+    def __init__(self, buffer: memoryview, start: int, end: int, path: str, context: str, file_offset: int = 0):
         self.buffer, self.pos, self.end, self.path, self.context = buffer, start, end, path, context
+        self.file_offset = file_offset  # where `buffer[0]` sits in the file
 
     def error(self, message: str) -> CaffeModelError:
-        return CaffeModelError(f"{self.path}: {message} at byte {self.pos} ({self.context})")
+        return CaffeModelError(f"{self.path}: {self.context}: {message} (at byte {self.file_offset + self.pos})")
 
     def varint(self) -> int:
         result, shift = 0, 0
         while True:
             if self.pos >= self.end:
-                raise self.error("file ends inside a number: the file is truncated")
+                raise self.error("the message ends inside a number: the file is truncated or corrupt")
             byte = self.buffer[self.pos]
             self.pos += 1
             result |= (byte & 0x7F) << shift
@@ -75,8 +94,8 @@ class _Reader:
             if shift >= 64:
                 raise self.error("malformed number: this is not a Caffe model file")
 
-    def fields(self):
-        """Yield `(field_number, wire_type, value)`; length-delimited values are `(start, end)` spans."""
+    def fields(self) -> Iterator[tuple[int, int, int | tuple[int, int]]]:
+        """Yield `(field_number, wire_type, value)`; length-delimited and fixed-width values are `(start, end)`."""
         while self.pos < self.end:
             key = self.varint()
             number, wire_type = key >> 3, key & 7
@@ -86,27 +105,21 @@ class _Reader:
                 yield number, wire_type, self.varint()
             elif wire_type == LENGTH_DELIMITED:
                 length = self.varint()
-                start = self.pos
-                if start + length > self.end:
-                    raise self.error(
-                        f"field {number} claims {length} bytes but only {self.end - start} remain: "
-                        "the file is truncated or corrupt"
-                    )
-                self.pos += length
-                yield number, wire_type, (start, start + length)
-            elif wire_type == FIXED32:
-                self.skip(4)
-                yield number, wire_type, (self.pos - 4, self.pos)
-            elif wire_type == FIXED64:
-                self.skip(8)
-                yield number, wire_type, (self.pos - 8, self.pos)
+                yield number, wire_type, self.span(length, number)
+            elif wire_type in FIXED_WIDTHS:
+                yield number, wire_type, self.span(FIXED_WIDTHS[wire_type], number)
             else:
                 raise self.error(f"unsupported wire type {wire_type}: this is not a Caffe model file")
 
-    def skip(self, count: int):
-        if self.pos + count > self.end:
-            raise self.error("file ends inside a value: the file is truncated")
-        self.pos += count
+    def span(self, length: int, number: int) -> tuple[int, int]:
+        start = self.pos
+        if start + length > self.end:
+            raise self.error(
+                f"field {number} claims {length} bytes but only {self.end - start} remain: "
+                "the file is truncated or corrupt"
+            )
+        self.pos += length
+        return start, start + length
 
     def fixed_width_run(self, key: int, dtype: np.dtype) -> np.ndarray:
         """Consume the values of consecutive unpacked fields with the same one-byte `key` and fixed width."""
@@ -122,13 +135,46 @@ class _Reader:
         return values
 
     def sub(self, span: tuple[int, int], context: str) -> "_Reader":
-        return _Reader(self.buffer, span[0], span[1], self.path, context)
+        return _Reader(self.buffer, span[0], span[1], self.path, context, self.file_offset)
 
     def text(self, span: tuple[int, int]) -> str:
         try:
             return bytes(self.buffer[span[0] : span[1]]).decode("utf-8")
         except UnicodeDecodeError:
             raise self.error("a name is not valid UTF-8: this is not a Caffe model file") from None
+
+
+class _Stream:
+    """The top level of the file, read sequentially (every byte passes through the hash)."""
+
+    def __init__(self, file: BinaryIO, size: int, path: str):
+        self.file, self.size, self.path, self.pos = file, size, path, 0
+        self.sha256 = hashlib.sha256()
+
+    def error(self, message: str) -> CaffeModelError:
+        return CaffeModelError(f"{self.path}: {message} (at byte {self.pos})")
+
+    def read(self, count: int) -> bytearray:
+        data = bytearray(count)
+        got = self.file.readinto(data)
+        if got != count:
+            raise self.error(f"expected {count} more bytes but the file ends after {got}: the file is truncated")
+        self.sha256.update(data)
+        self.pos += count
+        return data
+
+    def varint(self) -> int:
+        result, shift = 0, 0
+        while True:
+            if self.pos >= self.size:
+                raise self.error("the file ends inside a number: the file is truncated")
+            byte = self.read(1)[0]
+            result |= (byte & 0x7F) << shift
+            if not byte & 0x80:
+                return result
+            shift += 7
+            if shift >= 64:
+                raise self.error("malformed number: this is not a Caffe model file")
 
 
 def _packed_varints(reader: _Reader, span: tuple[int, int]) -> list[int]:
@@ -140,16 +186,16 @@ def _packed_varints(reader: _Reader, span: tuple[int, int]) -> list[int]:
 
 
 def _read_blob(reader: _Reader) -> np.ndarray:
+    """One BlobProto as an owned, aligned array of its shape (float32, or float64 for `double_data`)."""
     dims, legacy = None, {}
     chunks: list[np.ndarray] = []
-    buffer = reader.buffer
     for number, wire_type, value in reader.fields():
         if number == BLOB_SHAPE and wire_type == LENGTH_DELIMITED:
             dims = []
             for dim_number, dim_wire, dim_value in reader.sub(value, reader.context + " shape").fields():
                 if dim_number == SHAPE_DIM:
                     dims += _packed_varints(reader, dim_value) if dim_wire == LENGTH_DELIMITED else [dim_value]
-        elif number in (BLOB_NUM, BLOB_CHANNELS, BLOB_HEIGHT, BLOB_WIDTH) and wire_type == VARINT:
+        elif number in LEGACY_SHAPE_FIELDS and wire_type == VARINT:
             legacy[number] = value
         elif number in (BLOB_DATA, BLOB_DOUBLE_DATA):
             dtype = np.dtype("<f4" if number == BLOB_DATA else "<f8")
@@ -157,12 +203,16 @@ def _read_blob(reader: _Reader) -> np.ndarray:
             if wire_type == LENGTH_DELIMITED:  # packed: what Caffe writes
                 if (end - start) % dtype.itemsize:
                     raise reader.error("blob data length is not a whole number of values")
-                chunks.append(np.frombuffer(buffer, dtype=dtype, count=(end - start) // dtype.itemsize, offset=start))
-            else:  # unpacked: one field per value; take the whole run of them at once
-                chunks.append(np.frombuffer(buffer, dtype=dtype, count=1, offset=start))
+                count = (end - start) // dtype.itemsize
+                chunks.append(np.frombuffer(reader.buffer, dtype=dtype, count=count, offset=start).copy())
+            elif wire_type == (FIXED32 if dtype.itemsize == 4 else FIXED64):
+                # unpacked: one field per value; take the whole run of them at once
+                chunks.append(np.frombuffer(reader.buffer, dtype=dtype, count=1, offset=start).copy())
                 chunks.append(reader.fixed_width_run(key=(number << 3) | wire_type, dtype=dtype))
+            else:
+                raise reader.error(f"blob data field {number} has wire type {wire_type}: the file is corrupt")
     if dims is None:
-        dims = [legacy.get(n, 1) for n in (BLOB_NUM, BLOB_CHANNELS, BLOB_HEIGHT, BLOB_WIDTH)] if legacy else []
+        dims = [legacy.get(n, 1) for n in LEGACY_SHAPE_FIELDS] if legacy else []
     data = chunks[0] if len(chunks) == 1 else (np.concatenate(chunks) if chunks else np.zeros(0, np.float32))
     expected = int(np.prod(dims)) if dims else 0
     if data.size != expected:
@@ -186,34 +236,63 @@ def _read_layer(reader: _Reader, legacy: bool) -> CaffeLayer:
                 layer_type = reader.text(value)
         elif number == blobs_field and wire_type == LENGTH_DELIMITED:
             blob_spans.append(value)
-    blobs = [
-        _read_blob(reader.sub(span, f"blob {i} of layer {name!r}")) for i, span in enumerate(blob_spans)
-    ]
+    blobs = [_read_blob(reader.sub(span, f"blob {i} of layer {name!r}")) for i, span in enumerate(blob_spans)]
     return CaffeLayer(name, layer_type, blobs)
 
 
-def parse_net(data: bytes | memoryview, path: str = "<bytes>") -> CaffeNet:
-    """Decode a NetParameter held in memory. Blob arrays are views into `data` (keep it alive)."""
-    buffer = memoryview(data)
-    reader = _Reader(buffer, 0, len(buffer), path, "NetParameter")
+def read_net(file: BinaryIO, size: int, path: str = "<bytes>") -> CaffeNet:
+    """Decode a NetParameter from a binary stream of `size` bytes, one top-level field at a time."""
+    if size == 0:
+        raise CaffeModelError(f"{path}: the file is empty")
+    stream = _Stream(file, size, path)
     name, layers, layouts = "", [], set()
-    for number, wire_type, value in reader.fields():
-        if number == NET_NAME and wire_type == LENGTH_DELIMITED:
-            name = reader.text(value)
-        elif number in (NET_LAYER, NET_LAYERS_V1) and wire_type == LENGTH_DELIMITED:
-            legacy = number == NET_LAYERS_V1
-            layouts.add("layers" if legacy else "layer")
-            layers.append(_read_layer(reader.sub(value, f"layer #{len(layers)}"), legacy))
+    head = file.read(64)
+    file.seek(0)
+    while stream.pos < size:
+        try:
+            key = stream.varint()
+            number, wire_type = key >> 3, key & 7
+            if number == 0 or wire_type not in (VARINT, LENGTH_DELIMITED, *FIXED_WIDTHS):
+                raise stream.error(f"field {number} with wire type {wire_type}: this is not a Caffe model file")
+            if wire_type == VARINT:
+                stream.varint()
+                continue
+            if wire_type in FIXED_WIDTHS:
+                stream.read(FIXED_WIDTHS[wire_type])
+                continue
+            length = stream.varint()
+            if length > size - stream.pos:
+                raise stream.error(
+                    f"field {number} claims {length} bytes but only {size - stream.pos} remain: the file is "
+                    "truncated (or not a Caffe model file)"
+                )
+            offset = stream.pos
+            data = memoryview(stream.read(length))
+            if number == NET_NAME:
+                name = _Reader(data, 0, length, path, "NetParameter", offset).text((0, length))
+            elif number in (NET_LAYER, NET_LAYERS_V1):
+                legacy = number == NET_LAYERS_V1
+                layouts.add("layers" if legacy else "layer")
+                reader = _Reader(data, 0, length, path, f"layer #{len(layers)}", offset)
+                layers.append(_read_layer(reader, legacy))
+        except CaffeModelError as error:
+            raise CaffeModelError(f"{error}{_not_caffe_hint(head)}") from None
     if not any(layer.blobs for layer in layers):
-        raise CaffeModelError(f"{path}: no layer with weights found: this is not a Caffe model file")
-    return CaffeNet(name=name, layers=layers, layout="+".join(sorted(layouts)))
+        raise CaffeModelError(
+            f"{path}: no layer with weights found: this is not a Caffe model file{_not_caffe_hint(head)}"
+        )
+    return CaffeNet(
+        name=name, layers=layers, layout="+".join(sorted(layouts)), sha256=stream.sha256.hexdigest(), size=size
+    )
+
+
+def parse_net(data: bytes | bytearray | memoryview, path: str = "<bytes>") -> CaffeNet:
+    """Decode a NetParameter held in memory."""
+    return read_net(io.BytesIO(data), len(data), path)
 
 
 def read_caffemodel(path: str | os.PathLike) -> CaffeNet:
     """Read a `.caffemodel` file; raises `CaffeModelError` naming the file and the place when it is unreadable."""
     path = os.fspath(path)
     with open(path, "rb") as f:
-        data = f.read()
-    if not data:
-        raise CaffeModelError(f"{path}: the file is empty")
-    return parse_net(data, path)
+        return read_net(f, os.fstat(f.fileno()).st_size, path)

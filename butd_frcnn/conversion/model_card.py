@@ -1,0 +1,113 @@
+"""Render the repository's `model_card.md` (a Jinja template with YAML metadata) into a converted folder's README.
+
+The rendered card is parsed back with `huggingface_hub.ModelCard` before it is written, so that a template edit that
+breaks the Hub's metadata fails the conversion instead of the upload.
+"""
+
+import sysconfig
+from pathlib import Path
+
+import jinja2
+from huggingface_hub import ModelCard
+
+from .. import __version__
+from ..configuration_butd_frcnn import ButdFrcnnConfig
+from .errors import ConversionError
+from .weights import ConversionReport
+
+TEMPLATE_NAME = "model_card.md"
+REQUIRED_METADATA = ("license", "library_name", "pipeline_tag", "tags", "datasets")
+
+
+def model_card_template_path() -> Path:
+    """The template: at the repository root (source checkouts, editable installs), else where the wheel installs it
+    (`<prefix>/share/butd-frcnn/`)."""
+    candidates = [
+        Path(__file__).resolve().parents[2] / TEMPLATE_NAME,
+        Path(sysconfig.get_path("data")) / "share" / "butd-frcnn" / TEMPLATE_NAME,
+    ]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise ConversionError(f"the model card template is missing: looked for {', '.join(map(str, candidates))}")
+
+
+def _cell(value) -> str:
+    """A markdown table cell: one line, pipes escaped."""
+    return " ".join(str(value).split()).replace("|", "\\|")
+
+
+def _numbers(values) -> str:
+    return ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
+
+
+def architecture_name(config: ButdFrcnnConfig) -> str:
+    """`ResNet-101` for depths (3, 4, 23, 3): three convolutions per bottleneck, plus conv1 and the classifier."""
+    return f"ResNet-{3 * sum(config.depths) + 2}"
+
+
+def selection_name(config: ButdFrcnnConfig) -> str:
+    if config.min_boxes == config.max_boxes:
+        return f"exactly {config.min_boxes}"
+    return f"{config.min_boxes}-{config.max_boxes}"
+
+
+def report_rows(config: ButdFrcnnConfig, report: ConversionReport) -> list[tuple[str, str]]:
+    ratios = _numbers(config.anchor_ratios)
+    rows = [
+        ("source", f"`{Path(report.source).name}`"),
+        ("format", f"{report.source_format} (layout: {report.layout})"),
+        ("size", f"{report.size:,} bytes"),
+        ("SHA-256", f"`{report.sha256}`"),
+        ("layers converted", len(report.converted_layers)),
+        ("values converted", f"{report.num_parameters:,}"),
+        ("layers skipped (not in the test network)", ", ".join(report.skipped_layers) or "none"),
+        ("blocks per stage (res2-res5)", _numbers(config.depths)),
+        ("stage widths", _numbers(config.hidden_sizes)),
+        ("classes / attributes", f"{config.num_labels} / {config.num_attributes} (index 0: background / none)"),
+        ("anchors", f"stride {config.feature_stride}, scales {_numbers(config.anchor_scales)}, ratios {ratios}"),
+        ("selection defaults", f"{selection_name(config)} regions, score threshold {config.score_threshold:g}"),
+    ]
+    rows += [("note", note) for note in report.notes]
+    return [(_cell(name), _cell(value)) for name, value in rows]
+
+
+def render_model_card(
+    config: ButdFrcnnConfig,
+    report: ConversionReport,
+    *,
+    model_id: str,
+    license: str,
+    vocabulary: str,
+    template_path: str | Path | None = None,
+) -> str:
+    """The README of a converted folder; raises `ConversionError` when the template or its metadata is broken."""
+    template_path = Path(template_path) if template_path else model_card_template_path()
+    environment = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    try:
+        template = environment.from_string(template_path.read_text(encoding="utf-8"))
+        text = template.render(
+            license=license,
+            architecture=architecture_name(config),
+            num_objects=config.num_labels - 1,
+            num_attributes=config.num_attributes - 1,
+            feature_size=config.hidden_sizes[-1],
+            selection=selection_name(config),
+            min_boxes=config.min_boxes,
+            max_boxes=config.max_boxes,
+            score_threshold=f"{config.score_threshold:g}",
+            model_id=model_id,
+            converter_version=f"version {__version__}",
+            source_name=Path(report.source).name,
+            source_format=report.source_format,
+            source_sha256=report.sha256,
+            vocabulary=vocabulary,
+            report_rows=report_rows(config, report),
+        )
+    except jinja2.TemplateError as error:
+        raise ConversionError(f"{template_path}: cannot render the model card: {error}") from None
+    metadata = ModelCard(text, ignore_metadata_errors=False).data.to_dict()
+    missing = [key for key in REQUIRED_METADATA if not metadata.get(key)]
+    if missing:
+        raise ConversionError(f"{template_path}: the rendered model card lacks the metadata {missing}")
+    return text

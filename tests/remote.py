@@ -1,0 +1,46 @@
+"""Run Python code in a fresh process that cannot import the installed `butd_frcnn` package: what a Hub user who
+loads the model as remote code has."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+BLOCK_PACKAGE = '''
+import importlib.abc
+import sys
+
+
+class _NoButdFrcnn(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "butd_frcnn" or name.startswith("butd_frcnn."):
+            raise ModuleNotFoundError(f"No module named {name!r}")
+        return None
+
+
+sys.meta_path.insert(0, _NoButdFrcnn())
+try:
+    import butd_frcnn
+except ModuleNotFoundError:
+    pass
+else:
+    raise SystemExit("butd_frcnn is importable: the test would not be testing remote code")
+'''
+
+
+def run_without_package(code: str, cwd, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run `code` with `butd_frcnn` unimportable (offline, in `cwd`); raise with its output if it fails."""
+    environment = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    environment["HF_HUB_OFFLINE"] = "1"
+    environment["HF_MODULES_CACHE"] = str(cwd)  # remote code is copied here, not into the user's cache
+    result = subprocess.run(
+        [sys.executable, "-c", BLOCK_PACKAGE + textwrap.dedent(code)],
+        cwd=cwd,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if result.returncode != 0:
+        raise AssertionError(f"subprocess failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result

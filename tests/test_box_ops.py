@@ -1,0 +1,221 @@
+"""The box arithmetic of the original, checked against straightforward numpy transcriptions of py-faster-rcnn
+(`generate_anchors`, `bbox_transform_inv`, the Cython `cpu_nms`, `generate_tsv.py`'s selection)."""
+
+import numpy as np
+import pytest
+import torch
+
+from butd_frcnn.modeling_butd_frcnn import (
+    argmax_last,
+    decode_boxes,
+    descending_order,
+    float32_threshold,
+    generate_cell_anchors,
+    greedy_nms,
+    numpy_float32_exp,
+    numpy_quicksort_argsort,
+    original_argsort_descending,
+    per_class_nms_max_scores,
+    select_regions,
+    shift_anchors,
+)
+
+# golden/README.md: "The 12 anchors as (x1, y1, x2, y2) in float64"
+README_ANCHORS = [
+    [-38, -16, 53, 31], [-84, -40, 99, 55], [-176, -88, 191, 103], [-360, -184, 375, 199],
+    [-24, -24, 39, 39], [-56, -56, 71, 71], [-120, -120, 135, 135], [-248, -248, 263, 263],
+    [-14, -36, 29, 51], [-36, -80, 51, 95], [-80, -168, 95, 183], [-168, -344, 183, 359],
+]  # fmt: skip
+
+
+def reference_cpu_nms(boxes: np.ndarray, scores: np.ndarray, thresh: float) -> list[int]:
+    """py-faster-rcnn's `cpu_nms`, transcribed: float32 arithmetic, suppress at IoU >= thresh (as a double)."""
+    x1, y1, x2, y2 = (boxes[:, i].astype(np.float32) for i in range(4))
+    areas = (x2 - x1 + np.float32(1)) * (y2 - y1 + np.float32(1))
+    order = numpy_quicksort_argsort(scores)[::-1]  # scores.argsort()[::-1] as numpy 1.x sorted
+    suppressed = np.zeros(len(boxes), dtype=bool)
+    keep = []
+    for position, i in enumerate(order):
+        if suppressed[i]:
+            continue
+        keep.append(int(i))
+        for j in order[position + 1 :]:
+            if suppressed[j]:
+                continue
+            w = max(np.float32(0), min(x2[i], x2[j]) - max(x1[i], x1[j]) + np.float32(1))
+            h = max(np.float32(0), min(y2[i], y2[j]) - max(y1[i], y1[j]) + np.float32(1))
+            inter = np.float32(w * h)
+            overlap = np.float32(inter / np.float32(areas[i] + areas[j] - inter))
+            if float(overlap) >= thresh:
+                suppressed[j] = True
+    return keep
+
+
+def random_boxes(generator: np.random.Generator, count: int, extent: float = 200.0, grid: float | None = None):
+    """Random boxes; with `grid`, corners snap to a grid so that exact IoU ties and threshold hits occur."""
+    corners = generator.uniform(0, extent, size=(count, 2))
+    sizes = generator.uniform(4, extent / 2, size=(count, 2))
+    boxes = np.concatenate([corners, corners + sizes], axis=1)
+    if grid:
+        boxes = np.round(boxes / grid) * grid
+    return boxes.astype(np.float32)
+
+
+def test_cell_anchors_equal_the_originals_table():
+    anchors = generate_cell_anchors(16, [0.5, 1.0, 2.0], [4.0, 8.0, 16.0, 32.0])
+    assert anchors.dtype == torch.float32
+    assert anchors.tolist() == README_ANCHORS
+
+
+def test_anchors_shift_in_height_width_anchor_order():
+    cell = generate_cell_anchors(16, [0.5, 1.0, 2.0], [4.0, 8.0, 16.0, 32.0])
+    anchors = shift_anchors(cell, height=3, width=5, stride=16)
+    assert anchors.shape == (3 * 5 * 12, 4)
+    # anchor a of cell (y, x) sits at row (y * width + x) * A + a, shifted by (16x, 16y)
+    y, x, a = 2, 3, 7
+    expected = cell[a] + torch.tensor([16.0 * x, 16.0 * y, 16.0 * x, 16.0 * y])
+    assert torch.equal(anchors[(y * 5 + x) * 12 + a], expected)
+
+
+def test_numpy_float32_exp_is_bit_identical_to_numpy():
+    generator = np.random.default_rng(0)
+    values = np.concatenate(
+        [
+            generator.standard_normal(200_000).astype(np.float32) * 4,
+            generator.uniform(-104, 89, 200_000).astype(np.float32),
+            np.array([0.0, -0.0, 1e-30, 88.72, 88.73, -103.9, -104.0, np.inf, -np.inf, np.nan], np.float32),
+        ]
+    )
+    with np.errstate(over="ignore", under="ignore"):
+        expected = np.exp(values)
+    ours = numpy_float32_exp(torch.from_numpy(values)).numpy()
+    same = (ours == expected) | (np.isnan(ours) & np.isnan(expected))
+    assert same.all(), f"{(~same).sum()} values differ from np.exp, e.g. at {values[~same][:5]}"
+
+
+def test_decode_boxes_matches_bbox_transform_inv():
+    generator = np.random.default_rng(1)
+    anchors = random_boxes(generator, 1000, extent=800)
+    deltas = (generator.standard_normal((1000, 4)) * 0.3).astype(np.float32)
+    # bbox_transform_inv of py-faster-rcnn, in numpy float32
+    widths = anchors[:, 2] - anchors[:, 0] + np.float32(1.0)
+    heights = anchors[:, 3] - anchors[:, 1] + np.float32(1.0)
+    ctr_x = anchors[:, 0] + np.float32(0.5) * widths
+    ctr_y = anchors[:, 1] + np.float32(0.5) * heights
+    pred_ctr_x = deltas[:, 0] * widths + ctr_x
+    pred_ctr_y = deltas[:, 1] * heights + ctr_y
+    pred_w = np.exp(deltas[:, 2]) * widths
+    pred_h = np.exp(deltas[:, 3]) * heights
+    expected = np.stack(
+        [
+            pred_ctr_x - np.float32(0.5) * pred_w,
+            pred_ctr_y - np.float32(0.5) * pred_h,
+            pred_ctr_x + np.float32(0.5) * pred_w,
+            pred_ctr_y + np.float32(0.5) * pred_h,
+        ],
+        axis=1,
+    )
+    ours = decode_boxes(torch.from_numpy(anchors), torch.from_numpy(deltas)).numpy()
+    np.testing.assert_array_equal(ours, expected)
+
+
+def test_float32_threshold_reproduces_double_comparison():
+    for threshold in (0.7, 0.3, 0.5, 0.2, 0.1 + 0.2):
+        t32 = np.float32(float32_threshold(threshold))
+        below = np.nextafter(t32, np.float32(0))
+        assert float(t32) >= threshold and float(below) < threshold
+
+
+@pytest.mark.parametrize("seed,grid", [(0, None), (1, None), (2, 8.0), (3, 16.0)])
+@pytest.mark.parametrize("threshold", [0.7, 0.3])
+def test_greedy_nms_equals_sequential_cpu_nms(seed, grid, threshold):
+    generator = np.random.default_rng(seed)
+    boxes = random_boxes(generator, 700, grid=grid)
+    scores = generator.random(700).astype(np.float32)
+    if grid:  # exact score ties as well
+        scores = np.round(scores * 20) / 20
+    expected = reference_cpu_nms(boxes, scores, threshold)
+    order = original_argsort_descending(torch.from_numpy(scores))
+    sorted_boxes = torch.from_numpy(boxes)[order]
+    for block_size in (256, 37, 1000):
+        keep = greedy_nms(sorted_boxes, threshold, block_size=block_size)
+        assert order[keep].tolist() == expected
+    limited = greedy_nms(sorted_boxes, threshold, max_keep=25)
+    assert order[limited].tolist() == expected[:25]
+
+
+def test_greedy_nms_suppresses_at_exactly_the_threshold():
+    # two 10x10 boxes (inclusive) overlapping on 5 columns of 10 ... IoU = 50 / 150 = 1/3 exactly representable?
+    # use boxes whose IoU is exactly 0.5 in float32: [0,0,9,9] and [0,0,9,19] -> inter 100, union 200
+    boxes = torch.tensor([[0.0, 0.0, 9.0, 9.0], [0.0, 0.0, 9.0, 19.0]])
+    assert greedy_nms(boxes, 0.5).tolist() == [0]  # >=: suppressed (torchvision's > would keep both)
+    assert greedy_nms(boxes, 0.5000001).tolist() == [0, 1]
+
+
+def reference_max_conf(boxes, class_probs, threshold):
+    """generate_tsv.py: max_conf over a per-class cpu_nms, class by class."""
+    max_conf = np.zeros(len(boxes), dtype=np.float64)
+    for cls in range(class_probs.shape[1]):
+        scores = class_probs[:, cls]
+        keep = reference_cpu_nms(boxes, scores, threshold)
+        max_conf[keep] = np.where(scores[keep] > max_conf[keep], scores[keep], max_conf[keep])
+    return max_conf
+
+
+@pytest.mark.parametrize("seed,grid", [(0, None), (5, 8.0)])
+def test_per_class_nms_max_scores_equals_class_by_class_loop(seed, grid):
+    generator = np.random.default_rng(seed)
+    boxes = random_boxes(generator, 120, grid=grid)
+    logits = generator.standard_normal((120, 40)) * 3
+    probs = (np.exp(logits) / np.exp(logits).sum(1, keepdims=True)).astype(np.float32)
+    if grid:
+        probs = np.round(probs * 50) / 50  # ties inside classes
+    expected = reference_max_conf(boxes, probs, 0.3)
+    ours = per_class_nms_max_scores(torch.from_numpy(boxes), torch.from_numpy(probs), 0.3).numpy()
+    np.testing.assert_array_equal(ours.astype(np.float64), expected)
+
+
+def test_select_regions_follows_generate_tsv_paths():
+    scores = torch.tensor([0.1, 0.5, 0.3, 0.05, 0.25, 0.5, 0.15])
+    # threshold path: region order
+    assert select_regions(scores, 0.2, min_boxes=2, max_boxes=5).tolist() == [1, 2, 4, 5]
+    # fewer than MIN: the MIN best, best first; numpy 1.x's argsort()[::-1] puts the later of two ties first here
+    assert select_regions(scores, 0.4, min_boxes=3, max_boxes=5).tolist() == [5, 1, 2]
+    # more than MAX: the MAX best
+    assert select_regions(scores, 0.0, min_boxes=1, max_boxes=3).tolist() == [5, 1, 2]
+    # fixed 36-style count
+    assert select_regions(scores, 0.2, min_boxes=2, max_boxes=2).tolist() == [5, 1]
+    # the stable device sort puts the earlier tie first instead
+    assert select_regions(scores, 0.2, min_boxes=2, max_boxes=2, exact_ties=False).tolist() == [1, 5]
+    # the threshold compares as a double, like numpy's float64 max_conf
+    exact = torch.tensor([0.2], dtype=torch.float32)  # float32(0.2) > 0.2
+    assert select_regions(exact, 0.2, 1, 1).tolist() == [0]
+
+
+def test_argmax_last_breaks_ties_towards_the_highest_index():
+    x = torch.tensor([[1.0, 3.0, 3.0, 0.0], [5.0, 1.0, 2.0, 5.0], [0.0, 1.0, 2.0, 3.0]])
+    assert argmax_last(x, dim=1).tolist() == [2, 3, 3]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_original_argsort_reproduces_numpy_1_introsort(seed):
+    """The transcription of numpy 1.x's quicksort and the long-double numpy sort agree on tie-heavy arrays of all
+    sizes (insertion-sorted small ones, partitioned large ones, sorted and reversed inputs)."""
+    generator = np.random.default_rng(seed)
+    for size in (1, 2, 15, 16, 17, 100, 300, 2500):
+        values = generator.integers(0, max(size // 10, 2), size).astype(np.float32) / 3
+        if seed % 2:
+            values = np.sort(values)[::-1].copy()
+        transcription = numpy_quicksort_argsort(values)
+        assert sorted(transcription) == list(range(size))
+        assert np.all(np.diff(values[transcription]) >= 0)
+        ours = original_argsort_descending(torch.from_numpy(values))
+        assert ours.tolist() == transcription[::-1]
+        assert np.argsort(values.astype(np.longdouble), kind="quicksort").tolist() == transcription
+
+
+def test_descending_order_along_a_dimension():
+    values = torch.tensor([[0.5, 0.1], [0.2, 0.1], [0.5, 0.3]])
+    exact = descending_order(values, exact_ties=True, dim=0)
+    assert exact[:, 0].tolist() == [2, 0, 1] and exact[:, 1].tolist() == [2, 1, 0]
+    assert descending_order(values, exact_ties=False, dim=0)[:, 0].tolist() == [0, 2, 1]

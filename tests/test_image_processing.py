@@ -1,0 +1,175 @@
+"""The image processor: OpenCV-compatible decoding of every odd kind of file, mean subtraction and resize against
+the original's data blob, batching, serialisation, and clear errors on bad input."""
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from butd_frcnn import ButdFrcnnImageProcessor
+from butd_frcnn.image_processing_butd_frcnn import (
+    ImageDecodeError,
+    compute_scale,
+    load_image_bgr,
+    resize_like_opencv,
+    subtract_means,
+)
+from conftest import GOLDEN_IMAGES, golden_image_path, load_golden
+from images import make_odd_images
+
+# Resize: ours vs OpenCV's IPP-accelerated float kernel (and the golden blob, made by it). Both compute the same
+# bilinear formula; they round differently in the last bits: at most a few float32 ulps of values below 256.
+RESIZE_ATOL = 4e-5
+
+
+@pytest.fixture(scope="module")
+def odd_images(tmp_path_factory):
+    return make_odd_images(tmp_path_factory.mktemp("odd"))
+
+
+def test_every_odd_kind_decodes_exactly_like_cv2_imread(odd_images):
+    for name, path in odd_images.items():
+        expected = cv2.imread(path, cv2.IMREAD_COLOR)
+        ours = load_image_bgr(path)
+        assert ours.dtype == np.uint8 and ours.shape == expected.shape, name
+        assert np.array_equal(ours, expected), f"{name}: max difference {np.abs(ours.astype(int) - expected).max()}"
+
+
+def test_pillow_jpeg_decode_of_rocket_against_the_pixels_opencv_decoded():
+    """The golden file stores what OpenCV decoded; measure how far Pillow's JPEG decode is from it."""
+    stored = load_golden("tiny", "rocket")["image_bgr"]
+    ours = load_image_bgr(golden_image_path("rocket"))
+    difference = np.abs(ours.astype(int) - stored.astype(int))
+    # measured: 0 levels (Pillow and OpenCV 4.8 both use libjpeg-turbo's default integer IDCT)
+    assert difference.max() <= 0, f"Pillow's decode differs by up to {difference.max()} levels"
+
+
+@pytest.mark.parametrize("name", list(GOLDEN_IMAGES))
+def test_data_blob_matches_the_original(name, processor):
+    golden = load_golden("tiny", name)
+    source = golden["image_bgr"] if name == "rocket" else golden_image_path(name)
+    channel_order = {"input_channel_order": "bgr"} if name == "rocket" else {}
+    batch = processor(source, return_tensors="pt", **channel_order)
+    expected = golden["blob/data"]
+    assert tuple(batch["pixel_values"].shape) == expected.shape
+    assert batch["scales"].dtype == torch.float64
+    assert batch["scales"].item() == float(golden["im_scale_f64"])
+    assert batch["image_sizes"].tolist() == [list(expected.shape[2:])]
+    assert batch["original_sizes"].tolist() == [[int(golden["image_h"]), int(golden["image_w"])]]
+    np.testing.assert_allclose(batch["pixel_values"].numpy(), expected, rtol=0, atol=RESIZE_ATOL)
+
+
+def test_resize_agrees_with_cv2_resize_on_random_images():
+    generator = np.random.default_rng(3)
+    for height, width in [(37, 53), (480, 640), (333, 500), (1000, 90), (17, 1800)]:
+        image = (generator.random((height, width, 3)) * 255).astype(np.uint8)
+        scale = compute_scale(height, width, 600, 1000)
+        means = subtract_means(image, (102.9801, 115.9465, 122.7717))
+        ours = resize_like_opencv(means, scale).permute(1, 2, 0).numpy()
+        expected = cv2.resize(means.permute(1, 2, 0).numpy(), None, None, fx=scale, fy=scale)
+        assert ours.shape == expected.shape
+        np.testing.assert_allclose(ours, expected, rtol=0, atol=RESIZE_ATOL)
+
+
+def test_scale_rule_and_resized_sizes():
+    assert compute_scale(480, 640, 600, 1000) == 1.25
+    assert compute_scale(300, 1800, 600, 1000) == 1000 / 1800  # the long side would exceed 1000
+    image = torch.zeros(3, 300, 1800)
+    assert resize_like_opencv(image, 1000 / 1800).shape == (3, 167, 1000)  # 166.67 rounds to 167
+
+
+def test_array_inputs_in_every_layout_give_the_same_blob(processor):
+    generator = np.random.default_rng(4)
+    rgb = (generator.random((40, 60, 3)) * 255).astype(np.uint8)
+    reference = processor(Image.fromarray(rgb), return_tensors="pt")["pixel_values"]
+    variants = {
+        "numpy rgb": processor(rgb, return_tensors="pt"),
+        "numpy bgr": processor(rgb[..., ::-1].copy(), input_channel_order="bgr", return_tensors="pt"),
+        "tensor chw": processor(torch.from_numpy(rgb).permute(2, 0, 1), return_tensors="pt"),
+        "uint16": processor(rgb.astype(np.uint16) * 257, return_tensors="pt"),
+        "rgba": processor(np.dstack([rgb, rgb[..., :1]]), return_tensors="pt"),
+    }
+    for name, batch in variants.items():
+        assert torch.equal(batch["pixel_values"], reference), name
+    grey = rgb[..., 0]
+    grey_batch = processor(grey, return_tensors="pt")["pixel_values"]
+    assert torch.equal(grey_batch, processor(np.dstack([grey] * 3), return_tensors="pt")["pixel_values"])
+
+
+def test_batch_pads_with_zeros_and_records_sizes(processor):
+    images = [np.full((30, 40, 3), 200, np.uint8), np.full((50, 20, 3), 10, np.uint8)]
+    batch = processor(images, return_tensors="pt")
+    sizes = batch["image_sizes"].tolist()
+    assert sizes == [[600, 800], [1000, 400]]
+    assert batch["pixel_values"].shape == (2, 3, 1000, 800)
+    assert batch["original_sizes"].tolist() == [[30, 40], [50, 20]]
+    assert batch["scales"].tolist() == [20.0, 20.0]
+    assert (batch["pixel_values"][0, :, 600:, :] == 0).all() and (batch["pixel_values"][1, :, :, 400:] == 0).all()
+    alone = processor(images[1], return_tensors="pt")["pixel_values"]
+    assert torch.equal(batch["pixel_values"][1:, :, :1000, :400], alone)
+
+
+def test_casting_the_batch_keeps_scales_exact(processor):
+    batch = processor(np.zeros((30, 41, 3), np.uint8), return_tensors="pt")
+    scale = batch["scales"].clone()
+    batch = batch.to(torch.bfloat16)
+    assert batch["pixel_values"].dtype == torch.bfloat16
+    assert batch["scales"].dtype == torch.float64 and torch.equal(batch["scales"], scale)
+
+
+def test_numpy_return_type(processor):
+    batch = processor(np.zeros((30, 40, 3), np.uint8), return_tensors="np")
+    assert isinstance(batch["pixel_values"], np.ndarray) and batch["pixel_values"].dtype == np.float32
+
+
+def test_preprocessor_config_round_trip(tmp_path):
+    processor = ButdFrcnnImageProcessor(size={"shortest_edge": 300, "longest_edge": 500}, input_channel_order="bgr")
+    processor.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "preprocessor_config.json").read_text())
+    assert saved["size"] == {"shortest_edge": 300, "longest_edge": 500}
+    assert saved["pixel_means_bgr"] == [102.9801, 115.9465, 122.7717]
+    loaded = ButdFrcnnImageProcessor.from_pretrained(tmp_path)
+    assert loaded.size == processor.size and loaded.input_channel_order == "bgr"
+    image = np.zeros((30, 40, 3), np.uint8)
+    assert torch.equal(loaded(image, return_tensors="pt")["pixel_values"], processor(image, return_tensors="pt")["pixel_values"])
+
+
+def test_unreadable_files_raise_errors_that_name_the_file_and_reason(tmp_path, processor):
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
+    text = tmp_path / "notes.png"
+    text.write_text("not an image at all")
+    truncated = tmp_path / "truncated.jpg"
+    Image.fromarray(np.full((200, 300, 3), 90, np.uint8)).save(tmp_path / "whole.jpg", quality=90)
+    truncated.write_bytes((tmp_path / "whole.jpg").read_bytes()[:700])
+    cases = {
+        empty: "empty",
+        text: "not an image",
+        truncated: "truncated",
+        tmp_path / "missing.png": "no such file",
+        tmp_path: "directory",
+    }
+    for path, reason in cases.items():
+        with pytest.raises(ImageDecodeError) as error:
+            processor(str(path), return_tensors="pt")
+        assert str(path) in str(error.value) and reason in str(error.value)
+
+
+def test_invalid_arrays_and_degenerate_sizes_are_rejected(processor):
+    with pytest.raises(ImageDecodeError, match="uint8"):
+        processor(np.zeros((20, 20, 3), np.float32), return_tensors="pt")
+    with pytest.raises(ImageDecodeError, match="too elongated"):
+        processor(np.zeros((1, 5000, 3), np.uint8), return_tensors="pt")  # 1000/5000 * 1 rounds to 0 rows
+    with pytest.raises(TypeError, match="cannot read an image"):
+        processor(12345, return_tensors="pt")
+
+
+def test_decompression_bombs_are_refused(tmp_path, monkeypatch):
+    path = tmp_path / "bomb.png"
+    Image.new("L", (200, 200)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 200 x 200 > 2 x 100: Pillow's bomb rule
+    with pytest.raises(ImageDecodeError, match="decompression bomb"):
+        load_image_bgr(path)
