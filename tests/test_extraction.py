@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from conftest import GOLDEN
 from extraction_helpers import (
     PLAIN_READERS,
     TEST_MAX_PIXELS,
@@ -26,7 +28,9 @@ from extraction_helpers import (
     save_test_model,
 )
 
-from butd_frcnn.extraction import read_features
+from butd_frcnn.extraction import ExtractionError, merge_outputs, read_features
+from butd_frcnn.extraction.model_loading import load_model
+from butd_frcnn.extraction.sharding import Shard
 
 # the fields each format carries, as the plain readers name them
 FORMAT_KEYS = {
@@ -56,6 +60,38 @@ def reference(model_folder, images) -> dict[str, dict]:
     return direct_outputs(model_folder, images[1])
 
 
+WORKERS = {"butd-tsv": "1", "lxmert-tsv": "0", "hdf5": "2", "npz": "1"}  # in-process decoding and 1-2 workers
+
+
+@pytest.fixture(scope="module")
+def extracted(model_folder, images, tmp_path_factory):
+    """`extracted(format)`: the CLI run over the whole image folder into that format (run once per module)."""
+    runs = {}
+
+    def run(format: str) -> tuple[Path, subprocess.CompletedProcess]:
+        if format not in runs:
+            output = tmp_path_factory.mktemp(format) / OUTPUT_NAMES[format]
+            args = extract_args(model_folder, output, "--format", format, "--num-workers", WORKERS[format])
+            runs[format] = output, run_cli(*args, images[0])
+        return runs[format]
+
+    return run
+
+
+def extract_in_process(model_folder: Path, output: Path, inputs: list, **options):
+    """The library entry point, for setting up outputs that a CLI run then works on (saves a process start)."""
+    from butd_frcnn.extraction import ExtractOptions, extract
+
+    defaults = dict(num_workers=0, max_pixels=TEST_MAX_PIXELS, progress=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the CLI runs get: same thread count, same bits
+    try:
+        return extract(ExtractOptions(inputs=[str(i) for i in inputs], model=str(model_folder), output=output,
+                                      **{**defaults, **options}))  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
+
+
 def expected_rows(reference: dict, format: str, ids=None) -> dict[str, dict]:
     keys = FORMAT_KEYS[format]
     return {i: {k: v for k, v in row.items() if k in keys} for i, row in reference.items() if ids is None or i in ids}
@@ -83,15 +119,10 @@ def assert_plain_rows(format: str, output: Path, reference: dict, exact: bool = 
 # ---------------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "format, workers", [("butd-tsv", "1"), ("lxmert-tsv", "0"), ("hdf5", "2"), ("npz", "1")]
-)
-def test_every_format_holds_the_models_outputs_and_lists_every_bad_image(
-    format, workers, model_folder, images, reference, tmp_path
-):
+@pytest.mark.parametrize("format", ["butd-tsv", "lxmert-tsv", "hdf5", "npz"])
+def test_every_format_holds_the_models_outputs_and_lists_every_bad_image(format, extracted, images, reference):
     folder, good, bad = images
-    output = tmp_path / OUTPUT_NAMES[format]
-    completed = run_cli(*extract_args(model_folder, output, "--format", format, "--num-workers", workers), folder)
+    output, completed = extracted(format)
 
     assert_plain_rows(format, output, reference)
     ours = {record.image_id: record for record in read_features(output)}
@@ -197,7 +228,7 @@ def test_half_written_last_records_are_repaired_on_resume(model_folder, images, 
     listing.write_text("".join(f"{image_id}\t{path}\n" for image_id, path in some.items()))
     outputs = {format: tmp_path / OUTPUT_NAMES[format] for format in ("lxmert-tsv", "hdf5", "npz")}
     for format, output in outputs.items():
-        run_cli(*extract_args(model_folder, output, "--format", format, "--num-workers", "0"), listing)
+        extract_in_process(model_folder, output, [listing], format=format)
 
     tsv = outputs["lxmert-tsv"]
     lines = tsv.read_bytes().splitlines(keepends=True)
@@ -253,15 +284,16 @@ def test_a_full_disk_stops_with_a_clear_error_and_loses_nothing(model_folder, im
 def test_shards_by_hand_merge_into_one_output_checked_for_missing_and_duplicates(model_folder, images, reference, tmp_path):
     folder, good, bad = images
     output = tmp_path / "features.h5"
-    for shard in ("0/3", "1/3", "2/3"):
-        run_cli(*extract_args(model_folder, output, "--shard", shard, "--num-workers", "0"), folder)
+    run_cli(*extract_args(model_folder, output, "--shard", "0/3", "--num-workers", "0"), folder)
+    for index in (1, 2):
+        extract_in_process(model_folder, output, [folder], shard=Shard(index, 3))
     shards = sorted(tmp_path.glob("features.shard-*-of-00003.h5"))
     assert len(shards) == 3
 
-    missing_one = run_cli("merge", "--output", output, shards[0], shards[2], check=False)
-    assert missing_one.returncode == 1 and "shards [1] are missing" in missing_one.stderr
-    twice = run_cli("merge", "--output", output, shards[0], shards[0], shards[1], check=False)
-    assert twice.returncode == 1 and "more than one shard" in twice.stderr
+    with pytest.raises(ExtractionError, match=r"shards \[1\] are missing"):
+        merge_outputs([shards[0], shards[2]], output)
+    with pytest.raises(ExtractionError, match="more than one shard"):
+        merge_outputs([shards[0], shards[0], shards[1]], output)
     assert not output.exists()
 
     merged = run_cli("merge", "--output", output)  # finds the shards beside the output
@@ -270,10 +302,9 @@ def test_shards_by_hand_merge_into_one_output_checked_for_missing_and_duplicates
     assert sorted(read_errors_file(Path(f"{output}.errors.tsv"))) == sorted(bad)
 
 
-def test_torchrun_with_two_cpu_processes_equals_one_process(model_folder, images, reference, tmp_path):
+def test_torchrun_with_two_cpu_processes_equals_one_process(model_folder, images, reference, extracted, tmp_path):
     folder, good, bad = images
-    single = tmp_path / "single" / "features.tsv"
-    run_cli(*extract_args(model_folder, single, "--format", "lxmert-tsv", "--num-workers", "1"), folder)
+    single, _ = extracted("lxmert-tsv")
     merged = tmp_path / "torchrun" / "features.tsv"
     completed = subprocess.run(
         [
@@ -337,11 +368,11 @@ def test_existing_outputs_are_kept_unless_resumed_with_the_same_settings_or_over
     listing = tmp_path / "images.txt"
     listing.write_text("\n".join(str(path) for path in list(good.values())[:2]) + "\n")
     output = tmp_path / "out.tsv"
-    run_cli(*extract_args(model_folder, output, "--num-workers", "0"), listing)
-    again = run_cli(*extract_args(model_folder, output, "--num-workers", "0"), listing, check=False)
-    assert again.returncode == 1 and "--resume" in again.stderr and "--overwrite" in again.stderr
-    other = run_cli(*extract_args(model_folder, output, "--boxes", "36", "--resume"), listing, check=False)
-    assert other.returncode == 1 and "'min_boxes': 36" in other.stderr
+    extract_in_process(model_folder, output, [listing])
+    with pytest.raises(ExtractionError, match="--resume .* or --overwrite"):
+        extract_in_process(model_folder, output, [listing])
+    with pytest.raises(ExtractionError, match="'min_boxes': 36"):
+        extract_in_process(model_folder, output, [listing], min_boxes=36, max_boxes=36, resume=True)
     redo = run_cli(*extract_args(model_folder, output, "--boxes", "36", "--overwrite", "--num-workers", "0"), listing)
     assert "2 images extracted" in redo.stdout
     assert all(row["boxes"].shape[0] <= 36 for row in plain_read_butd_tsv(output).values())
@@ -355,13 +386,15 @@ def test_a_model_that_cannot_be_had_is_a_clear_error(model_folder, tmp_path):
     hub = run_cli("extract", "--model", "someone/butd-frcnn", "-o", tmp_path / "o.tsv", image, check=False)
     assert hub.returncode == 1
     assert "HF_HUB_OFFLINE" in hub.stderr and "butd-frcnn convert" in hub.stderr
-    missing = run_cli("extract", "--model", tmp_path / "nothing", "-o", tmp_path / "o.tsv", image, check=False)
-    assert missing.returncode == 1 and "no such folder" in missing.stderr
+    with pytest.raises(ExtractionError, match="no such folder"):
+        load_model(str(tmp_path / "nothing"), torch.device("cpu"), "float32")
     empty = tmp_path / "empty_model"
     empty.mkdir()
     (empty / "config.json").write_text((model_folder / "config.json").read_text())
-    lacking = run_cli("extract", "--model", empty, "-o", tmp_path / "o.tsv", image, check=False)
-    assert lacking.returncode == 1 and "model.safetensors" in lacking.stderr
+    with pytest.raises(ExtractionError, match="lacks model.safetensors"):
+        load_model(str(empty), torch.device("cpu"), "float32")
+    with pytest.raises(ExtractionError, match="butd-frcnn convert"):
+        load_model(str(GOLDEN / "tiny_seed0.caffemodel"), torch.device("cpu"), "float32")
 
 
 # ---------------------------------------------------------------------------------------------------------------
