@@ -52,24 +52,36 @@ def add_parser(subparsers) -> None:
         "attributes. Resumable (--resume), shardable (--shard I/N, or torchrun: one shard per rank, merged at the end).",
     )
     extract_parser.add_argument(
-        "inputs", nargs="+", metavar="INPUT", help="image files, folders (recursive) or list files (.txt/.lst/.list: "
-        "one `path` or `id<TAB>path` per line, relative to the list's folder)"
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="image files, folders (recursive) or list files (.txt/.lst/.list: "
+        "one `path` or `id<TAB>path` per line, relative to the list's folder)",
     )
     extract_parser.add_argument("--model", required=True, help="converted model folder or Hugging Face Hub id")
     extract_parser.add_argument("--output", "-o", required=True, type=Path, help="output file (folder for npz)")
     extract_parser.add_argument(
-        "--format", choices=FORMATS, help="output format; default from the output's extension (.tsv: butd-tsv, .h5: hdf5)"
+        "--format",
+        choices=FORMATS,
+        help="output format; default from the output's extension (.tsv: butd-tsv, .h5: hdf5)",
     )
     extract_parser.add_argument(
-        "--boxes", type=parse_boxes, help="regions per image: N (e.g. 36) or MIN-MAX (e.g. 10-100, the model's default)"
+        "--boxes",
+        type=parse_boxes,
+        help="regions per image: N (e.g. 36) or MIN-MAX (e.g. 10-100, the model's default)",
     )
     extract_parser.add_argument(
-        "--score-threshold", type=float, help="keep regions scoring at least this, within MIN-MAX (default: the model's, 0.2)"
+        "--score-threshold",
+        type=float,
+        help="keep regions scoring at least this, within MIN-MAX (default: the model's, 0.2)",
     )
     extract_parser.add_argument(
-        "--batch-size", type=int, default=1, help="images per forward pass (default 1: bit-identical to the model run "
+        "--batch-size",
+        type=int,
+        default=1,
+        help="images per forward pass (default 1: bit-identical to the model run "
         "one image at a time). Only images of one resized size share a batch; larger batches are faster on a GPU but "
-        "the convolution kernels may round differently (see README)"
+        "the convolution kernels may round differently (see README)",
     )
     extract_parser.add_argument(
         "--num-workers", type=int, default=default_num_workers(), help="processes decoding images (0: in this one)"
@@ -80,15 +92,23 @@ def add_parser(subparsers) -> None:
     extract_parser.add_argument("--overwrite", action="store_true", help="delete OUTPUT first")
     extract_parser.add_argument("--shard", type=_shard, help="process share I of N (0-based) of the listing")
     extract_parser.add_argument(
-        "--image-ids", choices=ID_STYLES, default="stem", help="ids from file names: the name without extension "
-        "(stem), or its last number (number: COCO_val2014_000000000042.jpg -> 42, as in the released TSVs)"
+        "--image-ids",
+        choices=ID_STYLES,
+        default="stem",
+        help="ids from file names: the name without extension "
+        "(stem), or its last number (number: COCO_val2014_000000000042.jpg -> 42, as in the released TSVs)",
     )
     extract_parser.add_argument(
-        "--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+        "--max-pixels",
+        type=int,
+        default=DEFAULT_MAX_PIXELS,
         help=f"skip larger images as decompression bombs (default {DEFAULT_MAX_PIXELS}, Pillow's; 0: no limit)",
     )
     extract_parser.add_argument(
-        "--hdf5-checkpoint", type=int, default=1000, metavar="N",
+        "--hdf5-checkpoint",
+        type=int,
+        default=1000,
+        metavar="N",
         help="hdf5: rewrite the file with the new images every N images (the interval grows with the file)",
     )
     extract_parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -175,7 +195,10 @@ def _run_distributed(args, shard: Shard) -> int:
             elif not args.no_merge:
                 try:
                     merged = merge_outputs(
-                        all_shard_paths(args.output, shard.count), args.output, overwrite=True, remove_shards=args.remove_shards
+                        all_shard_paths(args.output, shard.count),
+                        args.output,
+                        overwrite=True,
+                        remove_shards=args.remove_shards,
                     )
                 except ExtractionError as error:
                     logger.error("%s", error)

@@ -70,7 +70,7 @@ class ImageDataset(Dataset):
             return FailedImage(
                 entry, f"{entry.path}: refused as a decompression bomb ({error}); raise --max-pixels to read it"
             )
-        except Exception as error:  # one image must never stop the run; the reason goes to the errors file
+        except Exception as error:  # noqa: BLE001 (one image must never stop the run; the reason goes to the errors file)
             return FailedImage(entry, f"{entry.path}: {type(error).__name__}: {error}", time.perf_counter() - start)
         return PreparedImage(
             entry=entry,

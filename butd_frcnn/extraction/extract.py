@@ -49,7 +49,7 @@ class ExtractOptions:
     dtype: str = "float32"
     resume: bool = False
     overwrite: bool = False
-    shard: Shard = Shard()
+    shard: Shard = field(default_factory=Shard)
     image_ids: str = "stem"
     max_pixels: int = DEFAULT_MAX_PIXELS
     checkpoint_images: int = 1000
@@ -97,12 +97,18 @@ class ExtractionSummary:
     def report(self) -> str:
         rate = self.extracted / self.seconds if self.seconds else 0.0
         lines = [
-            f"{'Interrupted' if self.interrupted else 'Done'}: {self.extracted} images extracted "
-            f"({self.boxes} boxes) in {self.seconds:.1f} s, {rate:.2f} images/s -> {self.output}",
-            f"  listed {self.listed}, to do here {self.assigned}, already done {self.already_done}, "
-            f"failed {self.failed}, not attempted {self.not_attempted}",
-            f"  time: decoding {self.decode_seconds:.1f} s (summed over workers), model {self.model_seconds:.1f} s, "
-            f"writing {self.write_seconds:.1f} s",
+            (
+                f"{'Interrupted' if self.interrupted else 'Done'}: {self.extracted} images extracted "
+                f"({self.boxes} boxes) in {self.seconds:.1f} s, {rate:.2f} images/s -> {self.output}"
+            ),
+            (
+                f"  listed {self.listed}, to do here {self.assigned}, already done {self.already_done}, "
+                f"failed {self.failed}, not attempted {self.not_attempted}"
+            ),
+            (
+                f"  time: decoding {self.decode_seconds:.1f} s (summed over workers), "
+                f"model {self.model_seconds:.1f} s, writing {self.write_seconds:.1f} s"
+            ),
         ]
         if self.failed:
             lines.append(f"  {self.failed} images could not be extracted: see {self.errors_file}")
@@ -118,7 +124,7 @@ class GracefulStop:
         self.requested = False
         self._previous = {}
 
-    def __enter__(self) -> "GracefulStop":
+    def __enter__(self) -> "GracefulStop":  # noqa: PYI034 (typing.Self needs Python 3.11)
         if threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGINT, signal.SIGTERM):
                 self._previous[signum] = signal.signal(signum, self._handle)
@@ -149,7 +155,9 @@ def _prepare_output(format: str, output: Path, options: ExtractOptions, manifest
             remove_output(format, output)
             manifest_path(output).unlink(missing_ok=True)
         elif not options.resume:
-            raise ExtractionError(f"{output} exists: pass --resume to add what it lacks, or --overwrite to start again")
+            raise ExtractionError(
+                f"{output} exists: pass --resume to add what it lacks, or --overwrite to start again"
+            )
         else:
             previous = RunManifest.load(output)
             if previous is None:
@@ -160,7 +168,9 @@ def _prepare_output(format: str, output: Path, options: ExtractOptions, manifest
                     "choose another --output, or --overwrite"
                 )
             elif previous.model != manifest.model:
-                logger.warning("%s was written with the model %s, resumed with %s", output, previous.model, manifest.model)
+                logger.warning(
+                    "%s was written with the model %s, resumed with %s", output, previous.model, manifest.model
+                )
     output.parent.mkdir(parents=True, exist_ok=True)
 
 
@@ -196,7 +206,7 @@ class _Pipeline:
             records = records_from_model_output(
                 outputs, [image.entry.image_id for image in images], inputs["original_sizes"]
             )
-        except Exception as error:  # a bad image must not take its batch (or the run) down with it
+        except Exception as error:  # noqa: BLE001 (a bad image must not take its batch, or the run, down with it)
             if len(images) > 1:
                 logger.warning("the model failed on a batch (%s); retrying its images one by one", error)
                 for image in images:
@@ -237,7 +247,9 @@ def extract(options: ExtractOptions) -> ExtractionSummary:
     selection = {
         "min_boxes": options.min_boxes or model.config.min_boxes,
         "max_boxes": options.max_boxes or model.config.max_boxes,
-        "score_threshold": model.config.score_threshold if options.score_threshold is None else options.score_threshold,
+        "score_threshold": model.config.score_threshold
+        if options.score_threshold is None
+        else options.score_threshold,
     }
     if not 0 < selection["min_boxes"] <= selection["max_boxes"]:
         raise ExtractionError(f"--boxes needs 0 < MIN <= MAX, got {selection['min_boxes']}-{selection['max_boxes']}")
@@ -252,12 +264,18 @@ def extract(options: ExtractOptions) -> ExtractionSummary:
     )
     _prepare_output(format, output, options, manifest)
     manifest.save(output)
-    writer = open_writer(format, output, options.resume, {"model": options.model, **selection}, options.checkpoint_images)
+    writer = open_writer(
+        format, output, options.resume, {"model": options.model, **selection}, options.checkpoint_images
+    )
     done = set(writer.completed)
     todo = [entry for entry in mine if entry.image_id not in done]
     errors = ErrorLog(errors_path(output))
     summary = ExtractionSummary(
-        output=output, errors_file=errors.path, listed=len(entries), assigned=len(mine), already_done=len(mine) - len(todo)
+        output=output,
+        errors_file=errors.path,
+        listed=len(entries),
+        assigned=len(mine),
+        already_done=len(mine) - len(todo),
     )
     label = f"shard {options.shard}" if options.shard.count > 1 else "extract"
     progress = tqdm(total=len(todo), unit="img", desc=label, disable=not options.progress, dynamic_ncols=True)
@@ -289,5 +307,3 @@ def extract(options: ExtractOptions) -> ExtractionSummary:
         progress.close()
     summary.seconds = time.perf_counter() - started
     return summary
-
-

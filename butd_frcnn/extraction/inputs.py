@@ -17,7 +17,27 @@ logger = logging.getLogger(__name__)
 
 # what OpenCV's imread (the original's decoder) reads, plus the formats Pillow adds
 IMAGE_SUFFIXES = frozenset(
-    ".jpg .jpeg .jpe .jfif .png .bmp .dib .gif .tif .tiff .webp .ppm .pgm .pbm .pnm .jp2 .j2k .ras .sr".split()
+    [
+        ".jpg",
+        ".jpeg",
+        ".jpe",
+        ".jfif",
+        ".png",
+        ".bmp",
+        ".dib",
+        ".gif",
+        ".tif",
+        ".tiff",
+        ".webp",
+        ".ppm",
+        ".pgm",
+        ".pbm",
+        ".pnm",
+        ".jp2",
+        ".j2k",
+        ".ras",
+        ".sr",
+    ]
 )
 LIST_SUFFIXES = frozenset((".txt", ".lst", ".list"))
 ID_STYLES = ("stem", "number")

@@ -196,7 +196,9 @@ def merge_outputs(
         _merge_npz(shards, output)
     first = RunManifest.load(shards[0])
     if first is not None:
-        RunManifest(**{**first.__dict__, "shard_index": 0, "shard_count": 1, "image_ids": expected or list(seen)}).save(output)
+        RunManifest(
+            **{**first.__dict__, "shard_index": 0, "shard_count": 1, "image_ids": expected or list(seen)}
+        ).save(output)
     if failures:
         lines = "".join("\t".join(failure) + "\n" for failure in failures)
         errors_path(output).write_text(lines, encoding="utf-8")
@@ -208,4 +210,3 @@ def merge_outputs(
             manifest_path(path).unlink(missing_ok=True)
             errors_path(path).unlink(missing_ok=True)
     return MergeSummary(output, len(shards), len(seen), len(failed_ids), missing, expected is not None)
-

@@ -21,7 +21,11 @@ WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_mo
 
 def _check_local_folder(folder: Path) -> None:
     if not folder.is_dir():
-        hint = " Convert it first: butd-frcnn convert WEIGHTS.caffemodel FOLDER." if folder.suffix == ".caffemodel" else ""
+        hint = (
+            " Convert it first: butd-frcnn convert WEIGHTS.caffemodel FOLDER."
+            if folder.suffix == ".caffemodel"
+            else ""
+        )
         raise ExtractionError(f"--model {folder}: expected a converted model folder, got a file.{hint}")
     missing = [name for name in ("config.json",) if not (folder / name).is_file()]
     if not any((folder / name).is_file() for name in WEIGHT_FILES):

@@ -77,7 +77,7 @@ class ErrorLog:
     def add(self, entry: ImageEntry, reason: str) -> None:
         try:
             if self._file is None:
-                self._file = open(self.path, "a", encoding="utf-8")
+                self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (open for the whole run)
             self._file.write(f"{entry.image_id}\t{entry.path}\t{_one_line(reason)}\n")
             self._file.flush()
         except OSError as error:

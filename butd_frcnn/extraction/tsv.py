@@ -191,7 +191,9 @@ def scan_and_repair(path: Path, layout: TsvLayout) -> list[str]:
     good_size = 0
     for offset, line, record in _complete_rows(path, layout):
         if isinstance(record, ValueError):
-            logger.warning("%s: cutting off a broken row at byte %d (%s); it will be extracted again", path, offset, record)
+            logger.warning(
+                "%s: cutting off a broken row at byte %d (%s); it will be extracted again", path, offset, record
+            )
             break
         if record.image_id in seen:
             raise ExtractionError(f"{path}: image {record.image_id} appears twice; this is not a file we wrote")
