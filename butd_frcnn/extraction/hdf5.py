@@ -33,7 +33,7 @@ FORMAT_NAME = "butd-frcnn-hdf5"
 FORMAT_VERSION = 1
 
 
-def _h5py():
+def require_h5py():
     try:
         import h5py
     except ImportError:
@@ -46,7 +46,7 @@ def spool_path(path: Path) -> Path:
 
 
 def read_index(path: Path) -> list[str]:
-    h5py = _h5py()
+    h5py = require_h5py()
     try:
         with h5py.File(path, "r") as file:
             return list(file["index"].asstr()[()]) if "index" in file else []
@@ -55,7 +55,7 @@ def read_index(path: Path) -> list[str]:
 
 
 def _add_records(file, records: list[RegionRecord]) -> None:
-    h5py = _h5py()
+    h5py = require_h5py()
     images = file.require_group("images")
     for record in records:
         group = images.create_group(record.image_id)
@@ -78,7 +78,7 @@ def _add_records(file, records: list[RegionRecord]) -> None:
 
 def write_hdf5(path: Path, records: Iterator[RegionRecord], attributes: dict, base: Path | None = None) -> None:
     """Write `path` atomically: a copy of `base` (if given) plus `records`, synced, then renamed into place."""
-    h5py = _h5py()
+    h5py = require_h5py()
     temporary = temporary_path(path)
     try:
         if base is not None:
@@ -112,7 +112,7 @@ def write_hdf5(path: Path, records: Iterator[RegionRecord], attributes: dict, ba
 
 def read_attributes(path: Path) -> dict:
     """The file attributes (run settings) of an HDF5 feature file."""
-    h5py = _h5py()
+    h5py = require_h5py()
     with h5py.File(path, "r") as file:
         return {key: value for key, value in file.attrs.items() if key not in ("format", "version")}
 
@@ -129,7 +129,7 @@ class Hdf5Writer:
     """
 
     def __init__(self, path: str | os.PathLike, resume: bool, attributes: dict, checkpoint_images: int = 1000):
-        _h5py()
+        require_h5py()
         self.path = Path(path)
         self.attributes = attributes
         self.checkpoint_images = checkpoint_images
@@ -178,7 +178,7 @@ class Hdf5Writer:
 
 def read_hdf5(path: str | os.PathLike) -> Iterator[RegionRecord]:
     """The records of an HDF5 feature file in index order (images still in a spool beside it are not included)."""
-    h5py = _h5py()
+    h5py = require_h5py()
     path = Path(path)
     spool = spool_path(path)
     if spool.exists() and spool.stat().st_size:
