@@ -69,6 +69,7 @@ class ExtractionSummary:
     failed: int = 0
     boxes: int = 0
     seconds: float = 0.0
+    setup_seconds: float = 0.0
     decode_seconds: float = 0.0
     model_seconds: float = 0.0
     write_seconds: float = 0.0
@@ -77,6 +78,12 @@ class ExtractionSummary:
     @property
     def not_attempted(self) -> int:
         return self.assigned - self.already_done - self.extracted - self.failed
+
+    @property
+    def images_per_second(self) -> float:
+        """Throughput once running (listing the inputs and loading the model left out)."""
+        running = self.seconds - self.setup_seconds
+        return self.extracted / running if running > 0 else 0.0
 
     @property
     def complete(self) -> bool:
@@ -91,23 +98,24 @@ class ExtractionSummary:
             for name in ("decode_seconds", "model_seconds", "write_seconds"):
                 setattr(total, name, getattr(total, name) + getattr(part, name))
             total.seconds = max(total.seconds, part.seconds)
+            total.setup_seconds = max(total.setup_seconds, part.setup_seconds)
             total.interrupted |= part.interrupted
         return total
 
     def report(self) -> str:
-        rate = self.extracted / self.seconds if self.seconds else 0.0
         lines = [
             (
                 f"{'Interrupted' if self.interrupted else 'Done'}: {self.extracted} images extracted "
-                f"({self.boxes} boxes) in {self.seconds:.1f} s, {rate:.2f} images/s -> {self.output}"
+                f"({self.boxes} boxes) in {self.seconds:.1f} s, {self.images_per_second:.2f} images/s -> {self.output}"
             ),
             (
                 f"  listed {self.listed}, to do here {self.assigned}, already done {self.already_done}, "
                 f"failed {self.failed}, not attempted {self.not_attempted}"
             ),
             (
-                f"  time: decoding {self.decode_seconds:.1f} s (summed over workers), "
-                f"model {self.model_seconds:.1f} s, writing {self.write_seconds:.1f} s"
+                f"  time: setup {self.setup_seconds:.1f} s (listing, model loading), decoding "
+                f"{self.decode_seconds:.1f} s (summed over workers), model {self.model_seconds:.1f} s, "
+                f"writing {self.write_seconds:.1f} s"
             ),
         ]
         if self.failed:
@@ -281,6 +289,7 @@ def extract(options: ExtractOptions) -> ExtractionSummary:
     progress = tqdm(total=len(todo), unit="img", desc=label, disable=not options.progress, dynamic_ncols=True)
     pipeline = _Pipeline(model, selection, writer, errors, summary, progress)
     batcher = SizeBatcher(options.batch_size)
+    summary.setup_seconds = time.perf_counter() - started
     try:
         with GracefulStop() as stop:
             loader = iter(image_loader(ImageDataset(todo, processor, options.max_pixels), options.num_workers))
