@@ -38,13 +38,12 @@ def save_test_model(folder: Path) -> Path:
 
 
 def save_model_folder(model, processor, folder: Path) -> Path:
-    from butd_frcnn import ButdFrcnnConfig, ButdFrcnnImageProcessor, ButdFrcnnModel
+    """Save like `butd-frcnn convert` does (remote-code files included), leaving no class registered afterwards."""
+    from butd_frcnn.conversion.convert import registered_for_remote_code
 
-    ButdFrcnnConfig.register_for_auto_class()
-    ButdFrcnnModel.register_for_auto_class("AutoModel")
-    ButdFrcnnImageProcessor.register_for_auto_class("AutoImageProcessor")
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
+    with registered_for_remote_code():
+        model.save_pretrained(folder)
+        processor.save_pretrained(folder)
     return folder
 
 

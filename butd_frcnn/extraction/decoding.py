@@ -81,8 +81,10 @@ class ImageDataset(Dataset):
         )
 
     def worker_init(self, worker_id: int) -> None:
-        """Workers leave Ctrl-C to the main process, which stops cleanly after the current batch."""
+        """Workers leave Ctrl-C and SIGTERM (sent to the whole process group) to the main process, which stops
+        cleanly after the current batch and then shuts them down; they also exit if it dies."""
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         configure_decoder(self.max_pixels)
 
 

@@ -158,11 +158,20 @@ class Hdf5Writer:
         """Fold the spool into the file (atomically), then empty the spool."""
         self._spool.commit()
         committed = set(self._committed)
-        new = [r for r in read_tsv(self._spool.path, LXMERT_TSV) if r.image_id not in committed]
-        if new or not self.path.exists():
-            write_hdf5(self.path, iter(new), self.attributes, base=self.path if self.path.exists() else None)
-            logger.debug("%s: checkpoint with %d new images", self.path, len(new))
-        self._committed.extend(record.image_id for record in new)
+        added: list[str] = []
+
+        def new_records() -> Iterator[RegionRecord]:
+            """The spooled images the file lacks, streamed (the spool can be as large as the file)."""
+            for record in read_tsv(self._spool.path, LXMERT_TSV):
+                if record.image_id not in committed:
+                    committed.add(record.image_id)
+                    added.append(record.image_id)
+                    yield record
+
+        if self._spool.size or not self.path.exists():
+            write_hdf5(self.path, new_records(), self.attributes, base=self.path if self.path.exists() else None)
+            logger.debug("%s: checkpoint with %d new images", self.path, len(added))
+        self._committed.extend(added)
         self._spool.truncate()
         self._spooled = 0
 
