@@ -24,9 +24,11 @@ def build_parser() -> argparse.ArgumentParser:
 def _tool_parsers():
     """The subcommands, imported lazily so that `butd-frcnn --help` stays fast."""
     from . import visualization
+    from .compare import cli as compare_cli
     from .conversion import cli as conversion_cli
+    from .extraction import cli as extraction_cli
 
-    return [conversion_cli.add_parser, visualization.add_parser]
+    return [conversion_cli.add_parser, extraction_cli.add_parser, compare_cli.add_parser, visualization.add_parser]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -693,8 +693,12 @@ class ButdRoIHeads(nn.Module):
         Args:
             features (`torch.Tensor` of shape `(1, C, h, w)`): the image's res4.
             boxes (`torch.Tensor` of shape `(K, 4)`): `(x1, y1, x2, y2)` in resized-image pixels.
+
+        Pools in float32 whatever the model's dtype: torchvision has no bfloat16 kernel, a maximum is exact in any
+        precision, and half-precision boxes would move corners by up to 0.5 px before the rounding.
         """
-        return roi_pool(features, [boxes.to(features.dtype)], self.pool_size, self.spatial_scale)
+        pooled = roi_pool(features.float(), [boxes.float()], self.pool_size, self.spatial_scale)
+        return pooled.to(features.dtype)
 
     def region_features(self, pooled: torch.Tensor) -> torch.Tensor:
         """res5 and the global average pool (`pool5_flat`), over the regions in memory-bounded chunks."""

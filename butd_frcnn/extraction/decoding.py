@@ -1,0 +1,106 @@
+"""The decode-and-preprocess stage: runs in DataLoader worker processes and never dies on a bad image.
+
+Each item is either a `PreparedImage` (the resized, mean-subtracted pixels the model takes) or a `FailedImage`
+naming the file and the reason, which the main process writes to the errors file.
+"""
+
+import signal
+import time
+import warnings
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from ..image_processing_butd_frcnn import ImageDecodeError, load_image_bgr
+from .inputs import ImageEntry
+
+# Pillow's own default: it warns above this many pixels and refuses twice as many
+DEFAULT_MAX_PIXELS = 89_478_485
+
+
+@dataclass
+class PreparedImage:
+    entry: ImageEntry
+    pixel_values: torch.Tensor  # (3, H, W): BGR, mean-subtracted, resized
+    scale: float
+    original_size: tuple[int, int]  # decoded (height, width)
+    seconds: float  # decoding and preprocessing
+
+    @property
+    def resized_size(self) -> tuple[int, int]:
+        return tuple(self.pixel_values.shape[1:])
+
+
+@dataclass
+class FailedImage:
+    entry: ImageEntry
+    reason: str
+    seconds: float = 0.0
+
+
+def configure_decoder(max_pixels: int) -> None:
+    """Refuse images above `max_pixels` (0: no limit) instead of decoding them into gigabytes of memory."""
+    Image.MAX_IMAGE_PIXELS = max_pixels or None
+    warnings.simplefilter("error", Image.DecompressionBombWarning)
+
+
+class ImageDataset(Dataset):
+    """Decodes and preprocesses `entries` with `processor`; a failure becomes a `FailedImage`, never an exception."""
+
+    def __init__(self, entries: list[ImageEntry], processor, max_pixels: int):
+        self.entries = entries
+        self.processor = processor
+        self.max_pixels = max_pixels
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, index: int) -> PreparedImage | FailedImage:
+        entry = self.entries[index]
+        start = time.perf_counter()
+        try:
+            bgr = load_image_bgr(entry.path, self.processor.apply_exif_orientation)
+            inputs = self.processor(bgr, input_channel_order="bgr", return_tensors="pt")
+        except ImageDecodeError as error:
+            reason = str(error) if str(error).startswith(entry.path) else f"{entry.path}: {error}"
+            return FailedImage(entry, reason, time.perf_counter() - start)
+        except Image.DecompressionBombWarning as error:
+            return FailedImage(
+                entry, f"{entry.path}: refused as a decompression bomb ({error}); raise --max-pixels to read it"
+            )
+        except Exception as error:  # noqa: BLE001 (one image must never stop the run; the reason goes to the errors file)
+            return FailedImage(entry, f"{entry.path}: {type(error).__name__}: {error}", time.perf_counter() - start)
+        return PreparedImage(
+            entry=entry,
+            pixel_values=inputs["pixel_values"][0],
+            scale=float(inputs["scales"][0]),
+            original_size=tuple(int(v) for v in inputs["original_sizes"][0]),
+            seconds=time.perf_counter() - start,
+        )
+
+    def worker_init(self, worker_id: int) -> None:
+        """Workers leave Ctrl-C and SIGTERM (sent to the whole process group) to the main process, which stops
+        cleanly after the current batch and then shuts them down; they also exit if it dies."""
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        configure_decoder(self.max_pixels)
+
+
+def image_loader(dataset: ImageDataset, num_workers: int, prefetch_factor: int = 4) -> DataLoader:
+    """Items one at a time, in order; with `num_workers` > 0 they are decoded ahead in worker processes."""
+    configure_decoder(dataset.max_pixels)
+    return DataLoader(
+        dataset,
+        batch_size=None,
+        shuffle=False,
+        num_workers=num_workers,
+        worker_init_fn=dataset.worker_init if num_workers else None,
+        prefetch_factor=prefetch_factor if num_workers else None,
+        collate_fn=_identity,
+    )
+
+
+def _identity(item):
+    return item

@@ -1,0 +1,318 @@
+"""The extraction run: list the images, decode them in workers, run the model on same-size batches, stream the
+records to the output, log what failed, and stop cleanly when asked."""
+
+import logging
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from .batching import SizeBatcher, collate
+from .decoding import DEFAULT_MAX_PIXELS, FailedImage, ImageDataset, PreparedImage, image_loader
+from .formats import format_from_path, open_writer, output_exists, remove_output
+from .inputs import list_images
+from .model_loading import load_model, resolve_device
+from .records import ExtractionError, records_from_model_output
+from .sharding import Shard
+from .sidecars import ErrorLog, RunManifest, errors_path, manifest_path
+
+logger = logging.getLogger(__name__)
+
+
+# The original drops proposals under RPN_MIN_SIZE (16 px) in original pixels: an image with a side under 16 px keeps
+# none. Such a row would hold empty arrays, which LXMERT's and the original's readers cannot reshape.
+NO_REGIONS = "no region survives the proposal size filter (a side under 16 pixels?): nothing to write"
+
+
+def default_num_workers() -> int:
+    return min(8, max(1, (os.cpu_count() or 2) - 1))
+
+
+@dataclass
+class ExtractOptions:
+    """What `butd-frcnn extract` was asked to do (see its `--help` for each option)."""
+
+    inputs: list[str]
+    model: str
+    output: Path
+    format: str | None = None
+    min_boxes: int | None = None
+    max_boxes: int | None = None
+    score_threshold: float | None = None
+    batch_size: int = 1
+    num_workers: int = field(default_factory=default_num_workers)
+    device: str = "cpu"
+    dtype: str = "float32"
+    resume: bool = False
+    overwrite: bool = False
+    shard: Shard = field(default_factory=Shard)
+    image_ids: str = "stem"
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    checkpoint_images: int = 1000
+    progress: bool = True
+
+
+@dataclass
+class ExtractionSummary:
+    """Counts and times of a run (or, combined, of all ranks of a distributed run)."""
+
+    output: Path
+    errors_file: Path
+    listed: int = 0
+    assigned: int = 0
+    already_done: int = 0
+    extracted: int = 0
+    failed: int = 0
+    boxes: int = 0
+    seconds: float = 0.0
+    setup_seconds: float = 0.0
+    decode_seconds: float = 0.0
+    model_seconds: float = 0.0
+    write_seconds: float = 0.0
+    interrupted: bool = False
+
+    @property
+    def not_attempted(self) -> int:
+        return self.assigned - self.already_done - self.extracted - self.failed
+
+    @property
+    def images_per_second(self) -> float:
+        """Throughput once running (listing the inputs and loading the model left out)."""
+        running = self.seconds - self.setup_seconds
+        return self.extracted / running if running > 0 else 0.0
+
+    @property
+    def complete(self) -> bool:
+        return not self.interrupted and self.not_attempted == 0
+
+    @classmethod
+    def combine(cls, summaries: list["ExtractionSummary"], output: Path) -> "ExtractionSummary":
+        total = cls(output=output, errors_file=errors_path(output), listed=summaries[0].listed)
+        for part in summaries:
+            for name in ("assigned", "already_done", "extracted", "failed", "boxes"):
+                setattr(total, name, getattr(total, name) + getattr(part, name))
+            for name in ("decode_seconds", "model_seconds", "write_seconds"):
+                setattr(total, name, getattr(total, name) + getattr(part, name))
+            total.seconds = max(total.seconds, part.seconds)
+            total.setup_seconds = max(total.setup_seconds, part.setup_seconds)
+            total.interrupted |= part.interrupted
+        return total
+
+    def report(self) -> str:
+        lines = [
+            (
+                f"{'Interrupted' if self.interrupted else 'Done'}: {self.extracted} images extracted "
+                f"({self.boxes} boxes) in {self.seconds:.1f} s, {self.images_per_second:.2f} images/s -> {self.output}"
+            ),
+            (
+                f"  listed {self.listed}, to do here {self.assigned}, already done {self.already_done}, "
+                f"failed {self.failed}, not attempted {self.not_attempted}"
+            ),
+            (
+                f"  time: setup {self.setup_seconds:.1f} s (listing, model loading), decoding "
+                f"{self.decode_seconds:.1f} s (summed over workers), model {self.model_seconds:.1f} s, "
+                f"writing {self.write_seconds:.1f} s"
+            ),
+        ]
+        if self.failed:
+            lines.append(f"  {self.failed} images could not be extracted: see {self.errors_file}")
+        if self.not_attempted:
+            lines.append("  rerun the same command with --resume to extract the rest")
+        return "\n".join(lines)
+
+
+class GracefulStop:
+    """First Ctrl-C (or SIGTERM): finish and write the current batch, then stop; a second Ctrl-C stops at once."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = {}
+
+    def __enter__(self) -> "GracefulStop":  # noqa: PYI034 (typing.Self needs Python 3.11)
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+        logger.warning("stopping after the current batch (Ctrl-C again to stop at once); --resume continues")
+
+
+def resolve_format(format: str | None, output: Path) -> str:
+    format = format or format_from_path(output)
+    if format is None:
+        raise ExtractionError(f"cannot tell the format from {output}: pass --format (butd-tsv, lxmert-tsv, hdf5, npz)")
+    return format
+
+
+def _prepare_output(format: str, output: Path, options: ExtractOptions, manifest: RunManifest) -> None:
+    """Refuse to clobber an output by accident, and to resume one written with other settings."""
+    if output_exists(format, output):
+        if options.overwrite:
+            remove_output(format, output)
+            manifest_path(output).unlink(missing_ok=True)
+        elif not options.resume:
+            raise ExtractionError(
+                f"{output} exists: pass --resume to add what it lacks, or --overwrite to start again"
+            )
+        else:
+            previous = RunManifest.load(output)
+            if previous is None:
+                logger.warning("%s has no run manifest: cannot check that it was written with these settings", output)
+            elif previous.settings() != manifest.settings():
+                raise ExtractionError(
+                    f"{output} was written with {previous.settings()}, this run asks for {manifest.settings()}: "
+                    "choose another --output, or --overwrite"
+                )
+            elif previous.model != manifest.model:
+                logger.warning(
+                    "%s was written with the model %s, resumed with %s", output, previous.model, manifest.model
+                )
+    output.parent.mkdir(parents=True, exist_ok=True)
+
+
+class _Pipeline:
+    """Runs batches through the model and hands the records to the writer, keeping the summary."""
+
+    def __init__(self, model, selection: dict, writer, errors: ErrorLog, summary: ExtractionSummary, progress):
+        self.model = model
+        self.selection = selection
+        self.writer = writer
+        self.errors = errors
+        self.summary = summary
+        self.progress = progress
+        self.device = next(model.parameters()).device
+        self.dtype = next(model.parameters()).dtype
+
+    def fail(self, failure: FailedImage) -> None:
+        self.errors.add(failure.entry, failure.reason)
+        self.summary.failed += 1
+        self.summary.decode_seconds += failure.seconds
+        self.progress.update(1)
+
+    def run(self, images: list[PreparedImage]) -> None:
+        inputs = collate(images)
+        start = time.perf_counter()
+        try:
+            outputs = self.model(
+                pixel_values=inputs["pixel_values"].to(self.device, self.dtype),
+                image_sizes=inputs["image_sizes"].to(self.device),
+                scales=inputs["scales"].to(self.device),
+                **self.selection,
+            )
+            records = records_from_model_output(
+                outputs, [image.entry.image_id for image in images], inputs["original_sizes"]
+            )
+        except Exception as error:  # noqa: BLE001 (a bad image must not take its batch, or the run, down with it)
+            if len(images) > 1:
+                logger.warning("the model failed on a batch (%s); retrying its images one by one", error)
+                for image in images:
+                    self.run([image])
+                return
+            reason = f"{images[0].entry.path}: the model failed on it: {type(error).__name__}: {error}"
+            self.fail(FailedImage(images[0].entry, reason))
+            return
+        written = time.perf_counter()
+        self.summary.model_seconds += written - start
+        for image, record in zip(images, records):
+            if record.num_boxes == 0:
+                self.fail(FailedImage(image.entry, f"{image.entry.path}: {NO_REGIONS}"))
+                continue
+            self.writer.write(record)
+            self.summary.extracted += 1
+            self.summary.boxes += record.num_boxes
+            self.progress.update(1)
+        self.writer.commit()
+        self.errors.commit()
+        self.summary.write_seconds += time.perf_counter() - written
+
+
+def extract(options: ExtractOptions) -> ExtractionSummary:
+    """Run an extraction (one share of it under `--shard` or `torchrun`); returns its summary.
+
+    Raises:
+        ExtractionError: a problem the user must fix (listing, model, output), before work starts where possible.
+    """
+    started = time.perf_counter()
+    entries = list_images(options.inputs, options.image_ids)
+    mine = options.shard.select(entries)
+    output = options.shard.output_path(options.output)
+    format = resolve_format(options.format, options.output)
+    if options.batch_size < 1:
+        raise ExtractionError("--batch-size must be at least 1")
+    model, processor = load_model(options.model, resolve_device(options.device), options.dtype)
+    selection = {
+        "min_boxes": options.min_boxes or model.config.min_boxes,
+        "max_boxes": options.max_boxes or model.config.max_boxes,
+        "score_threshold": model.config.score_threshold
+        if options.score_threshold is None
+        else options.score_threshold,
+    }
+    if not 0 < selection["min_boxes"] <= selection["max_boxes"]:
+        raise ExtractionError(f"--boxes needs 0 < MIN <= MAX, got {selection['min_boxes']}-{selection['max_boxes']}")
+    manifest = RunManifest(
+        format=format,
+        model=options.model,
+        selection=selection,
+        dtype=options.dtype,
+        shard_index=options.shard.index,
+        shard_count=options.shard.count,
+        image_ids=[entry.image_id for entry in mine],
+    )
+    _prepare_output(format, output, options, manifest)
+    manifest.save(output)
+    writer = open_writer(
+        format, output, options.resume, {"model": options.model, **selection}, options.checkpoint_images
+    )
+    done = set(writer.completed)
+    todo = [entry for entry in mine if entry.image_id not in done]
+    errors = ErrorLog(errors_path(output))
+    summary = ExtractionSummary(
+        output=output,
+        errors_file=errors.path,
+        listed=len(entries),
+        assigned=len(mine),
+        already_done=len(mine) - len(todo),
+    )
+    label = f"shard {options.shard}" if options.shard.count > 1 else "extract"
+    progress = tqdm(total=len(todo), unit="img", desc=label, disable=not options.progress, dynamic_ncols=True)
+    pipeline = _Pipeline(model, selection, writer, errors, summary, progress)
+    batcher = SizeBatcher(options.batch_size)
+    summary.setup_seconds = time.perf_counter() - started
+    try:
+        with GracefulStop() as stop:
+            loader = iter(image_loader(ImageDataset(todo, processor, options.max_pixels), options.num_workers))
+            for item in loader:
+                if isinstance(item, FailedImage):
+                    pipeline.fail(item)
+                else:
+                    summary.decode_seconds += item.seconds
+                    for batch in batcher.add(item):
+                        pipeline.run(batch)
+                if stop.requested:
+                    break
+            else:
+                for batch in batcher.drain():
+                    pipeline.run(batch)
+            del loader  # shuts the workers down
+            summary.interrupted = stop.requested
+            writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    finally:
+        errors.close()
+        progress.close()
+    summary.seconds = time.perf_counter() - started
+    return summary

@@ -1,0 +1,211 @@
+"""One HDF5 file: a group per image plus an index.
+
+Layout:
+- `/images/<image_id>/features` (float32, N x C), `boxes` (float32, N x 4), `objects`, `attrs` (int64, 0-based as
+  `records.py` says), `objects_conf`, `attrs_conf` (float32); the group's attributes `image_h`, `image_w`,
+  `num_boxes`;
+- `/index`: the image ids (UTF-8 strings) in the order they were added;
+- file attributes: `format` ("butd-frcnn-hdf5"), `version`, and the selection settings of the run.
+
+HDF5 cannot survive a crash in the middle of a write (its metadata would be left inconsistent), so the file is never
+written in place: new images are appended to a spool (an LXMERT-layout TSV beside it, `<file>.spool`, which only
+ever grows by whole rows), and a checkpoint copies the file, adds the spooled images, syncs the copy and renames it
+over the file. After a crash the file is the last checkpoint, readable, and the spool holds the rest; resuming folds
+the spool in. Checkpoints come after `checkpoint_images` new images and, beyond that, whenever the spool has as many
+images as the file, so the copying costs at most about twice the final size.
+"""
+
+import logging
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from .durable import fsync_directory, output_error, temporary_path
+from .records import ExtractionError, RegionRecord
+from .tsv import LXMERT_TSV, TsvWriter, read_tsv
+
+logger = logging.getLogger(__name__)
+
+FORMAT_NAME = "butd-frcnn-hdf5"
+FORMAT_VERSION = 1
+
+
+def require_h5py():
+    try:
+        import h5py
+    except ImportError:
+        raise ExtractionError("the hdf5 format needs h5py: pip install 'butd-frcnn[hdf5]'") from None
+    return h5py
+
+
+def spool_path(path: Path) -> Path:
+    return path.with_name(path.name + ".spool")
+
+
+def read_index(path: Path) -> list[str]:
+    h5py = require_h5py()
+    try:
+        with h5py.File(path, "r") as file:
+            return list(file["index"].asstr()[()]) if "index" in file else []
+    except OSError as error:
+        raise ExtractionError(f"{path}: cannot read it as an HDF5 feature file: {error}") from None
+
+
+def _add_records(file, records: list[RegionRecord]) -> None:
+    h5py = require_h5py()
+    images = file.require_group("images")
+    for record in records:
+        group = images.create_group(record.image_id)
+        group.attrs["image_h"] = record.image_h
+        group.attrs["image_w"] = record.image_w
+        group.attrs["num_boxes"] = record.num_boxes
+        group.create_dataset("features", data=np.asarray(record.features, dtype=np.float32))
+        group.create_dataset("boxes", data=np.asarray(record.boxes, dtype=np.float32))
+        group.create_dataset("objects", data=np.asarray(record.objects, dtype=np.int64))
+        group.create_dataset("objects_conf", data=np.asarray(record.objects_conf, dtype=np.float32))
+        group.create_dataset("attrs", data=np.asarray(record.attrs, dtype=np.int64))
+        group.create_dataset("attrs_conf", data=np.asarray(record.attrs_conf, dtype=np.float32))
+    if "index" not in file:
+        file.create_dataset("index", shape=(0,), maxshape=(None,), dtype=h5py.string_dtype(), chunks=(4096,))
+    index = file["index"]
+    start = index.shape[0]
+    index.resize((start + len(records),))
+    index[start:] = [record.image_id for record in records]
+
+
+def write_hdf5(path: Path, records: Iterator[RegionRecord], attributes: dict, base: Path | None = None) -> None:
+    """Write `path` atomically: a copy of `base` (if given) plus `records`, synced, then renamed into place."""
+    h5py = require_h5py()
+    temporary = temporary_path(path)
+    try:
+        if base is not None:
+            shutil.copyfile(base, temporary)
+        with h5py.File(temporary, "a" if base is not None else "w") as file:
+            file.attrs["format"] = FORMAT_NAME
+            file.attrs["version"] = FORMAT_VERSION
+            for key, value in attributes.items():
+                file.attrs[key] = value
+            batch: list[RegionRecord] = []
+            for record in records:
+                batch.append(record)
+                if len(batch) == 256:
+                    _add_records(file, batch)
+                    batch = []
+            _add_records(file, batch)
+        fd = os.open(temporary, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temporary, path)
+        fsync_directory(path.parent)
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        raise output_error(path, error) from None
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def read_attributes(path: Path) -> dict:
+    """The file attributes (run settings) of an HDF5 feature file."""
+    h5py = require_h5py()
+    with h5py.File(path, "r") as file:
+        return {key: value for key, value in file.attrs.items() if key not in ("format", "version")}
+
+
+class Hdf5Writer:
+    """Adds images to an HDF5 feature file through a spool and atomic checkpoints (see the module docstring).
+
+    Args:
+        path: the `.h5` file.
+        resume: keep what the file and its spool already hold; otherwise start empty.
+        attributes: file attributes to record (the run's settings).
+        checkpoint_images: new images after which the file is rewritten at the latest (the interval grows with
+            the file, see the module docstring).
+    """
+
+    def __init__(self, path: str | os.PathLike, resume: bool, attributes: dict, checkpoint_images: int = 1000):
+        require_h5py()
+        self.path = Path(path)
+        self.attributes = attributes
+        self.checkpoint_images = checkpoint_images
+        if not resume:
+            self.path.unlink(missing_ok=True)
+        self._committed: list[str] = read_index(self.path) if resume and self.path.exists() else []
+        self._spool = TsvWriter(spool_path(self.path), LXMERT_TSV, resume=resume)
+        self._spooled = len(self._spool.completed)
+        if self._spooled:
+            self.checkpoint()
+
+    @property
+    def completed(self) -> list[str]:
+        return self._committed
+
+    def write(self, record: RegionRecord) -> None:
+        self._spool.write(record)
+        self._spooled += 1
+
+    def commit(self) -> None:
+        self._spool.commit()
+        if self._spooled >= max(self.checkpoint_images, len(self._committed)):
+            self.checkpoint()
+
+    def checkpoint(self) -> None:
+        """Fold the spool into the file (atomically), then empty the spool."""
+        self._spool.commit()
+        committed = set(self._committed)
+        added: list[str] = []
+
+        def new_records() -> Iterator[RegionRecord]:
+            """The spooled images the file lacks, streamed (the spool can be as large as the file)."""
+            for record in read_tsv(self._spool.path, LXMERT_TSV):
+                if record.image_id not in committed:
+                    committed.add(record.image_id)
+                    added.append(record.image_id)
+                    yield record
+
+        if self._spool.size or not self.path.exists():
+            write_hdf5(self.path, new_records(), self.attributes, base=self.path if self.path.exists() else None)
+            logger.debug("%s: checkpoint with %d new images", self.path, len(added))
+        self._committed.extend(added)
+        self._spool.truncate()
+        self._spooled = 0
+
+    def close(self) -> None:
+        self.checkpoint()
+        self._spool.close()
+        self._spool.path.unlink(missing_ok=True)
+
+    def abort(self) -> None:
+        """Close after a failure without a checkpoint: the spool keeps the images for --resume."""
+        self._spool.abort()
+
+
+def read_hdf5(path: str | os.PathLike) -> Iterator[RegionRecord]:
+    """The records of an HDF5 feature file in index order (images still in a spool beside it are not included)."""
+    h5py = require_h5py()
+    path = Path(path)
+    spool = spool_path(path)
+    if spool.exists() and spool.stat().st_size:
+        logger.warning("%s: more images wait in %s (an interrupted run): rerun it with --resume", path, spool.name)
+    try:
+        with h5py.File(path, "r") as file:
+            for image_id in file["index"].asstr()[()]:
+                group = file["images"][image_id]
+                yield RegionRecord(
+                    image_id=image_id,
+                    image_h=int(group.attrs["image_h"]),
+                    image_w=int(group.attrs["image_w"]),
+                    boxes=group["boxes"][()],
+                    features=group["features"][()],
+                    objects=group["objects"][()],
+                    objects_conf=group["objects_conf"][()],
+                    attrs=group["attrs"][()],
+                    attrs_conf=group["attrs_conf"][()],
+                )
+    except (OSError, KeyError) as error:
+        raise ExtractionError(f"{path}: cannot read it as an HDF5 feature file: {error}") from None

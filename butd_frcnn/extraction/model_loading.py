@@ -1,0 +1,87 @@
+"""Loading the model and its image processor from a converted folder or the Hugging Face Hub, with errors that say
+what to do when that fails."""
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+from huggingface_hub import constants as hub_constants
+from transformers import AutoImageProcessor, AutoModel
+from transformers.utils import logging as transformers_logging
+
+from .. import ButdFrcnnImageProcessor, ButdFrcnnModel
+from .records import ExtractionError
+
+logger = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+
+
+def _check_local_folder(folder: Path) -> None:
+    if not folder.is_dir():
+        hint = (
+            " Convert it first: butd-frcnn convert WEIGHTS.caffemodel FOLDER."
+            if folder.suffix == ".caffemodel"
+            else ""
+        )
+        raise ExtractionError(f"--model {folder}: expected a converted model folder, got a file.{hint}")
+    missing = [name for name in ("config.json",) if not (folder / name).is_file()]
+    if not any((folder / name).is_file() for name in WEIGHT_FILES):
+        missing.append(" or ".join(WEIGHT_FILES))
+    if missing:
+        raise ExtractionError(
+            f"--model {folder}: the folder lacks {', '.join(missing)}; point it at a folder written by "
+            "`butd-frcnn convert` (or `save_pretrained`)"
+        )
+
+
+def _looks_like_path(name: str) -> bool:
+    """A Hub id is `name` or `org/name`; anything else is meant as a local path."""
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name
+
+
+def resolve_device(device: str) -> torch.device:
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ExtractionError("--device cuda: no CUDA device is available here; use --device cpu")
+    return device
+
+
+def load_model(name: str, device: torch.device, dtype: str) -> tuple[ButdFrcnnModel, ButdFrcnnImageProcessor]:
+    """The model (in eval mode, on `device`, in `dtype`) and its image processor.
+
+    Args:
+        name: a local folder (`butd-frcnn convert` output) or a Hub id such as `<org>/butd-frcnn`.
+    """
+    folder = Path(name).expanduser()
+    if folder.exists():
+        _check_local_folder(folder)
+        source = str(folder)
+    elif _looks_like_path(name):
+        raise ExtractionError(f"--model {name}: no such folder")
+    else:
+        source = name
+    transformers_logging.disable_progress_bar()
+    try:
+        model = AutoModel.from_pretrained(source)
+        processor = AutoImageProcessor.from_pretrained(source)
+    except OSError as error:
+        if folder.exists():
+            raise ExtractionError(f"--model {folder}: cannot load it: {error}") from None
+        why = (
+            "the Hub is switched off here (HF_HUB_OFFLINE=1)"
+            if hub_constants.HF_HUB_OFFLINE
+            else "it could not be downloaded (no network, a wrong name, or a gated repository)"
+        )
+        raise ExtractionError(
+            f"--model {name}: not a local folder, and {why}. Either pass a converted folder (butd-frcnn convert "
+            f"WEIGHTS.caffemodel FOLDER), or download it once where there is network (huggingface-cli download "
+            f"{name}) so that it loads from the cache. Details: {error}"
+        ) from None
+    if not isinstance(model, ButdFrcnnModel):
+        raise ExtractionError(f"--model {name}: a {type(model).__name__}, not a butd_frcnn model")
+    if not isinstance(processor, ButdFrcnnImageProcessor):
+        raise ExtractionError(f"--model {name}: its image processor is a {type(processor).__name__}")
+    return model.eval().to(device=device, dtype=DTYPES[dtype]), processor
