@@ -81,7 +81,9 @@ def report(variant: str, model, names: list[str]):
         data_blob = golden.get("blob/data")
         data = f"{np.abs(batch['pixel_values'].numpy() - data_blob).max():.1e}" if data_blob is not None else "-"
         res4_key = "blob/res4a" if "blob/res4a" in golden else "blob/res4b22"
-        res4_diff = f"{np.abs(res4.numpy() - golden[res4_key].astype(np.float32)).max():.1e}" if res4_key in golden else "-"
+        res4_diff = (
+            f"{np.abs(res4.numpy() - golden[res4_key].astype(np.float32)).max():.1e}" if res4_key in golden else "-"
+        )
         rpn = (
             f"{np.abs(objectness_probabilities(logits).numpy() - golden['blob/rpn_cls_prob_reshape'].astype(np.float32)).max():.1e}"
             if "blob/rpn_cls_prob_reshape" in golden
@@ -106,7 +108,9 @@ def report(variant: str, model, names: list[str]):
         proposals = outputs.proposals[0, : outputs.num_proposals[0]].numpy()
         end_to_end = box_agreement(proposals, golden["rois"][:, 1:])
         same_rois = proposals.shape == golden["rois"][:, 1:].shape and end_to_end == "same order"
-        pool5 = f"{np.abs(outputs.proposal_features[0].numpy() - golden['pool5_flat']).max():.1e}" if same_rois else "-"
+        pool5 = (
+            f"{np.abs(outputs.proposal_features[0].numpy() - golden['pool5_flat']).max():.1e}" if same_rois else "-"
+        )
         cls = f"{np.abs(outputs.class_probs[0].numpy() - golden['cls_prob']).max():.1e}" if same_rois else "-"
         max_conf = per_class_nms_max_scores(
             torch.from_numpy(golden["cls_boxes"]), torch.from_numpy(golden["cls_prob"][:, 1:]), 0.3
@@ -137,7 +141,14 @@ def main():
         with tempfile.TemporaryDirectory() as folder:
             weights = Path(folder) / "full_seed0.caffemodel"
             subprocess.run(
-                [sys.executable, str(GOLDEN / "refgen" / "make_caffemodel.py"), str(GOLDEN / "test_full.prototxt"), str(weights), "--seed", "0"],
+                [
+                    sys.executable,
+                    str(GOLDEN / "refgen" / "make_caffemodel.py"),
+                    str(GOLDEN / "test_full.prototxt"),
+                    str(weights),
+                    "--seed",
+                    "0",
+                ],
                 check=True,
                 capture_output=True,
             )

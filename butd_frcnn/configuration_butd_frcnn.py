@@ -145,7 +145,9 @@ class ButdFrcnnConfig(PreTrainedConfig):
         per_stage = ("depths", "hidden_sizes", "bottleneck_sizes", "stage_strides", "stage_dilations")
         lengths = {name: len(getattr(self, name)) for name in per_stage}
         if set(lengths.values()) != {4}:
-            raise ValueError(f"ButdFrcnnConfig: {per_stage} need one entry per stage res2..res5, got lengths {lengths}")
+            raise ValueError(
+                f"ButdFrcnnConfig: {per_stage} need one entry per stage res2..res5, got lengths {lengths}"
+            )
         if min(self.depths) < 1:
             raise ValueError(f"ButdFrcnnConfig: every stage needs at least one block, got depths={self.depths}")
         # conv1 and pool1 each halve the input; res2..res4 add their own strides: that is where res4 lives.

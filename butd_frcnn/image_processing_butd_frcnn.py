@@ -9,9 +9,10 @@ The original (`_get_image_blob` of py-faster-rcnn, fed by `cv2.imread`):
    `(dst + 0.5) / s - 0.5` clamped at the borders, computed with the factor `s` itself.
 """
 
-import math
+import contextlib
 import os
 from collections.abc import Sequence
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -98,13 +99,44 @@ def pil_to_bgr(image: Image.Image, apply_exif_orientation: bool = True) -> np.nd
     return np.repeat(grey[..., None], 3, axis=2)
 
 
-def load_image_bgr(path: str | os.PathLike, apply_exif_orientation: bool = True) -> np.ndarray:
-    """Read an image file into BGR uint8, or raise `ImageDecodeError` naming the file and the reason."""
-    path = os.fspath(path)
+class ImageTooLargeError(ImageDecodeError):
+    """The image has more pixels than the caller allows (a decompression bomb, or just more than wanted)."""
+
+
+@contextmanager
+def _pillow_bomb_check_off():
+    """Pillow's decompression-bomb limit is a process-wide global; switch it off for one decode (we check the size
+    ourselves) and put it back, so a caller's limit never leaks into the rest of the process."""
+    saved = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
     try:
-        with Image.open(path) as image:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+
+
+def load_image_bgr(
+    path: str | os.PathLike, apply_exif_orientation: bool = True, max_pixels: int | None = None
+) -> np.ndarray:
+    """Read an image file into BGR uint8, or raise `ImageDecodeError` naming the file and the reason.
+
+    `max_pixels` refuses (with `ImageTooLargeError`) any image whose header claims more pixels, before decoding it
+    into memory; 0 means no limit, `None` keeps Pillow's own process-wide limit (`PIL.Image.MAX_IMAGE_PIXELS`).
+    """
+    path = os.fspath(path)
+    limit = contextlib.nullcontext() if max_pixels is None else _pillow_bomb_check_off()
+    try:
+        with limit, Image.open(path) as image:
+            width, height = image.size
+            if max_pixels and width * height > max_pixels:
+                raise ImageTooLargeError(
+                    f"refused as a decompression bomb: {width} x {height} = {width * height} pixels is above the "
+                    f"limit of {max_pixels}"
+                )
             image.load()
             return pil_to_bgr(image, apply_exif_orientation)
+    except ImageTooLargeError as error:
+        raise ImageTooLargeError(f"{path}: {error}") from None
     except ImageDecodeError as error:
         raise ImageDecodeError(f"{path}: {error}") from None
     except FileNotFoundError:
@@ -116,7 +148,7 @@ def load_image_bgr(path: str | os.PathLike, apply_exif_orientation: bool = True)
         reason = "the file is empty" if size == 0 else f"not an image Pillow can read ({size} bytes)"
         raise ImageDecodeError(f"{path}: {reason}") from None
     except Image.DecompressionBombError as error:
-        raise ImageDecodeError(f"{path}: refused as a decompression bomb: {error}") from None
+        raise ImageTooLargeError(f"{path}: refused as a decompression bomb: {error}") from None
     except (OSError, SyntaxError, ValueError) as error:
         raise ImageDecodeError(f"{path}: cannot decode: {error}") from None
 
@@ -265,7 +297,9 @@ class ButdFrcnnImageProcessor(TorchvisionBackend):
     def process_image(self, image, input_channel_order=None, apply_exif_orientation=None, **kwargs) -> np.ndarray:
         """Decode one input into H x W x 3 BGR uint8."""
         input_channel_order = input_channel_order or self.input_channel_order
-        apply_exif_orientation = self.apply_exif_orientation if apply_exif_orientation is None else apply_exif_orientation
+        apply_exif_orientation = (
+            self.apply_exif_orientation if apply_exif_orientation is None else apply_exif_orientation
+        )
         if isinstance(image, _PathImage):
             return load_image_bgr(image.path, apply_exif_orientation)
         if isinstance(image, Image.Image):

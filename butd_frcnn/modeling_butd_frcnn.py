@@ -28,7 +28,6 @@ from transformers.utils import ModelOutput
 
 from .configuration_butd_frcnn import ButdFrcnnConfig
 
-
 # ---------------------------------------------------------------------------------------------------------------
 # Box arithmetic (py-faster-rcnn conventions, float32)
 # ---------------------------------------------------------------------------------------------------------------
@@ -206,7 +205,9 @@ def _as_float32(value: float) -> float:
 
 
 _EXP_LOG2E = _as_float32(1.442695040888963407359924681001892137)
-_EXP_ROUND_MAGIC = _as_float32(float.fromhex("0x1.8p23"))  # adding then subtracting it rounds a float32 to the nearest integer
+_EXP_ROUND_MAGIC = _as_float32(
+    float.fromhex("0x1.8p23")
+)  # adding then subtracting it rounds a float32 to the nearest integer
 _EXP_LN2_HIGH = _as_float32(-6.93145752e-1)
 _EXP_LN2_LOW = _as_float32(-1.42860677e-6)
 _EXP_P = tuple(
@@ -448,7 +449,15 @@ class ButdConv2d(nn.Conv2d):
     """A bias-free Caffe convolution followed by BatchNorm + Scale, folded into the convolution when it runs."""
 
     def __init__(
-        self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, eps=1e-5, ends_residual_branch=False
+        self,
+        in_channels,
+        out_channels,
+        kernel_size,
+        stride=1,
+        padding=0,
+        dilation=1,
+        eps=1e-5,
+        ends_residual_branch=False,
     ):
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, bias=False)
         self.norm = ButdFrozenBatchNorm2d(out_channels, eps, ends_residual_branch)
@@ -991,4 +1000,4 @@ class ButdFrcnnModel(ButdFrcnnPreTrainedModel):
         }
 
 
-__all__ = ["ButdFrcnnModel", "ButdFrcnnPreTrainedModel", "ButdFrcnnModelOutput"]
+__all__ = ["ButdFrcnnModel", "ButdFrcnnModelOutput", "ButdFrcnnPreTrainedModel"]

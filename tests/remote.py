@@ -7,7 +7,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-BLOCK_PACKAGE = '''
+BLOCK_PACKAGE = """
 import importlib.abc
 import sys
 
@@ -31,7 +31,7 @@ else:
 def _assert_package_never_imported():
     imported = [name for name in sys.modules if name == "butd_frcnn" or name.startswith("butd_frcnn.")]
     assert not imported, imported
-'''
+"""
 
 
 def run_without_package(code: str, cwd, timeout: float = 600) -> subprocess.CompletedProcess:

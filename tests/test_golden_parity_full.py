@@ -13,8 +13,6 @@ Tolerances, beyond those of the TINY test (see its docstring):
 import numpy as np
 import pytest
 import torch
-
-from butd_frcnn.modeling_butd_frcnn import objectness_probabilities
 from conftest import FULL_IMAGES, golden_image_path, load_golden
 from parity import (
     assert_same_boxes_up_to_tied_order,
@@ -22,6 +20,8 @@ from parity import (
     cosine,
     selection_scores,
 )
+
+from butd_frcnn.modeling_butd_frcnn import objectness_probabilities
 
 FULL_BOX_ATOL = 5e-4
 
@@ -72,7 +72,13 @@ def test_full_selections(name, suffix, min_boxes, max_boxes, runs, full_golden_m
     scale = batch["scales"].to(torch.float32)
     boxes = outputs.proposals[0] / scale
     selected = full_golden_model.select(
-        boxes, outputs.proposal_features[0], outputs.class_probs[0], outputs.attribute_probs[0], min_boxes, max_boxes, 0.2
+        boxes,
+        outputs.proposal_features[0],
+        outputs.class_probs[0],
+        outputs.attribute_probs[0],
+        min_boxes,
+        max_boxes,
+        0.2,
     )
     ours = selected["boxes"].numpy()
     theirs = golden[f"boxes{suffix}"]

@@ -16,10 +16,10 @@ Tolerances (absolute unless stated), with what they allow for:
 import numpy as np
 import pytest
 import torch
-
-from butd_frcnn.modeling_butd_frcnn import argmax_last, objectness_probabilities, per_class_nms_max_scores
 from conftest import FLAT_IMAGES, GOLDEN_IMAGES, golden_image_path, load_golden
 from parity import BOX_ATOL, assert_same_boxes_up_to_tied_order, cosine
+
+from butd_frcnn.modeling_butd_frcnn import argmax_last, objectness_probabilities, per_class_nms_max_scores
 
 NOT_FLAT = [name for name in GOLDEN_IMAGES if name not in FLAT_IMAGES]
 SELECTIONS = {"_10_100": dict(min_boxes=10, max_boxes=100, score_threshold=0.2), "_36": dict(min_boxes=36, max_boxes=36, score_threshold=0.2)}  # fmt: skip
@@ -102,7 +102,9 @@ def test_stable_tie_order_differs_only_on_tied_images(tiny_golden_model):
     try:
         for name in GOLDEN_IMAGES:
             golden = load_golden("tiny", name)
-            exact = torch.equal(proposals_from_golden_rpn_maps(tiny_golden_model, golden), torch.from_numpy(golden["rois"][:, 1:]))
+            exact = torch.equal(
+                proposals_from_golden_rpn_maps(tiny_golden_model, golden), torch.from_numpy(golden["rois"][:, 1:])
+            )
             assert exact == (name not in FLAT_IMAGES), name
     finally:
         generator.exact_tie_order = True
@@ -180,7 +182,9 @@ def test_flat_images_end_to_end(name, runs):
     ours = first(out, "proposals", "num_proposals").numpy()
     theirs = golden["rois"][:, 1:]
     pairs = [
-        (i, int(np.flatnonzero((theirs == box).all(1))[0])) for i, box in enumerate(ours) if (theirs == box).all(1).any()
+        (i, int(np.flatnonzero((theirs == box).all(1))[0]))
+        for i, box in enumerate(ours)
+        if (theirs == box).all(1).any()
     ]
     assert len(pairs) >= 100, f"only {len(pairs)} of 300 proposals in common"
     mine, original = (np.array(index) for index in zip(*pairs))

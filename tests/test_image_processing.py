@@ -7,18 +7,22 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import GOLDEN_IMAGES, golden_image_path, load_golden
+from images import make_odd_images
 from PIL import Image
 
 from butd_frcnn import ButdFrcnnImageProcessor
 from butd_frcnn.image_processing_butd_frcnn import (
     ImageDecodeError,
+    ImageTooLargeError,
     compute_scale,
     load_image_bgr,
     resize_like_opencv,
     subtract_means,
 )
-from conftest import GOLDEN_IMAGES, golden_image_path, load_golden
-from images import make_odd_images
+
+# Pillow's limit as shipped: the tests check that no call leaves it changed
+PILLOW_DEFAULT_LIMIT = Image.MAX_IMAGE_PIXELS
 
 # Resize: ours vs OpenCV's IPP-accelerated float kernel (and the golden blob, made by it). Both compute the same
 # bilinear formula; they round differently in the last bits: at most a few float32 ulps of values below 256.
@@ -134,7 +138,9 @@ def test_preprocessor_config_round_trip(tmp_path):
     loaded = ButdFrcnnImageProcessor.from_pretrained(tmp_path)
     assert loaded.size == processor.size and loaded.input_channel_order == "bgr"
     image = np.zeros((30, 40, 3), np.uint8)
-    assert torch.equal(loaded(image, return_tensors="pt")["pixel_values"], processor(image, return_tensors="pt")["pixel_values"])
+    assert torch.equal(
+        loaded(image, return_tensors="pt")["pixel_values"], processor(image, return_tensors="pt")["pixel_values"]
+    )
 
 
 def test_unreadable_files_raise_errors_that_name_the_file_and_reason(tmp_path, processor):
@@ -170,6 +176,12 @@ def test_invalid_arrays_and_degenerate_sizes_are_rejected(processor):
 def test_decompression_bombs_are_refused(tmp_path, monkeypatch):
     path = tmp_path / "bomb.png"
     Image.new("L", (200, 200)).save(path)
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 200 x 200 > 2 x 100: Pillow's bomb rule
-    with pytest.raises(ImageDecodeError, match="decompression bomb"):
+    with pytest.raises(ImageTooLargeError, match=r"bomb.png: refused as a decompression bomb: 200 x 200 = 40000"):
+        load_image_bgr(path, max_pixels=39_999)
+    assert load_image_bgr(path, max_pixels=40_000).shape == (200, 200, 3)
+    assert Image.MAX_IMAGE_PIXELS == PILLOW_DEFAULT_LIMIT, "a per-call limit must not leak into the process"
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # without a limit of our own, Pillow's global rules
+    with pytest.raises(ImageTooLargeError, match="decompression bomb"):
         load_image_bgr(path)
+    assert load_image_bgr(path, max_pixels=0).shape == (200, 200, 3)  # 0: no limit at all, not even Pillow's
+    assert Image.MAX_IMAGE_PIXELS == 100

@@ -6,13 +6,13 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import golden_image_path, tiny_config
+from images import make_odd_images
+from remote import run_without_package
 from safetensors import safe_open
 from transformers import AutoConfig, AutoImageProcessor, AutoModel
 
 from butd_frcnn import ButdFrcnnConfig, ButdFrcnnImageProcessor, ButdFrcnnModel, ButdFrcnnModelOutput
-from conftest import GOLDEN_IMAGES, golden_image_path, tiny_config
-from images import make_odd_images
-from remote import run_without_package
 
 OUTPUT_FIELDS = [
     "region_features", "boxes", "object_ids", "object_scores", "attribute_ids", "attribute_scores", "num_boxes",
@@ -74,7 +74,9 @@ def test_output_fields_shapes_and_padding(tiny_random_model, processor):
         ids = outputs.object_ids[i, :count]
         assert ((ids >= 1) & (ids <= 1600)).all()
         assert ((outputs.attribute_ids[i, :count] >= 1) & (outputs.attribute_ids[i, :count] <= 400)).all()
-        torch.testing.assert_close(outputs.class_probs[i, : outputs.num_proposals[i]].sum(1), torch.ones(outputs.num_proposals[i]))
+        torch.testing.assert_close(
+            outputs.class_probs[i, : outputs.num_proposals[i]].sum(1), torch.ones(outputs.num_proposals[i])
+        )
     as_tuple = tiny_random_model(**batch, return_dict=False)
     assert torch.equal(as_tuple[0], outputs.region_features)
 

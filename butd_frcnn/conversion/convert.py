@@ -19,11 +19,11 @@ from pathlib import Path
 import torch
 
 from ..configuration_butd_frcnn import ButdFrcnnConfig
+from ..hub import ENDPOINT_FILES, PIPELINE_FILE, register_for_remote_code, write_hub_files
 from ..image_processing_butd_frcnn import ButdFrcnnImageProcessor
 from ..modeling_butd_frcnn import ButdFrcnnModel
 from .checkpoints import read_checkpoint
 from .errors import ConversionError
-from ..hub import ENDPOINT_FILES, PIPELINE_FILE, register_for_remote_code, write_hub_files
 from .hub import HubClient, push_folder, resolve_token
 from .model_card import render_model_card
 from .prototxt import check_prototxt, proposal_parameters, read_prototxt
@@ -273,9 +273,7 @@ def convert_caffemodel(
     del net
     report.source, report.source_format, report.notes = os.fspath(checkpoint), source_format, notes
 
-    card = render_model_card(
-        config, report, model_id=push_to_hub or output_dir.name, vocabulary=vocabulary
-    )
+    card = render_model_card(config, report, model_id=push_to_hub or output_dir.name, vocabulary=vocabulary)
     save_model_folder(output_dir, config, state_dict, card, overwrite=overwrite)
     logger.info("wrote %s in %.1f s", output_dir, time.perf_counter() - started)
     result = ConversionResult(output_dir=output_dir, config=config, report=report)

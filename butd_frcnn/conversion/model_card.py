@@ -30,6 +30,7 @@ PARITY_TABLE = """| stage | agreement with the original (TINY network on 7 image
 | selection scores (`max_conf`), given the original's probabilities | bit-exact on all images |
 | selected regions, 10-100 and 36 | same boxes, same order, same object and attribute ids, feature cosine >= 0.99999 on every non-constant image (one pair of regions whose scores differ by 2e-7 swaps places in one case) |"""
 
+
 def model_card_template_path() -> Path:
     """The template: at the repository root (source checkouts, editable installs), else where the wheel installs it
     (`<prefix>/share/butd-frcnn/`)."""
@@ -97,7 +98,9 @@ def render_model_card(
     if text.startswith("<!--"):
         text = text.split("-->", 1)[1].lstrip()
     rows = report_rows(config, report) + [("class and attribute names", _cell(vocabulary))]
-    conversion_report = "\n".join(["| item | value |", "|---|---|"] + [f"| {name} | {value} |" for name, value in rows])
+    conversion_report = "\n".join(
+        ["| item | value |", "|---|---|"] + [f"| {name} | {value} |" for name, value in rows]
+    )
     try:
         text = text.format(
             repo_id=model_id,

@@ -6,17 +6,15 @@ naming the file and the reason, which the main process writes to the errors file
 
 import signal
 import time
-import warnings
 from dataclasses import dataclass
 
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from ..image_processing_butd_frcnn import ImageDecodeError, load_image_bgr
+from ..image_processing_butd_frcnn import ImageDecodeError, ImageTooLargeError, load_image_bgr
 from .inputs import ImageEntry
 
-# Pillow's own default: it warns above this many pixels and refuses twice as many
+# Pillow's own warning threshold (it refuses only twice as many); extraction refuses anything above it
 DEFAULT_MAX_PIXELS = 89_478_485
 
 
@@ -40,12 +38,6 @@ class FailedImage:
     seconds: float = 0.0
 
 
-def configure_decoder(max_pixels: int) -> None:
-    """Refuse images above `max_pixels` (0: no limit) instead of decoding them into gigabytes of memory."""
-    Image.MAX_IMAGE_PIXELS = max_pixels or None
-    warnings.simplefilter("error", Image.DecompressionBombWarning)
-
-
 class ImageDataset(Dataset):
     """Decodes and preprocesses `entries` with `processor`; a failure becomes a `FailedImage`, never an exception."""
 
@@ -61,15 +53,13 @@ class ImageDataset(Dataset):
         entry = self.entries[index]
         start = time.perf_counter()
         try:
-            bgr = load_image_bgr(entry.path, self.processor.apply_exif_orientation)
+            bgr = load_image_bgr(entry.path, self.processor.apply_exif_orientation, max_pixels=self.max_pixels)
             inputs = self.processor(bgr, input_channel_order="bgr", return_tensors="pt")
+        except ImageTooLargeError as error:
+            return FailedImage(entry, f"{error}; raise --max-pixels to read it", time.perf_counter() - start)
         except ImageDecodeError as error:
             reason = str(error) if str(error).startswith(entry.path) else f"{entry.path}: {error}"
             return FailedImage(entry, reason, time.perf_counter() - start)
-        except Image.DecompressionBombWarning as error:
-            return FailedImage(
-                entry, f"{entry.path}: refused as a decompression bomb ({error}); raise --max-pixels to read it"
-            )
         except Exception as error:  # noqa: BLE001 (one image must never stop the run; the reason goes to the errors file)
             return FailedImage(entry, f"{entry.path}: {type(error).__name__}: {error}", time.perf_counter() - start)
         return PreparedImage(
@@ -85,12 +75,10 @@ class ImageDataset(Dataset):
         cleanly after the current batch and then shuts them down; they also exit if it dies."""
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        configure_decoder(self.max_pixels)
 
 
 def image_loader(dataset: ImageDataset, num_workers: int, prefetch_factor: int = 4) -> DataLoader:
     """Items one at a time, in order; with `num_workers` > 0 they are decoded ahead in worker processes."""
-    configure_decoder(dataset.max_pixels)
     return DataLoader(
         dataset,
         batch_size=None,
