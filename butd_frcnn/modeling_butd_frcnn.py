@@ -721,13 +721,17 @@ class ButdRoIHeads(nn.Module):
         depend on which other images share its batch (BLAS kernels choose code paths by matrix size).
         """
         region_features = self.region_features(self.pool_regions(features, boxes))
+        return region_features, *self.predict(region_features)
+
+    def predict(self, region_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Class probabilities, box deltas and attribute probabilities of region features `(K, C)`."""
         rows = region_features if region_features.shape[0] != 1 else torch.cat([region_features] * 2)
         class_logits, box_deltas = self.box_predictor(rows)
         attribute_logits = self.attribute_predictor(rows, argmax_last(class_logits, dim=1))
         count = region_features.shape[0]
         class_probs = torch.softmax(class_logits[:count].float(), dim=1)
         attribute_probs = torch.softmax(attribute_logits[:count].float(), dim=1)
-        return region_features, class_probs, box_deltas[:count], attribute_probs
+        return class_probs, box_deltas[:count], attribute_probs
 
 
 def chunks_without_singletons(x: torch.Tensor, chunk_size: int) -> list[torch.Tensor]:

@@ -1,0 +1,384 @@
+"""Where the forward's time goes, how close it gets to this machine's compute limit, and its peak memory.
+
+The full-size default configuration (ResNet-101, 1601 classes, 401 attributes) with random weights runs on fixed
+synthetic images (600x800 and 600x1000 after resizing: the two shapes of most COCO / Visual Genome photos). For each
+stage of the forward the script prints its time, the GFLOP it computes (counted from the shapes every convolution and
+linear layer sees) and the GFLOP/s it reaches; then the whole forward (`model(**batch)`, as users call it), and the
+same ratio against the machine's own dense-convolution speed, measured in the same run on convolutions shaped like the
+network's, so that "achieved / peak" is comparable across machines.
+
+    python benchmarks/benchmark_model.py                       # CPU, fp32, all threads, 600x800 and 600x1000
+    python benchmarks/benchmark_model.py --dtype bfloat16      # the same in bf16
+    python benchmarks/benchmark_model.py --memory              # peak memory of one forward, in a fresh process
+    python benchmarks/benchmark_model.py --device cuda --batch-sizes 1 8 32 --modes fp32 tf32 bf16
+
+Stages: preprocess (decoded uint8 image -> resized, mean-subtracted tensor), backbone (conv1..res4), RPN + proposals
+(RPN head, decoding, NMS), RoI pooling, res5 (+ average pooling), heads (class, box, attribute predictors and
+softmaxes), selection (1600-class NMS and top-k).
+"""
+
+import argparse
+import contextlib
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+from butd_frcnn import ButdFrcnnConfig, ButdFrcnnImageProcessor, ButdFrcnnModel
+
+DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+STAGES = ("preprocess", "backbone", "rpn_proposals", "roi_pool", "res5", "heads", "selection")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Counting FLOPs
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class FlopCounter:
+    """Adds up 2 x multiply-accumulates of every Conv2d and Linear that runs, from the shapes they see."""
+
+    def __init__(self, model: nn.Module):
+        self.flops = 0
+        self.handles = [
+            module.register_forward_hook(self._hook)
+            for module in model.modules()
+            if isinstance(module, (nn.Conv2d, nn.Linear))
+        ]
+
+    def _hook(self, module, inputs, output):
+        if isinstance(module, nn.Conv2d):
+            kernel = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
+            self.flops += 2 * kernel * output.numel()
+        else:
+            self.flops += 2 * module.in_features * output.numel()
+
+    def take(self) -> int:
+        flops, self.flops = self.flops, 0
+        return flops
+
+    def remove(self):
+        for handle in self.handles:
+            handle.remove()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The machine's own limit
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _time(fn, device, repeats: int) -> float:
+    fn()  # warm up (kernel selection, caches)
+    synchronize(device)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def machine_conv_peak(device: torch.device, dtype: torch.dtype, repeats: int = 3) -> dict[str, float]:
+    """GFLOP/s of plain dense convolutions shaped like the network's heaviest ones (best of `repeats`)."""
+    shapes = {
+        # name: (input shape, out channels, kernel, dilation)
+        "res4 3x3 256->256 @ 38x50": ((1, 256, 38, 50), 256, 3, 1),
+        "res4 1x1 1024->256 @ 38x50": ((1, 1024, 38, 50), 256, 1, 1),
+        "res5 3x3/d2 512->512 @ 64x14x14": ((64, 512, 14, 14), 512, 3, 2),
+        "res5 1x1 512->2048 @ 64x14x14": ((64, 512, 14, 14), 2048, 1, 1),
+    }
+    results = {}
+    for name, (shape, out_channels, kernel, dilation) in shapes.items():
+        x = torch.randn(shape, device=device, dtype=dtype)
+        w = torch.randn(out_channels, shape[1], kernel, kernel, device=device, dtype=dtype) * 0.01
+        b = torch.zeros(out_channels, device=device, dtype=dtype)
+        padding = dilation * (kernel // 2)
+        seconds = _time(lambda x=x, w=w, b=b, p=padding, d=dilation: F.conv2d(x, w, b, 1, p, d), device, repeats)
+        flops = 2 * shape[0] * out_channels * shape[1] * kernel * kernel * shape[2] * shape[3]
+        results[name] = flops / seconds / 1e9
+    return results
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# One forward, stage by stage
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def synthetic_image(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """A fixed photo-like RGB image (smooth noise): random weights on it give a full set of 300 proposals."""
+    rng = np.random.RandomState(seed)
+    small = torch.from_numpy(rng.randint(0, 256, size=(1, 3, height // 20, width // 20)).astype(np.float32))
+    smooth = F.interpolate(small, size=(height, width), mode="bicubic", align_corners=False).clamp(0, 255)
+    return smooth[0].permute(1, 2, 0).round().to(torch.uint8).numpy()
+
+
+def staged_forward(model, processor, image, device, dtype, counter, timings, flops):
+    """The forward's stages, called one by one as `ButdFrcnnModel.forward` calls them, each timed and counted."""
+
+    @contextlib.contextmanager
+    def stage(name):
+        synchronize(device)
+        start = time.perf_counter()
+        yield
+        synchronize(device)
+        timings[name] += time.perf_counter() - start
+        flops[name] += counter.take()
+
+    with stage("preprocess"):
+        batch = processor(image, return_tensors="pt")
+        pixel_values = batch["pixel_values"].to(device, dtype)
+    scales = batch["scales"].to(device=device, dtype=torch.float32)
+    height, width = pixel_values.shape[2:]
+    with stage("backbone"):
+        features = model.backbone(pixel_values)[-1]
+    with stage("rpn_proposals"):
+        boxes, _ = model.proposal_generator(features, height, width, scales)[0]
+    heads = model.roi_heads
+    with stage("roi_pool"):
+        pooled = heads.pool_regions(features, boxes)
+    with stage("res5"):
+        region_features = heads.region_features(pooled)
+    with stage("heads"):
+        class_probs, _, attribute_probs = heads.predict(region_features)
+    config = model.config
+    with stage("selection"):
+        selected = model.select(
+            boxes / scales[0],
+            region_features,
+            class_probs,
+            attribute_probs,
+            config.min_boxes,
+            config.max_boxes,
+            config.score_threshold,
+        )
+        selected["boxes"].cpu()
+    return boxes.shape[0], selected["boxes"].shape[0]
+
+
+def benchmark_size(model, processor, size, device, dtype, repeats):
+    image = synthetic_image(*size)
+    counter = FlopCounter(model)
+    timings, flops = defaultdict(float), defaultdict(int)
+    staged_forward(model, processor, image, device, dtype, counter, defaultdict(float), defaultdict(int))  # warm-up
+    counter.take()
+    for _ in range(repeats):
+        proposals, selected = staged_forward(model, processor, image, device, dtype, counter, timings, flops)
+    counter.remove()
+    stages = {name: (timings[name] / repeats, flops[name] / repeats) for name in STAGES}
+
+    def whole_forward():
+        batch = processor(image, return_tensors="pt")
+        batch["pixel_values"] = batch["pixel_values"].to(dtype)
+        model(**batch.to(device)).boxes.cpu()
+
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(repeats):  # already warm: the staged runs went through the same kernels
+        whole_forward()
+    synchronize(device)
+    forward_seconds = (time.perf_counter() - start) / repeats
+    return stages, forward_seconds, proposals, selected
+
+
+def print_cpu_report(args, model, processor, device, dtype):
+    peaks = machine_conv_peak(device, dtype)
+    peak = max(peaks.values())
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}, dtype {dtype}")
+    print("machine dense-conv GFLOP/s (same run, same dtype):")
+    for name, value in peaks.items():
+        print(f"  {name:34s} {value:8.1f}")
+    print(f"  peak {peak:.1f} GFLOP/s")
+    report = {"threads": torch.get_num_threads(), "dtype": str(dtype), "machine_peak_gflops": peaks, "sizes": {}}
+    for size in args.sizes:
+        stages, forward_seconds, proposals, selected = benchmark_size(
+            model, processor, size, device, dtype, args.repeats
+        )
+        staged_total = sum(seconds for seconds, _ in stages.values())
+        total_flops = sum(f for _, f in stages.values())
+        print(f"\n{size[0]}x{size[1]}: {proposals} proposals, {selected} regions selected (mean of {args.repeats})")
+        print(f"  {'stage':14s} {'seconds':>8s} {'share':>7s} {'GFLOP':>8s} {'GFLOP/s':>8s} {'of peak':>8s}")
+        for name, (seconds, flops) in stages.items():
+            rate = flops / seconds / 1e9 if flops else 0.0
+            of_peak = f"{rate / peak:7.1%}" if flops else "      -"
+            print(
+                f"  {name:14s} {seconds:8.3f} {seconds / staged_total:7.1%} {flops / 1e9:8.1f} "
+                f"{rate if flops else float('nan'):8.1f} {of_peak}"
+            )
+        overall = total_flops / forward_seconds / 1e9
+        print(
+            f"  whole forward (model(**batch), preprocessing included): {forward_seconds:.2f} s, "
+            f"{total_flops / 1e9:.0f} GFLOP, {overall:.1f} GFLOP/s = {overall / peak:.1%} of the machine's dense-conv peak"
+        )
+        report["sizes"][f"{size[0]}x{size[1]}"] = {
+            "stages": {name: {"seconds": s, "gflop": f / 1e9} for name, (s, f) in stages.items()},
+            "forward_seconds": forward_seconds,
+            "gflop": total_flops / 1e9,
+            "fraction_of_peak": overall / peak,
+        }
+    return report
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# GPU throughput
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def gpu_busy_fraction(fn) -> float:
+    """Share of the wall time during which CUDA kernels run, from the profiler's kernel intervals (merged)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
+        start = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        wall = time.perf_counter() - start
+    intervals = sorted(
+        (event.time_range.start, event.time_range.end)
+        for event in prof.events()
+        if event.device_type == torch.autograd.DeviceType.CUDA
+    )
+    busy, current_start, current_end = 0.0, None, None
+    for begin, end in intervals:
+        if current_end is None or begin > current_end:
+            if current_end is not None:
+                busy += current_end - current_start
+            current_start, current_end = begin, end
+        else:
+            current_end = max(current_end, end)
+    if current_end is not None:
+        busy += current_end - current_start
+    return busy / 1e6 / wall  # microseconds
+
+
+def print_gpu_report(args, config, processor, device):
+    image = synthetic_image(*args.sizes[0])
+    single = processor(image, return_tensors="pt")
+    report = {}
+    print(f"torch {torch.__version__}, {torch.cuda.get_device_name(device)}, {args.sizes[0][0]}x{args.sizes[0][1]}")
+    print(f"  {'mode':6s} {'batch':>5s} {'images/s':>9s} {'GPU busy':>9s}")
+    for mode in args.modes:
+        torch.backends.cuda.matmul.allow_tf32 = mode == "tf32"
+        torch.backends.cudnn.allow_tf32 = mode == "tf32"
+        torch.manual_seed(0)
+        model = ButdFrcnnModel(config).eval().to(device=device, dtype=DTYPES[mode])
+        if args.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        for batch_size in args.batch_sizes:
+            batch = {
+                "pixel_values": single["pixel_values"].repeat(batch_size, 1, 1, 1).to(device, DTYPES[mode]),
+                "image_sizes": single["image_sizes"].repeat(batch_size, 1),
+                "scales": single["scales"].repeat(batch_size),
+            }
+
+            def run(model=model, batch=batch):
+                with torch.inference_mode():
+                    model(**batch).boxes.cpu()
+
+            seconds = _time(run, device, args.repeats)
+            busy = gpu_busy_fraction(run)
+            print(f"  {mode:6s} {batch_size:5d} {batch_size / seconds:9.1f} {busy:9.1%}")
+            report[f"{mode}/{batch_size}"] = {"images_per_second": batch_size / seconds, "gpu_busy": busy}
+        del model
+        torch.cuda.empty_cache()
+    return report
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Peak memory
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def peak_memory_child(args) -> None:
+    """Runs in a fresh process: the process's peak resident memory after building the model, then after one forward."""
+    config = ButdFrcnnConfig()
+    torch.manual_seed(0)
+    model = ButdFrcnnModel(config).eval().to(dtype=DTYPES[args.dtype])
+    processor = ButdFrcnnImageProcessor()
+    image = synthetic_image(*args.sizes[-1])
+    batch = processor(image, return_tensors="pt")
+    batch["pixel_values"] = batch["pixel_values"].to(DTYPES[args.dtype])
+    loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    with torch.inference_mode():
+        model(**batch)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"model_loaded_mib": loaded, "peak_mib": peak}))
+
+
+def print_memory_report(args) -> dict:
+    size = args.sizes[-1]
+    command = [sys.executable, __file__, "--memory-child", "--dtype", args.dtype, "--sizes", f"{size[0]}x{size[1]}"]
+    result = json.loads(
+        subprocess.run(command, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
+    )
+    print(
+        f"peak resident memory of a fresh process, one {size[0]}x{size[1]} forward in {args.dtype}: "
+        f"{result['peak_mib']:.0f} MiB ({result['model_loaded_mib']:.0f} MiB after building the model; "
+        f"Python, torch and weights included)"
+    )
+    return result
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    height, width = (int(v) for v in text.lower().split("x"))
+    return height, width
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32", help="CPU runs")
+    parser.add_argument("--sizes", type=parse_size, nargs="+", default=[(600, 800), (600, 1000)])
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32], help="GPU runs")
+    parser.add_argument("--modes", nargs="+", choices=tuple(DTYPES), default=["fp32", "tf32", "bf16"], help="GPU runs")
+    parser.add_argument("--channels-last", action="store_true", help="run in channels_last memory format")
+    parser.add_argument("--memory", action="store_true", help="only the peak memory (in a fresh process)")
+    parser.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--json", type=Path, help="also write the numbers here")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.memory_child:
+        return peak_memory_child(args)
+    if args.memory:
+        report = print_memory_report(args)
+    else:
+        device = torch.device(args.device)
+        processor = ButdFrcnnImageProcessor()
+        config = ButdFrcnnConfig()
+        if device.type == "cuda":
+            report = print_gpu_report(args, config, processor, device)
+        else:
+            torch.manual_seed(0)
+            model = ButdFrcnnModel(config).eval().to(dtype=DTYPES[args.dtype])
+            if args.channels_last:
+                model = model.to(memory_format=torch.channels_last)
+            with torch.inference_mode():
+                report = print_cpu_report(args, model, processor, device, DTYPES[args.dtype])
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    main()
