@@ -52,6 +52,7 @@ class FlopCounter:
 
     def __init__(self, model: nn.Module):
         self.flops = 0
+        self.convolutions: dict[tuple, int] = defaultdict(int)  # signature -> calls
         self.handles = [
             module.register_forward_hook(self._hook)
             for module in model.modules()
@@ -62,6 +63,10 @@ class FlopCounter:
         if isinstance(module, nn.Conv2d):
             kernel = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
             self.flops += 2 * kernel * output.numel()
+            x = inputs[0]
+            channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+            signature = (tuple(x.shape), channels_last, tuple(module.weight.shape), module.stride, module.padding)
+            self.convolutions[(*signature, module.dilation, x.dtype)] += 1
         else:
             self.flops += 2 * module.in_features * output.numel()
 
@@ -91,25 +96,41 @@ def _time(fn, device, repeats: int) -> float:
     return best
 
 
-def machine_conv_peak(device: torch.device, dtype: torch.dtype, repeats: int = 3) -> dict[str, float]:
-    """GFLOP/s of plain dense convolutions shaped like the network's heaviest ones (best of `repeats`)."""
+def machine_conv_peak(device: torch.device, dtype: torch.dtype, repeats: int = 5) -> dict[str, float]:
+    """GFLOP/s of plain dense convolutions shaped like the network's heaviest ones, in both memory formats (best of
+    `repeats`); the best of them is the machine's dense-conv peak."""
     shapes = {
         # name: (input shape, out channels, kernel, dilation)
-        "res4 3x3 256->256 @ 38x50": ((1, 256, 38, 50), 256, 3, 1),
-        "res4 1x1 1024->256 @ 38x50": ((1, 1024, 38, 50), 256, 1, 1),
-        "res5 3x3/d2 512->512 @ 64x14x14": ((64, 512, 14, 14), 512, 3, 2),
-        "res5 1x1 512->2048 @ 64x14x14": ((64, 512, 14, 14), 2048, 1, 1),
+        "3x3 256->256 @ 1x38x50": ((1, 256, 38, 50), 256, 3, 1),
+        "1x1 1024->256 @ 1x38x50": ((1, 1024, 38, 50), 256, 1, 1),
+        "3x3/d2 512->512 @ 64x14x14": ((64, 512, 14, 14), 512, 3, 2),
+        "1x1 512->2048 @ 64x14x14": ((64, 512, 14, 14), 2048, 1, 1),
     }
     results = {}
     for name, (shape, out_channels, kernel, dilation) in shapes.items():
-        x = torch.randn(shape, device=device, dtype=dtype)
-        w = torch.randn(out_channels, shape[1], kernel, kernel, device=device, dtype=dtype) * 0.01
-        b = torch.zeros(out_channels, device=device, dtype=dtype)
-        padding = dilation * (kernel // 2)
-        seconds = _time(lambda x=x, w=w, b=b, p=padding, d=dilation: F.conv2d(x, w, b, 1, p, d), device, repeats)
-        flops = 2 * shape[0] * out_channels * shape[1] * kernel * kernel * shape[2] * shape[3]
-        results[name] = flops / seconds / 1e9
+        for memory_format, format_name in ((torch.contiguous_format, "NCHW"), (torch.channels_last, "NHWC")):
+            x = torch.randn(shape, device=device, dtype=dtype).contiguous(memory_format=memory_format)
+            w = torch.randn(out_channels, shape[1], kernel, kernel, device=device, dtype=dtype) * 0.01
+            w = w.contiguous(memory_format=memory_format)
+            b = torch.zeros(out_channels, device=device, dtype=dtype)
+            padding = dilation * (kernel // 2)
+            seconds = _time(lambda x=x, w=w, b=b, p=padding, d=dilation: F.conv2d(x, w, b, 1, p, d), device, repeats)
+            flops = 2 * shape[0] * out_channels * shape[1] * kernel * kernel * shape[2] * shape[3]
+            results[f"{name} {format_name}"] = flops / seconds / 1e9
     return results
+
+
+def isolated_convolution_seconds(convolutions: dict[tuple, int], device: torch.device) -> float:
+    """The time the forward's convolutions take when each runs alone (best of 3), in the layout the forward gives
+    them: what a perfect implementation of the rest would approach."""
+    total = 0.0
+    for (shape, channels_last, weight_shape, stride, padding, dilation, dtype), calls in convolutions.items():
+        memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        x = torch.randn(shape, device=device, dtype=dtype).contiguous(memory_format=memory_format)
+        w = (torch.randn(weight_shape, device=device, dtype=dtype) * 0.01).contiguous(memory_format=memory_format)
+        b = torch.zeros(weight_shape[0], device=device, dtype=dtype)
+        total += calls * _time(lambda x=x, w=w, b=b: F.conv2d(x, w, b, stride, padding, dilation), device, 3)
+    return total
 
 
 def synchronize(device: torch.device) -> None:
@@ -174,15 +195,18 @@ def staged_forward(model, processor, image, device, dtype, counter, timings, flo
 
 
 def benchmark_size(model, processor, size, device, dtype, repeats):
+    """Per-stage (seconds, FLOP), the whole forward's seconds, the isolated convolutions' seconds, and counts."""
     image = synthetic_image(*size)
     counter = FlopCounter(model)
     timings, flops = defaultdict(float), defaultdict(int)
     staged_forward(model, processor, image, device, dtype, counter, defaultdict(float), defaultdict(int))  # warm-up
     counter.take()
+    counter.convolutions.clear()
     for _ in range(repeats):
         proposals, selected = staged_forward(model, processor, image, device, dtype, counter, timings, flops)
     counter.remove()
     stages = {name: (timings[name] / repeats, flops[name] / repeats) for name in STAGES}
+    isolated = isolated_convolution_seconds(counter.convolutions, device) / repeats
 
     def whole_forward():
         batch = processor(image, return_tensors="pt")
@@ -195,22 +219,24 @@ def benchmark_size(model, processor, size, device, dtype, repeats):
         whole_forward()
     synchronize(device)
     forward_seconds = (time.perf_counter() - start) / repeats
-    return stages, forward_seconds, proposals, selected
+    return stages, forward_seconds, isolated, proposals, selected
 
 
 def print_cpu_report(args, model, processor, device, dtype):
-    peaks = machine_conv_peak(device, dtype)
+    """Measures the machine's peak before and after the model runs (the machine's speed drifts: the better of the two
+    is used, which makes the ratios conservative), then prints everything."""
+    peaks_before = machine_conv_peak(device, dtype)
+    results = {size: benchmark_size(model, processor, size, device, dtype, args.repeats) for size in args.sizes}
+    peaks_after = machine_conv_peak(device, dtype)
+    peaks = {name: max(peaks_before[name], peaks_after[name]) for name in peaks_before}
     peak = max(peaks.values())
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}, dtype {dtype}")
-    print("machine dense-conv GFLOP/s (same run, same dtype):")
-    for name, value in peaks.items():
-        print(f"  {name:34s} {value:8.1f}")
+    print("machine dense-conv GFLOP/s (same dtype; measured before / after the model, best of 5 each):")
+    for name in peaks:
+        print(f"  {name:36s} {peaks_before[name]:8.1f} {peaks_after[name]:8.1f}")
     print(f"  peak {peak:.1f} GFLOP/s")
     report = {"threads": torch.get_num_threads(), "dtype": str(dtype), "machine_peak_gflops": peaks, "sizes": {}}
-    for size in args.sizes:
-        stages, forward_seconds, proposals, selected = benchmark_size(
-            model, processor, size, device, dtype, args.repeats
-        )
+    for size, (stages, forward_seconds, isolated, proposals, selected) in results.items():
         staged_total = sum(seconds for seconds, _ in stages.values())
         total_flops = sum(f for _, f in stages.values())
         print(f"\n{size[0]}x{size[1]}: {proposals} proposals, {selected} regions selected (mean of {args.repeats})")
@@ -227,9 +253,14 @@ def print_cpu_report(args, model, processor, device, dtype):
             f"  whole forward (model(**batch), preprocessing included): {forward_seconds:.2f} s, "
             f"{total_flops / 1e9:.0f} GFLOP, {overall:.1f} GFLOP/s = {overall / peak:.1%} of the machine's dense-conv peak"
         )
+        print(
+            f"  its convolutions, each run alone in the same shapes and layouts: {isolated:.2f} s "
+            f"({total_flops / isolated / 1e9:.1f} GFLOP/s): the forward runs at {isolated / forward_seconds:.1%} of that"
+        )
         report["sizes"][f"{size[0]}x{size[1]}"] = {
             "stages": {name: {"seconds": s, "gflop": f / 1e9} for name, (s, f) in stages.items()},
             "forward_seconds": forward_seconds,
+            "isolated_convolution_seconds": isolated,
             "gflop": total_flops / 1e9,
             "fraction_of_peak": overall / peak,
         }

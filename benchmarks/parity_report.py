@@ -132,6 +132,14 @@ def report(variant: str, model, names: list[str]):
         )
 
 
+def regenerate_full_weights(folder: Path) -> Path:
+    """The FULL ResNet-101 seed-0 weights (262 MB), written into `folder` by the golden generator."""
+    weights = folder / "full_seed0.caffemodel"
+    generator = [sys.executable, str(GOLDEN / "refgen" / "make_caffemodel.py"), str(GOLDEN / "test_full.prototxt")]
+    subprocess.run([*generator, str(weights), "--seed", "0"], check=True, capture_output=True)
+    return weights
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--full", action="store_true", help="also the FULL ResNet-101 network on its 2 images")
@@ -139,19 +147,7 @@ def main():
     report("tiny", load_model(GOLDEN / "tiny_seed0.caffemodel"), list(IMAGES))
     if args.full:
         with tempfile.TemporaryDirectory() as folder:
-            weights = Path(folder) / "full_seed0.caffemodel"
-            subprocess.run(
-                [
-                    sys.executable,
-                    str(GOLDEN / "refgen" / "make_caffemodel.py"),
-                    str(GOLDEN / "test_full.prototxt"),
-                    str(weights),
-                    "--seed",
-                    "0",
-                ],
-                check=True,
-                capture_output=True,
-            )
+            weights = regenerate_full_weights(Path(folder))
             report("full", load_model(weights), ["astronaut", "gradient_500x375"])
 
 

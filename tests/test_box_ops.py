@@ -4,6 +4,7 @@
 import numpy as np
 import pytest
 import torch
+from torchvision.ops import roi_pool
 
 from butd_frcnn.modeling_butd_frcnn import (
     argmax_last,
@@ -15,7 +16,9 @@ from butd_frcnn.modeling_butd_frcnn import (
     numpy_float32_exp,
     numpy_quicksort_argsort,
     original_argsort_descending,
+    pack_bits,
     per_class_nms_max_scores,
+    roi_max_pool,
     select_regions,
     shift_anchors,
 )
@@ -175,6 +178,38 @@ def test_per_class_nms_max_scores_equals_class_by_class_loop(seed, grid):
     np.testing.assert_array_equal(ours.astype(np.float64), expected)
 
 
+@pytest.mark.parametrize("exact_ties", [True, False])
+def test_per_class_nms_of_a_padded_batch_equals_each_image_alone(exact_ties):
+    """Images of a batch share the lanes of one NMS; padding rows (of shorter images) change nothing."""
+    generator = np.random.default_rng(3)
+    counts = [90, 0, 1, 64, 65]  # empty, single, a whole 64-bit word and one more
+    boxes = torch.zeros(len(counts), max(counts), 4)
+    probs = torch.zeros(len(counts), max(counts), 30)
+    alone = []
+    for image, count in enumerate(counts):
+        image_boxes = torch.from_numpy(random_boxes(generator, count, grid=8.0))
+        image_probs = torch.from_numpy(np.round(generator.dirichlet(np.ones(30), size=count) * 40) / 40).float()
+        boxes[image, :count], probs[image, :count] = image_boxes, image_probs
+        boxes[image, count:] = image_boxes[:1] if count else 0  # padding overlapping a real box must not matter
+        probs[image, count:] = 1.0  # and neither must padding that outscores every real box
+        alone.append(per_class_nms_max_scores(image_boxes, image_probs, 0.3, exact_ties))
+    batched = per_class_nms_max_scores(boxes, probs, 0.3, exact_ties, num_boxes=counts)
+    for image, count in enumerate(counts):
+        assert torch.equal(batched[image, :count], alone[image])
+        assert torch.equal(batched[image, count:], torch.zeros(max(counts) - count))
+
+
+def test_pack_bits_puts_column_j_at_bit_j_of_its_word():
+    generator = np.random.default_rng(0)
+    matrix = torch.from_numpy(generator.random((3, 130)) < 0.5)
+    packed = pack_bits(matrix)
+    assert packed.shape == (3, 3) and packed.dtype == torch.int64
+    for row in range(3):
+        for column in range(130):
+            bit = (int(packed[row, column // 64]) >> (column % 64)) & 1
+            assert bit == int(matrix[row, column])
+
+
 def test_select_regions_follows_generate_tsv_paths():
     scores = torch.tensor([0.1, 0.5, 0.3, 0.05, 0.25, 0.5, 0.15])
     # threshold path: region order
@@ -219,3 +254,24 @@ def test_descending_order_along_a_dimension():
     exact = descending_order(values, exact_ties=True, dim=0)
     assert exact[:, 0].tolist() == [2, 0, 1] and exact[:, 1].tolist() == [2, 1, 0]
     assert descending_order(values, exact_ties=False, dim=0)[:, 0].tolist() == [0, 2, 1]
+
+
+@pytest.mark.parametrize("height,width", [(38, 50), (5, 3), (1, 1)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_roi_max_pool_equals_torchvision_roi_pool(height, width, dtype):
+    """Caffe's ROIPooling semantics as torchvision implements them: rounding of the corners, bins, clipping, empty
+    bins, malformed boxes; equal bit for bit (a maximum rounds nothing), in any dtype."""
+    generator = torch.Generator().manual_seed(height * width)
+    features = torch.randn(1, 7, height, width, generator=generator).to(dtype)
+    extent = 16 * max(height, width)
+    corners = torch.rand(200, 2, generator=generator) * extent * 1.4 - extent * 0.2  # some outside the map
+    sizes = torch.rand(200, 2, generator=generator) * extent
+    boxes = torch.cat([corners, corners + sizes], dim=1)
+    boxes[:10, 2:] = boxes[:10, :2] - 20  # malformed: x2 < x1, y2 < y1
+    boxes[10:20] = torch.tensor([7.5, 8.5, 23.5, 24.5])  # halves: rounded away from zero
+    boxes[20:30] = torch.tensor([-1e4, -1e4, -5e3, -5e3])  # entirely outside: every bin empty
+    expected = roi_pool(features.float(), [boxes], 14, 1 / 16).to(dtype)
+    ours = roi_max_pool(features[0], boxes, 14, 1 / 16)
+    assert ours.dtype == dtype and ours.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(ours, expected)
+    assert roi_max_pool(features[0], boxes[:0], 14, 1 / 16).shape == (0, 7, 14, 14)

@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from tqdm import tqdm
 
 from .batching import SizeBatcher, collate
@@ -205,12 +206,13 @@ class _Pipeline:
         inputs = collate(images)
         start = time.perf_counter()
         try:
-            outputs = self.model(
-                pixel_values=inputs["pixel_values"].to(self.device, self.dtype),
-                image_sizes=inputs["image_sizes"].to(self.device),
-                scales=inputs["scales"].to(self.device),
-                **self.selection,
-            )
+            with torch.inference_mode():  # the outputs only go to numpy: no autograd bookkeeping at all
+                outputs = self.model(
+                    pixel_values=inputs["pixel_values"].to(self.device, self.dtype),
+                    image_sizes=inputs["image_sizes"].to(self.device),
+                    scales=inputs["scales"].to(self.device),
+                    **self.selection,
+                )
             records = records_from_model_output(
                 outputs, [image.entry.image_id for image in images], inputs["original_sizes"]
             )
