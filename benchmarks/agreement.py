@@ -1,6 +1,6 @@
 """How much the fast modes change the results, so that users can choose knowingly.
 
-Each mode (bf16, fp16, channels_last, torch.compile, and TF32 on a GPU) runs the golden networks on the golden images
+Each mode (the model in bf16 or fp16, as `--dtype` of `butd-frcnn extract` runs it; torch.compile; TF32 on a GPU) runs the golden networks on the golden images
 and is compared with fp32 on the same device, region by region, with the same tool as `butd-frcnn compare`: boxes
 paired one-to-one by IoU, then the share of images whose selection is identical in boxes and order, the share of
 boxes found again at IoU >= 0.9, the feature cosine of the paired regions (mean and worst), and how often the object
@@ -35,7 +35,7 @@ from butd_frcnn import ButdFrcnnImageProcessor
 from butd_frcnn.compare.metrics import compare_images
 from butd_frcnn.extraction.records import records_from_model_output
 
-MODES = ("bf16", "fp16", "channels_last", "compile", "tf32")
+MODES = ("bf16", "fp16", "compile", "tf32")
 SELECTIONS = {"10-100": (10, 100), "36": (36, 36)}
 
 
@@ -45,8 +45,6 @@ def prepared(model, mode: str, device: torch.device):
     torch.backends.cudnn.allow_tf32 = mode == "tf32"
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mode, torch.float32)
     model = model.to(device=device, dtype=dtype)
-    if mode == "channels_last":
-        model = model.to(memory_format=torch.channels_last)
     if mode == "compile":
         model.backbone = torch.compile(model.backbone)
         model.roi_heads.res5 = torch.compile(model.roi_heads.res5, dynamic=True)
@@ -116,7 +114,7 @@ def report(variant: str, make_model, image_names, modes, device, processor):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--modes", nargs="+", choices=MODES, default=["bf16", "fp16", "channels_last"])
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=["bf16", "fp16"])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--full", action="store_true", help="also the FULL ResNet-101 (slow on a CPU)")
     parser.add_argument("--full-images", nargs="+", choices=tuple(IMAGES), default=["astronaut", "rocket", "camera"])

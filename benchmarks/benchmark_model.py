@@ -10,6 +10,7 @@ network's, so that "achieved / peak" is comparable across machines.
     python benchmarks/benchmark_model.py                       # CPU, fp32, all threads, 600x800 and 600x1000
     python benchmarks/benchmark_model.py --dtype bfloat16      # the same in bf16
     python benchmarks/benchmark_model.py --memory              # peak memory of one forward, in a fresh process
+    python benchmarks/benchmark_model.py --compile             # torch.compile'd backbone and res5
     python benchmarks/benchmark_model.py --device cuda --batch-sizes 1 8 32 --modes fp32 tf32 bf16
 
 Stages: preprocess (decoded uint8 image -> resized, mean-subtracted tensor), backbone (conv1..res4), RPN + proposals
@@ -310,9 +311,7 @@ def print_gpu_report(args, config, processor, device):
         torch.backends.cuda.matmul.allow_tf32 = mode == "tf32"
         torch.backends.cudnn.allow_tf32 = mode == "tf32"
         torch.manual_seed(0)
-        model = ButdFrcnnModel(config).eval().to(device=device, dtype=DTYPES[mode])
-        if args.channels_last:
-            model = model.to(memory_format=torch.channels_last)
+        model = compiled(ButdFrcnnModel(config).eval().to(device=device, dtype=DTYPES[mode]), args.compile)
         for batch_size in args.batch_sizes:
             batch = {
                 "pixel_values": single["pixel_values"].repeat(batch_size, 1, 1, 1).to(device, DTYPES[mode]),
@@ -368,6 +367,14 @@ def print_memory_report(args) -> dict:
     return result
 
 
+def compiled(model, enabled: bool):
+    """With `enabled`, the model with its two convolution stacks compiled (res5 sees varying region counts)."""
+    if enabled:
+        model.backbone = torch.compile(model.backbone)
+        model.roi_heads.res5 = torch.compile(model.roi_heads.res5, dynamic=True)
+    return model
+
+
 def parse_size(text: str) -> tuple[int, int]:
     height, width = (int(v) for v in text.lower().split("x"))
     return height, width
@@ -382,7 +389,7 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32], help="GPU runs")
     parser.add_argument("--modes", nargs="+", choices=tuple(DTYPES), default=["fp32", "tf32", "bf16"], help="GPU runs")
-    parser.add_argument("--channels-last", action="store_true", help="run in channels_last memory format")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the backbone and res5")
     parser.add_argument("--memory", action="store_true", help="only the peak memory (in a fresh process)")
     parser.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--json", type=Path, help="also write the numbers here")
@@ -401,9 +408,7 @@ def main(argv=None):
             report = print_gpu_report(args, config, processor, device)
         else:
             torch.manual_seed(0)
-            model = ButdFrcnnModel(config).eval().to(dtype=DTYPES[args.dtype])
-            if args.channels_last:
-                model = model.to(memory_format=torch.channels_last)
+            model = compiled(ButdFrcnnModel(config).eval().to(dtype=DTYPES[args.dtype]), args.compile)
             with torch.inference_mode():
                 report = print_cpu_report(args, model, processor, device, DTYPES[args.dtype])
     if args.json:
