@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # this checkout's package, installed or not
 GOLDEN = REPO.parent / "shared" / "golden"
 IMAGES = {
     "filled_with_0": "filled_with_0.png",
