@@ -12,7 +12,6 @@ The original (`_get_image_blob` of py-faster-rcnn, fed by `cv2.imread`):
 import contextlib
 import os
 from collections.abc import Sequence
-from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -103,7 +102,7 @@ class ImageTooLargeError(ImageDecodeError):
     """The image has more pixels than the caller allows (a decompression bomb, or just more than wanted)."""
 
 
-@contextmanager
+@contextlib.contextmanager
 def _pillow_bomb_check_off():
     """Pillow's decompression-bomb limit is a process-wide global; switch it off for one decode (we check the size
     ourselves) and put it back, so a caller's limit never leaks into the rest of the process."""
@@ -135,10 +134,8 @@ def load_image_bgr(
                 )
             image.load()
             return pil_to_bgr(image, apply_exif_orientation)
-    except ImageTooLargeError as error:
-        raise ImageTooLargeError(f"{path}: {error}") from None
-    except ImageDecodeError as error:
-        raise ImageDecodeError(f"{path}: {error}") from None
+    except ImageDecodeError as error:  # ours, raised without the path (ImageTooLargeError keeps its class)
+        raise type(error)(f"{path}: {error}") from None
     except FileNotFoundError:
         raise ImageDecodeError(f"{path}: no such file") from None
     except IsADirectoryError:

@@ -549,11 +549,9 @@ class ButdFrozenBatchNorm2d(nn.Module):
         self.register_buffer("running_mean", torch.zeros(num_features))
         self.register_buffer("running_var", torch.ones(num_features))
 
-    def scale_and_shift(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.scale_and_shift_in(self.weight.dtype)
-
-    def scale_and_shift_in(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """The per-channel affine map `x * scale + shift`, computed in `dtype`."""
+    def scale_and_shift(self, dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The per-channel affine map `x * scale + shift`, computed in `dtype` (default: the buffers' own)."""
+        dtype = dtype or self.weight.dtype
         weight, bias, mean, var = (t.to(dtype) for t in (self.weight, self.bias, self.running_mean, self.running_var))
         scale = weight * torch.rsqrt(var + self.eps)
         return scale, bias - mean * scale
@@ -595,7 +593,7 @@ class ButdConv2d(nn.Conv2d):
         """Weight and bias of the single convolution: computed in at least float32, then cast to `dtype`; the weight
         in the inputs' `memory_format`."""
         precision = torch.promote_types(self.weight.dtype, torch.float32)
-        scale, shift = self.norm.scale_and_shift_in(precision)
+        scale, shift = self.norm.scale_and_shift(precision)
         weight = self.weight.to(precision) * scale.view(-1, 1, 1, 1)
         return weight.to(dtype).contiguous(memory_format=memory_format), shift.to(dtype)
 
@@ -1105,11 +1103,12 @@ class ButdFrcnnModel(ButdFrcnnPreTrainedModel):
             features = maps[-1]
             proposals = self.proposal_generator(features, image_height, image_width, scales[indices])
             heads = [self.roi_heads(features[j : j + 1], boxes) for j, (boxes, _) in enumerate(proposals)]
+            all_features, all_class_probs, _, all_attribute_probs = zip(*heads)
             selections = self.select_batch(
                 [boxes / scales[i] for (boxes, _), i in zip(proposals, indices)],
-                [region_features for region_features, _, _, _ in heads],
-                [class_probs for _, class_probs, _, _ in heads],
-                [attribute_probs for _, _, _, attribute_probs in heads],
+                all_features,
+                all_class_probs,
+                all_attribute_probs,
                 min_boxes=min_boxes,
                 max_boxes=max_boxes,
                 score_threshold=score_threshold,
