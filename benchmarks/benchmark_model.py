@@ -5,11 +5,13 @@ synthetic images (600x800 and 600x1000 after resizing: the two shapes of most CO
 stage of the forward the script prints its time, the GFLOP it computes (counted from the shapes every convolution and
 linear layer sees) and the GFLOP/s it reaches; then the whole forward (`model(**batch)`, as users call it), and the
 same ratio against the machine's own dense-convolution speed, measured in the same run on convolutions shaped like the
-network's, so that "achieved / peak" is comparable across machines.
+network's, so that "achieved / peak" is comparable across machines: against the run's best convolution, and paired
+with the fastest convolution timed right before and after each forward (for machines whose speed drifts).
 
     python benchmarks/benchmark_model.py                       # CPU, fp32, all threads, 600x800 and 600x1000
-    python benchmarks/benchmark_model.py --dtype bfloat16      # the same in bf16
+    python benchmarks/benchmark_model.py --dtype bf16          # the same in bf16
     python benchmarks/benchmark_model.py --memory              # peak memory of one forward, in a fresh process
+    python benchmarks/benchmark_model.py --chunk-size 150      # res5 over 150 regions at once (more memory)
     python benchmarks/benchmark_model.py --compile             # torch.compile'd backbone and res5
     python benchmarks/benchmark_model.py --device cuda --batch-sizes 1 8 32 --modes fp32 tf32 bf16
 
@@ -20,6 +22,7 @@ softmaxes), selection (1600-class NMS and top-k).
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import resource
@@ -97,28 +100,37 @@ def _time(fn, device, repeats: int) -> float:
     return best
 
 
-def machine_conv_peak(device: torch.device, dtype: torch.dtype, repeats: int = 5) -> dict[str, float]:
-    """GFLOP/s of plain dense convolutions shaped like the network's heaviest ones, in both memory formats (best of
-    `repeats`); the best of them is the machine's dense-conv peak."""
-    shapes = {
-        # name: (input shape, out channels, kernel, dilation)
-        "3x3 256->256 @ 1x38x50": ((1, 256, 38, 50), 256, 3, 1),
-        "1x1 1024->256 @ 1x38x50": ((1, 1024, 38, 50), 256, 1, 1),
-        "3x3/d2 512->512 @ 64x14x14": ((64, 512, 14, 14), 512, 3, 2),
-        "1x1 512->2048 @ 64x14x14": ((64, 512, 14, 14), 2048, 1, 1),
+PEAK_SHAPES = {
+    # name: (input shape, out channels, kernel, dilation): plain dense convolutions shaped like the network's heaviest
+    "3x3 256->256 @ 1x38x50": ((1, 256, 38, 50), 256, 3, 1),
+    "1x1 1024->256 @ 1x38x50": ((1, 1024, 38, 50), 256, 1, 1),
+    "3x3/d2 512->512 @ 64x14x14": ((64, 512, 14, 14), 512, 3, 2),
+    "1x1 512->2048 @ 64x14x14": ((64, 512, 14, 14), 2048, 1, 1),
+}
+MEMORY_FORMATS = {"NCHW": torch.contiguous_format, "NHWC": torch.channels_last}
+
+
+def conv_gflops(name: str, layout: str, device: torch.device, dtype: torch.dtype, repeats: int) -> float:
+    """GFLOP/s of one of `PEAK_SHAPES` in one layout (best of `repeats`)."""
+    shape, out_channels, kernel, dilation = PEAK_SHAPES[name]
+    memory_format = MEMORY_FORMATS[layout]
+    x = torch.randn(shape, device=device, dtype=dtype).contiguous(memory_format=memory_format)
+    w = torch.randn(out_channels, shape[1], kernel, kernel, device=device, dtype=dtype) * 0.01
+    w = w.contiguous(memory_format=memory_format)
+    b = torch.zeros(out_channels, device=device, dtype=dtype)
+    padding = dilation * (kernel // 2)
+    seconds = _time(lambda: F.conv2d(x, w, b, 1, padding, dilation), device, repeats)
+    return 2 * shape[0] * out_channels * shape[1] * kernel * kernel * shape[2] * shape[3] / seconds / 1e9
+
+
+def machine_conv_peak(device: torch.device, dtype: torch.dtype, repeats: int = 5) -> dict[tuple[str, str], float]:
+    """GFLOP/s of every `PEAK_SHAPES` entry in both memory formats; the best of them is the machine's dense-conv
+    peak."""
+    return {
+        (name, layout): conv_gflops(name, layout, device, dtype, repeats)
+        for name in PEAK_SHAPES
+        for layout in MEMORY_FORMATS
     }
-    results = {}
-    for name, (shape, out_channels, kernel, dilation) in shapes.items():
-        for memory_format, format_name in ((torch.contiguous_format, "NCHW"), (torch.channels_last, "NHWC")):
-            x = torch.randn(shape, device=device, dtype=dtype).contiguous(memory_format=memory_format)
-            w = torch.randn(out_channels, shape[1], kernel, kernel, device=device, dtype=dtype) * 0.01
-            w = w.contiguous(memory_format=memory_format)
-            b = torch.zeros(out_channels, device=device, dtype=dtype)
-            padding = dilation * (kernel // 2)
-            seconds = _time(lambda x=x, w=w, b=b, p=padding, d=dilation: F.conv2d(x, w, b, 1, p, d), device, repeats)
-            flops = 2 * shape[0] * out_channels * shape[1] * kernel * kernel * shape[2] * shape[3]
-            results[f"{name} {format_name}"] = flops / seconds / 1e9
-    return results
 
 
 def isolated_convolution_seconds(convolutions: dict[tuple, int], device: torch.device) -> float:
@@ -130,7 +142,7 @@ def isolated_convolution_seconds(convolutions: dict[tuple, int], device: torch.d
         x = torch.randn(shape, device=device, dtype=dtype).contiguous(memory_format=memory_format)
         w = (torch.randn(weight_shape, device=device, dtype=dtype) * 0.01).contiguous(memory_format=memory_format)
         b = torch.zeros(weight_shape[0], device=device, dtype=dtype)
-        total += calls * _time(lambda x=x, w=w, b=b: F.conv2d(x, w, b, stride, padding, dilation), device, 3)
+        total += calls * _time(functools.partial(F.conv2d, x, w, b, stride, padding, dilation), device, 3)
     return total
 
 
@@ -195,8 +207,9 @@ def staged_forward(model, processor, image, device, dtype, counter, timings, flo
     return boxes.shape[0], selected["boxes"].shape[0]
 
 
-def benchmark_size(model, processor, size, device, dtype, repeats):
-    """Per-stage (seconds, FLOP), the whole forward's seconds, the isolated convolutions' seconds, and counts."""
+def benchmark_size(model, processor, size, device, dtype, repeats, reference_gflops):
+    """Per-stage (seconds, FLOP), the whole forward's seconds, the isolated convolutions' seconds, the reference
+    convolution's GFLOP/s measured just before each whole forward, and counts."""
     image = synthetic_image(*size)
     counter = FlopCounter(model)
     staged_forward(model, processor, image, device, dtype, counter, defaultdict(float), defaultdict(int))  # warm-up
@@ -217,31 +230,50 @@ def benchmark_size(model, processor, size, device, dtype, repeats):
         batch["pixel_values"] = batch["pixel_values"].to(dtype)
         model(**batch.to(device)).boxes.cpu()
 
-    forward_seconds = float("inf")
-    for _ in range(repeats):  # already warm: the staged runs went through the same kernels
+    # already warm: the staged runs went through the same kernels. Each forward is paired with the reference
+    # convolution timed just before and just after it (the faster of the two: conservative), so that their ratio
+    # compares the two under the same machine conditions.
+    references, seconds = [reference_gflops()], []
+    for _ in range(repeats):
         synchronize(device)
         start = time.perf_counter()
         whole_forward()
         synchronize(device)
-        forward_seconds = min(forward_seconds, time.perf_counter() - start)
-    return stages, forward_seconds, isolated, proposals, selected
+        seconds.append(time.perf_counter() - start)
+        references.append(reference_gflops())
+    paired = [(max(references[i], references[i + 1]), seconds[i]) for i in range(repeats)]  # (GFLOP/s, seconds)
+    return stages, paired, isolated, proposals, selected
 
 
 def print_cpu_report(args, model, processor, device, dtype):
-    """Measures the machine's peak before and after the model runs (the machine's speed drifts: the better of the two
-    is used, which makes the ratios conservative), then prints everything."""
+    """Measures the machine's peak before and after the model runs, then prints everything.
+
+    This VM's speed drifts by up to 2x over minutes, so the ratio to the peak is given two ways: against the best
+    peak of the whole run (conservative: the forward's best run may fall in a slow spell), and paired, each whole
+    forward against the fastest convolution timed just before and after it.
+    """
     peaks_before = machine_conv_peak(device, dtype)
-    results = {size: benchmark_size(model, processor, size, device, dtype, args.repeats) for size in args.sizes}
+    reference_name = max(peaks_before, key=peaks_before.get)
+    reference = functools.partial(conv_gflops, *reference_name, device, dtype, repeats=3)
+    results = {
+        size: benchmark_size(model, processor, size, device, dtype, args.repeats, reference) for size in args.sizes
+    }
     peaks_after = machine_conv_peak(device, dtype)
-    peaks = {name: max(peaks_before[name], peaks_after[name]) for name in peaks_before}
+    peaks = {key: max(peaks_before[key], peaks_after[key]) for key in peaks_before}
     peak = max(peaks.values())
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}, dtype {dtype}")
     print("machine dense-conv GFLOP/s (same dtype; measured before / after the model, best of 5 each):")
-    for name in peaks:
-        print(f"  {name:36s} {peaks_before[name]:8.1f} {peaks_after[name]:8.1f}")
+    for name, layout in peaks:
+        key = (name, layout)
+        print(f"  {name + ' ' + layout:36s} {peaks_before[key]:8.1f} {peaks_after[key]:8.1f}")
     print(f"  peak {peak:.1f} GFLOP/s")
-    report = {"threads": torch.get_num_threads(), "dtype": str(dtype), "machine_peak_gflops": peaks, "sizes": {}}
-    for size, (stages, forward_seconds, isolated, proposals, selected) in results.items():
+    report = {
+        "threads": torch.get_num_threads(),
+        "dtype": str(dtype),
+        "machine_peak_gflops": {" ".join(key): value for key, value in peaks.items()},
+        "sizes": {},
+    }
+    for size, (stages, paired, isolated, proposals, selected) in results.items():
         staged_total = sum(seconds for seconds, _ in stages.values())
         total_flops = sum(f for _, f in stages.values())
         print(f"\n{size[0]}x{size[1]}: {proposals} proposals, {selected} regions selected (best of {args.repeats})")
@@ -253,10 +285,18 @@ def print_cpu_report(args, model, processor, device, dtype):
                 f"  {name:14s} {seconds:8.3f} {seconds / staged_total:7.1%} {flops / 1e9:8.1f} "
                 f"{rate if flops else float('nan'):8.1f} {of_peak}"
             )
+        forward_seconds = min(seconds for _, seconds in paired)
         overall = total_flops / forward_seconds / 1e9
+        paired_ratios = sorted(total_flops / seconds / 1e9 / reference for reference, seconds in paired)
         print(
             f"  whole forward (model(**batch), preprocessing included): {forward_seconds:.2f} s, "
-            f"{total_flops / 1e9:.0f} GFLOP, {overall:.1f} GFLOP/s = {overall / peak:.1%} of the machine's dense-conv peak"
+            f"{total_flops / 1e9:.0f} GFLOP, {overall:.1f} GFLOP/s = {overall / peak:.1%} of the run's best "
+            "dense-conv peak"
+        )
+        print(
+            f"  each forward against {' '.join(reference_name)} timed just before and after it: "
+            + ", ".join(f"{total_flops / seconds / 1e9:.0f}/{reference:.0f}" for reference, seconds in paired)
+            + f" GFLOP/s = {paired_ratios[len(paired_ratios) // 2]:.1%} (median), {paired_ratios[-1]:.1%} (best)"
         )
         print(
             f"  its convolutions, each run alone in the same shapes and layouts: {isolated:.2f} s "
@@ -265,9 +305,11 @@ def print_cpu_report(args, model, processor, device, dtype):
         report["sizes"][f"{size[0]}x{size[1]}"] = {
             "stages": {name: {"seconds": s, "gflop": f / 1e9} for name, (s, f) in stages.items()},
             "forward_seconds": forward_seconds,
+            "paired_reference_gflops_and_forward_seconds": paired,
             "isolated_convolution_seconds": isolated,
             "gflop": total_flops / 1e9,
             "fraction_of_peak": overall / peak,
+            "paired_fraction_of_peak_median": paired_ratios[len(paired_ratios) // 2],
         }
     return report
 
@@ -343,7 +385,7 @@ def print_gpu_report(args, config, processor, device):
 
 def peak_memory_child(args) -> None:
     """Runs in a fresh process: the process's peak resident memory after building the model, then after one forward."""
-    config = ButdFrcnnConfig()
+    config = ButdFrcnnConfig(**chunk_override(args))
     torch.manual_seed(0)
     model = ButdFrcnnModel(config).eval().to(dtype=DTYPES[args.dtype])
     processor = ButdFrcnnImageProcessor()
@@ -360,6 +402,8 @@ def peak_memory_child(args) -> None:
 def print_memory_report(args) -> dict:
     size = args.sizes[-1]
     command = [sys.executable, __file__, "--memory-child", "--dtype", args.dtype, "--sizes", f"{size[0]}x{size[1]}"]
+    if args.chunk_size is not None:
+        command += ["--chunk-size", str(args.chunk_size)]
     result = json.loads(
         subprocess.run(command, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
     )
@@ -379,6 +423,11 @@ def compiled(model, enabled: bool):
     return model
 
 
+def chunk_override(args) -> dict:
+    """Config overrides from the command line: the res5 chunk size trades peak memory for speed."""
+    return {} if args.chunk_size is None else {"roi_head_chunk_size": args.chunk_size}
+
+
 def parse_size(text: str) -> tuple[int, int]:
     height, width = (int(v) for v in text.lower().split("x"))
     return height, width
@@ -394,6 +443,7 @@ def main(argv=None):
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32], help="GPU runs")
     parser.add_argument("--modes", nargs="+", choices=tuple(DTYPES), default=["fp32", "tf32", "bf16"], help="GPU runs")
     parser.add_argument("--compile", action="store_true", help="torch.compile the backbone and res5")
+    parser.add_argument("--chunk-size", type=int, help="regions per res5 chunk (default: the config's)")
     parser.add_argument("--memory", action="store_true", help="only the peak memory (in a fresh process)")
     parser.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--json", type=Path, help="also write the numbers here")
@@ -407,7 +457,7 @@ def main(argv=None):
     else:
         device = torch.device(args.device)
         processor = ButdFrcnnImageProcessor()
-        config = ButdFrcnnConfig()
+        config = ButdFrcnnConfig(**chunk_override(args))
         if device.type == "cuda":
             report = print_gpu_report(args, config, processor, device)
         else:

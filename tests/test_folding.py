@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from butd_frcnn.modeling_butd_frcnn import ButdConv2d
+from butd_frcnn.modeling_butd_frcnn import ButdBottleneck, ButdConv2d
 
 
 def unfolded(conv: ButdConv2d, x: torch.Tensor) -> torch.Tensor:
@@ -89,3 +89,42 @@ def test_gradients_reach_the_original_parameters():
         conv(torch.randn(1, 6, 8, 8)).sum().backward()
     assert conv.weight.grad is not None and conv.weight.grad.abs().sum() > 0
     assert conv._folded is None, "nothing is cached while gradients are on"
+
+
+@pytest.mark.parametrize("in_channels", [16, 12], ids=["identity-shortcut", "projection-shortcut"])
+def test_bottleneck_in_place_activations_keep_input_and_gradients(in_channels):
+    """The bottleneck applies its ReLUs and the residual sum in place on its convolutions' outputs: its input (the
+    shortcut itself when there is no projection) must be left as it was, and gradients must equal those of the
+    out-of-place Caffe order."""
+    torch.manual_seed(0)
+    block = ButdBottleneck(in_channels, 4, 16, stride=1, dilation=2).double()
+    with torch.no_grad():
+        for module in block.modules():
+            if isinstance(module, ButdConv2d):
+                module.norm.weight.uniform_(0.5, 2)
+                module.norm.bias.normal_()
+                module.norm.running_mean.normal_(0, 0.1)
+                module.norm.running_var.uniform_(0.5, 2)
+
+    def out_of_place(x):
+        shortcut = x if block.shortcut is None else unfolded(block.shortcut, x)
+        out = F.relu(unfolded(block.conv1, x))
+        out = F.relu(unfolded(block.conv2, out))
+        return F.relu(unfolded(block.conv3, out) + shortcut)
+
+    x = torch.randn(2, in_channels, 9, 7, dtype=torch.float64)
+    kept = x.clone()
+    with torch.no_grad():
+        torch.testing.assert_close(block(x), out_of_place(x), rtol=1e-12, atol=1e-12)
+    assert torch.equal(x, kept), "the block wrote into its input"
+
+    with torch.enable_grad():
+        grads = []
+        for forward in (block, out_of_place):
+            block.zero_grad()
+            x_grad = x.clone().requires_grad_()
+            (forward(x_grad) * torch.linspace(-1, 1, 16 * 9 * 7, dtype=torch.float64).view(16, 9, 7)).sum().backward()
+            grads.append([x_grad.grad] + [p.grad.clone() for p in block.parameters() if p.grad is not None])
+    assert len(grads[0]) == len(grads[1]) > 1
+    for ours, reference in zip(*grads, strict=True):
+        torch.testing.assert_close(ours, reference, rtol=1e-10, atol=1e-10)
