@@ -70,9 +70,10 @@ class ButdFrcnnConfig(PreTrainedConfig):
 
     Sorting:
         exact_tie_order (`bool`, defaults to `True`): order exactly tied scores as the original's numpy 1.x sort did
-            (flat image regions, and proposals that round to the same RoI-pooling cells, tie exactly). This sort
-            runs on the CPU; `False` sorts on the model's device, stably (lower index first), and differs from the
-            original only where scores tie exactly.
+            (flat image regions, and proposals that round to the same RoI-pooling cells, tie exactly). Scores are
+            sorted on the model's device either way; with `True`, the rows where a tie decides the order are sorted
+            again on the CPU, as the original did. `False` keeps the device's stable order (lower index first),
+            which differs from the original only where scores tie exactly.
 
     Example:
     ```python

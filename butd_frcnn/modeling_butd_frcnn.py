@@ -190,11 +190,30 @@ def original_argsort_descending(values: torch.Tensor, dim: int = 0) -> torch.Ten
     return torch.from_numpy(order).to(values.device)
 
 
-def descending_order(values: torch.Tensor, exact_ties: bool, dim: int = 0) -> torch.Tensor:
-    """Indices sorting `values` best first: ties as the original ordered them, or stably on the device."""
-    if exact_ties:
-        return original_argsort_descending(values, dim)
-    return torch.sort(values, dim=dim, descending=True, stable=True).indices
+def descending_order(values: torch.Tensor, exact_ties: bool, dim: int = 0, top_k: int | None = None) -> torch.Tensor:
+    """Indices sorting `values` best first along `dim` (the first `top_k` of them): ties as the original ordered
+    them (`exact_ties`), or stably.
+
+    Either way the values are sorted on their own device. Where the first `top_k` ranks hold no tie (no two equal
+    values among the first `top_k + 1`), every correct sort gives the same answer, the original's included; only
+    the rows with such a tie are sorted again on the CPU as the original did (`original_argsort_descending`). On a
+    GPU that costs one device-to-host sync, instead of copying and sorting everything on the host.
+    """
+    size = values.shape[dim]
+    top_k = size if top_k is None else min(top_k, size)
+    order = torch.sort(values, dim=dim, descending=True, stable=True)
+    if exact_ties and size > 1:
+        pairs = min(top_k, size - 1)  # ranks (i, i + 1), i < top_k: a tie there changes the first top_k
+        ranked = order.values.movedim(dim, -1).reshape(-1, size)
+        before, after = ranked[:, :pairs], ranked[:, 1 : pairs + 1]
+        tied_rows = ((before == after) | (before.isnan() & after.isnan())).any(dim=1)
+        if bool(tied_rows.any()):
+            rows = order.indices.movedim(dim, -1).reshape(-1, size).clone()
+            tied = tied_rows.nonzero().flatten()
+            rows[tied] = original_argsort_descending(values.movedim(dim, -1).reshape(-1, size)[tied], dim=1)
+            moved_shape = order.indices.movedim(dim, -1).shape
+            return rows.view(moved_shape).movedim(-1, dim).narrow(dim, 0, top_k)
+    return order.indices.narrow(dim, 0, top_k)
 
 
 # numpy's float32 `exp` kernel (AVX2/AVX512F builds): Cody-Waite reduction, then a P5/Q2 rational approximation.
@@ -441,7 +460,7 @@ def select_regions(
     if min_boxes <= keep.numel() <= max_boxes:
         return keep
     count = min_boxes if keep.numel() < min_boxes else max_boxes
-    return descending_order(max_scores.double(), exact_ties)[:count]
+    return descending_order(max_scores.double(), exact_ties, top_k=count)
 
 
 def _round_half_away_from_zero(x: torch.Tensor) -> torch.Tensor:
@@ -793,7 +812,7 @@ class ButdRegionProposalNetwork(nn.Module):
         boxes = clip_boxes(decode_boxes(anchors, deltas), image_height, image_width)
         large_enough = box_sizes_at_least(boxes, self.min_size * scale)
         boxes, scores = boxes[large_enough], scores[large_enough]
-        order = descending_order(scores, self.exact_tie_order)[: self.pre_nms_top_n]
+        order = descending_order(scores, self.exact_tie_order, top_k=self.pre_nms_top_n)
         boxes, scores = boxes[order], scores[order]
         if self.exact_tie_order:  # the original's nms sorts its (already sorted) input again: ties move once more
             order = descending_order(scores, exact_ties=True)

@@ -256,6 +256,60 @@ def test_descending_order_along_a_dimension():
     assert descending_order(values, exact_ties=False, dim=0)[:, 0].tolist() == [0, 2, 1]
 
 
+def _exact_order_cases():
+    generator = np.random.default_rng(0)
+    unique = torch.from_numpy(generator.permutation(1000).astype(np.float32) / 7)
+    ties_beyond = unique.clone()
+    ties_beyond[unique < 10] = 0.5  # ties only among the smallest values: below any top 100
+    ties_inside = unique.clone()
+    ties_inside[unique > 120] = 200.0  # a tie group at the very top
+    boundary = torch.tensor([5.0, 4.0, 3.0, 3.0, 1.0])  # ranks 2 and 3 tie: top 3 depends on the tie order
+    with_nans = torch.tensor([0.3, float("nan"), 0.1, float("nan"), 0.2])
+    columns = torch.from_numpy(generator.random((300, 40))).double()
+    columns[::3, 7] = 0.25  # two of the 40 columns hold ties
+    columns[:, 31] = 0.0
+    return [
+        ("unique", unique, 0, None, False),
+        ("unique top 100", unique, 0, 100, False),
+        ("ties below the top 100", ties_beyond, 0, 100, False),
+        ("ties below, full order", ties_beyond, 0, None, True),
+        ("ties at the top", ties_inside, 0, 100, True),
+        ("tie on the boundary of the top 3", boundary, 0, 3, True),
+        ("tie after the top 2", boundary, 0, 2, False),
+        ("NaNs", with_nans, 0, None, True),
+        ("columns, dim 0", columns, 0, None, True),
+        ("rows, dim 1", columns.T.contiguous(), 1, None, True),
+        ("one value", torch.tensor([1.0]), 0, None, False),
+        ("no value", torch.zeros(0), 0, None, False),
+    ]
+
+
+@pytest.mark.parametrize(
+    "values,dim,top_k,needs_host",
+    [case[1:] for case in _exact_order_cases()],
+    ids=[c[0] for c in _exact_order_cases()],
+)
+def test_exact_descending_order_sorts_on_the_device_unless_a_tie_matters(values, dim, top_k, needs_host, monkeypatch):
+    """`descending_order(exact_ties=True)` is the original's order (`original_argsort_descending`) in every case,
+    but falls back to it only for the rows where a tie can change the first `top_k`, and only for those rows."""
+    import butd_frcnn.modeling_butd_frcnn as modeling
+
+    count = values.shape[dim] if top_k is None else min(top_k, values.shape[dim])
+    expected = original_argsort_descending(values, dim).narrow(dim, 0, count)
+    host_rows = []
+
+    def spy(rows, dim):
+        host_rows.append(rows.shape[0])
+        return original_argsort_descending(rows, dim)
+
+    monkeypatch.setattr(modeling, "original_argsort_descending", spy)
+    ours = descending_order(values, exact_ties=True, dim=dim, top_k=top_k)
+    assert ours.tolist() == expected.tolist()
+    assert bool(host_rows) == needs_host
+    if values.dim() == 2:
+        assert host_rows == [2], "only the two columns with ties go to the host"
+
+
 @pytest.mark.parametrize("height,width", [(38, 50), (5, 3), (1, 1)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_roi_max_pool_equals_torchvision_roi_pool(height, width, dtype):
