@@ -29,6 +29,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
 
+from benchmark_model import compiled
 from parity_report import GOLDEN, IMAGES, load_model, regenerate_full_weights
 
 from butd_frcnn import ButdFrcnnImageProcessor
@@ -44,11 +45,7 @@ def prepared(model, mode: str, device: torch.device):
     torch.backends.cuda.matmul.allow_tf32 = mode == "tf32"
     torch.backends.cudnn.allow_tf32 = mode == "tf32"
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mode, torch.float32)
-    model = model.to(device=device, dtype=dtype)
-    if mode == "compile":
-        model.backbone = torch.compile(model.backbone)
-        model.roi_heads.res5 = torch.compile(model.roi_heads.res5, dynamic=True)
-    return model, dtype
+    return compiled(model.to(device=device, dtype=dtype), mode == "compile"), dtype
 
 
 def run(model, dtype, batches, device, selection):

@@ -110,16 +110,20 @@ PEAK_SHAPES = {
 MEMORY_FORMATS = {"NCHW": torch.contiguous_format, "NHWC": torch.channels_last}
 
 
+def conv_seconds(input_shape, weight_shape, memory_format, stride, padding, dilation, dtype, device, repeats) -> float:
+    """Best-of-`repeats` time of one convolution on random data, both operands in `memory_format`."""
+    x = torch.randn(input_shape, device=device, dtype=dtype).contiguous(memory_format=memory_format)
+    w = (torch.randn(weight_shape, device=device, dtype=dtype) * 0.01).contiguous(memory_format=memory_format)
+    b = torch.zeros(weight_shape[0], device=device, dtype=dtype)
+    return _time(functools.partial(F.conv2d, x, w, b, stride, padding, dilation), device, repeats)
+
+
 def conv_gflops(name: str, layout: str, device: torch.device, dtype: torch.dtype, repeats: int) -> float:
     """GFLOP/s of one of `PEAK_SHAPES` in one layout (best of `repeats`)."""
     shape, out_channels, kernel, dilation = PEAK_SHAPES[name]
-    memory_format = MEMORY_FORMATS[layout]
-    x = torch.randn(shape, device=device, dtype=dtype).contiguous(memory_format=memory_format)
-    w = torch.randn(out_channels, shape[1], kernel, kernel, device=device, dtype=dtype) * 0.01
-    w = w.contiguous(memory_format=memory_format)
-    b = torch.zeros(out_channels, device=device, dtype=dtype)
+    weight_shape = (out_channels, shape[1], kernel, kernel)
     padding = dilation * (kernel // 2)
-    seconds = _time(lambda: F.conv2d(x, w, b, 1, padding, dilation), device, repeats)
+    seconds = conv_seconds(shape, weight_shape, MEMORY_FORMATS[layout], 1, padding, dilation, dtype, device, repeats)
     return 2 * shape[0] * out_channels * shape[1] * kernel * kernel * shape[2] * shape[3] / seconds / 1e9
 
 
@@ -139,10 +143,7 @@ def isolated_convolution_seconds(convolutions: dict[tuple, int], device: torch.d
     total = 0.0
     for (shape, channels_last, weight_shape, stride, padding, dilation, dtype), calls in convolutions.items():
         memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        x = torch.randn(shape, device=device, dtype=dtype).contiguous(memory_format=memory_format)
-        w = (torch.randn(weight_shape, device=device, dtype=dtype) * 0.01).contiguous(memory_format=memory_format)
-        b = torch.zeros(weight_shape[0], device=device, dtype=dtype)
-        total += calls * _time(functools.partial(F.conv2d, x, w, b, stride, padding, dilation), device, 3)
+        total += calls * conv_seconds(shape, weight_shape, memory_format, stride, padding, dilation, dtype, device, 3)
     return total
 
 

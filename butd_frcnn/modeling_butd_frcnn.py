@@ -208,11 +208,11 @@ def descending_order(values: torch.Tensor, exact_ties: bool, dim: int = 0, top_k
         before, after = ranked[:, :pairs], ranked[:, 1 : pairs + 1]
         tied_rows = ((before == after) | (before.isnan() & after.isnan())).any(dim=1)
         if bool(tied_rows.any()):
-            rows = order.indices.movedim(dim, -1).reshape(-1, size).clone()
+            indices = order.indices.movedim(dim, -1)
+            rows = indices.reshape(-1, size).clone()
             tied = tied_rows.nonzero().flatten()
             rows[tied] = original_argsort_descending(values.movedim(dim, -1).reshape(-1, size)[tied], dim=1)
-            moved_shape = order.indices.movedim(dim, -1).shape
-            return rows.view(moved_shape).movedim(-1, dim).narrow(dim, 0, top_k)
+            return rows.view(indices.shape).movedim(-1, dim).narrow(dim, 0, top_k)
     return order.indices.narrow(dim, 0, top_k)
 
 
@@ -223,9 +223,8 @@ def _as_float32(value: float) -> float:
 
 
 _EXP_LOG2E = _as_float32(1.442695040888963407359924681001892137)
-_EXP_ROUND_MAGIC = _as_float32(
-    float.fromhex("0x1.8p23")
-)  # adding then subtracting it rounds a float32 to the nearest integer
+# adding then subtracting it rounds a float32 to the nearest integer
+_EXP_ROUND_MAGIC = _as_float32(float.fromhex("0x1.8p23"))
 _EXP_LN2_HIGH = _as_float32(-6.93145752e-1)
 _EXP_LN2_LOW = _as_float32(-1.42860677e-6)
 _EXP_P = tuple(
