@@ -2,6 +2,7 @@
 
 import errno
 import os
+import shutil
 from pathlib import Path
 
 from .records import ExtractionError
@@ -69,3 +70,24 @@ def remove_temporaries(folder: Path, name: str = "*") -> int:
         leftover.unlink(missing_ok=True)
         removed += 1
     return removed
+
+
+def link_into_new_folder(files: list[tuple[Path, str]], folder: Path) -> None:
+    """Create `folder` holding each `(source, name)` of `files` (hard-linked where possible, else copied): built
+    under a hidden name, synced and renamed, so the folder appears complete or not at all."""
+    temporary = temporary_path(folder)
+    try:
+        temporary.mkdir()
+        for source, name in files:
+            try:
+                os.link(source, temporary / name)
+            except OSError:
+                shutil.copy2(source, temporary / name)
+        fsync_directory(temporary)
+        os.replace(temporary, folder)
+        fsync_directory(folder.parent)
+    except OSError as error:
+        raise output_error(folder, error) from None
+    finally:
+        if temporary.exists():
+            shutil.rmtree(temporary)

@@ -14,7 +14,8 @@ from tqdm import tqdm
 
 from .batching import SizeBatcher, collate
 from .decoding import DEFAULT_MAX_PIXELS, FailedImage, ImageDataset, PreparedImage, image_loader
-from .formats import format_from_path, open_writer, output_exists, remove_output
+from .feature_format import OutputFormat, WriterOptions
+from .formats import get_format, resolve_format
 from .inputs import list_images
 from .model_loading import load_model, resolve_device
 from .records import ExtractionError, records_from_model_output
@@ -150,18 +151,11 @@ class GracefulStop:
         logger.warning("stopping after the current batch (Ctrl-C again to stop at once); --resume continues")
 
 
-def resolve_format(format: str | None, output: Path) -> str:
-    format = format or format_from_path(output)
-    if format is None:
-        raise ExtractionError(f"cannot tell the format from {output}: pass --format (butd-tsv, lxmert-tsv, hdf5, npz)")
-    return format
-
-
-def _prepare_output(format: str, output: Path, options: ExtractOptions, manifest: RunManifest) -> None:
+def _prepare_output(format: OutputFormat, output: Path, options: ExtractOptions, manifest: RunManifest) -> None:
     """Refuse to clobber an output by accident, and to resume one written with other settings."""
-    if output_exists(format, output):
+    if format.exists(output):
         if options.overwrite:
-            remove_output(format, output)
+            format.remove(output)
             manifest_path(output).unlink(missing_ok=True)
         elif not options.resume:
             raise ExtractionError(
@@ -250,7 +244,7 @@ def extract(options: ExtractOptions) -> ExtractionSummary:
     entries = list_images(options.inputs, options.image_ids)
     mine = options.shard.select(entries)
     output = options.shard.output_path(options.output)
-    format = resolve_format(options.format, options.output)
+    format = get_format(resolve_format(options.format, options.output))
     if options.batch_size < 1:
         raise ExtractionError("--batch-size must be at least 1")
     model, processor = load_model(options.model, resolve_device(options.device), options.dtype)
@@ -264,7 +258,7 @@ def extract(options: ExtractOptions) -> ExtractionSummary:
     if not 0 < selection["min_boxes"] <= selection["max_boxes"]:
         raise ExtractionError(f"--boxes needs 0 < MIN <= MAX, got {selection['min_boxes']}-{selection['max_boxes']}")
     manifest = RunManifest(
-        format=format,
+        format=format.name,
         model=options.model,
         selection=selection,
         dtype=options.dtype,
@@ -274,8 +268,10 @@ def extract(options: ExtractOptions) -> ExtractionSummary:
     )
     _prepare_output(format, output, options, manifest)
     manifest.save(output)
-    writer = open_writer(
-        format, output, options.resume, {"model": options.model, **selection}, options.checkpoint_images
+    writer = format.open_writer(
+        output,
+        options.resume,
+        WriterOptions({"model": options.model, **selection}, options.checkpoint_images),
     )
     done = set(writer.completed)
     todo = [entry for entry in mine if entry.image_id not in done]
