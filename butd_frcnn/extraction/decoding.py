@@ -1,11 +1,14 @@
 """The decode-and-preprocess stage: runs in DataLoader worker processes and never dies on a bad image.
 
-Each item is either a `PreparedImage` (the resized, mean-subtracted pixels the model takes) or a `FailedImage`
-naming the file and the reason, which the main process writes to the errors file.
+The images come from an `ImageSource` iterated in the main process: each `ImageEntry` travels to a worker as the
+DataLoader's "index" (the sampler is the source itself), so the source is read lazily, as far ahead as the workers
+prefetch. Each item coming back is either a `PreparedImage` (the resized, mean-subtracted pixels the model takes) or
+a `FailedImage` naming the image and the reason, which the main process writes to the errors file.
 """
 
 import signal
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -39,18 +42,14 @@ class FailedImage:
 
 
 class ImageDataset(Dataset):
-    """Decodes and preprocesses `entries` with `processor`; a failure becomes a `FailedImage`, never an exception."""
+    """A map-style dataset keyed by `ImageEntry`: decodes and preprocesses the entry's image with `processor`; a
+    failure becomes a `FailedImage`, never an exception."""
 
-    def __init__(self, entries: list[ImageEntry], processor, max_pixels: int):
-        self.entries = entries
+    def __init__(self, processor, max_pixels: int):
         self.processor = processor
         self.max_pixels = max_pixels
 
-    def __len__(self) -> int:
-        return len(self.entries)
-
-    def __getitem__(self, index: int) -> PreparedImage | FailedImage:
-        entry = self.entries[index]
+    def __getitem__(self, entry: ImageEntry) -> PreparedImage | FailedImage:
         start = time.perf_counter()
         try:
             bgr = load_image_bgr(entry.path, self.processor.apply_exif_orientation, max_pixels=self.max_pixels)
@@ -77,12 +76,15 @@ class ImageDataset(Dataset):
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
-def image_loader(dataset: ImageDataset, num_workers: int, prefetch_factor: int = 4) -> DataLoader:
-    """Items one at a time, in order; with `num_workers` > 0 they are decoded ahead in worker processes."""
+def image_loader(
+    dataset: ImageDataset, entries: Iterable[ImageEntry], num_workers: int, prefetch_factor: int = 4
+) -> DataLoader:
+    """The items of `entries`, one at a time, in order; with `num_workers` > 0 they are decoded ahead in worker
+    processes, at most `prefetch_factor` per worker."""
     return DataLoader(
         dataset,
         batch_size=None,
-        shuffle=False,
+        sampler=entries,
         num_workers=num_workers,
         worker_init_fn=dataset.worker_init if num_workers else None,
         prefetch_factor=prefetch_factor if num_workers else None,

@@ -16,7 +16,7 @@ from .batching import SizeBatcher, collate
 from .decoding import DEFAULT_MAX_PIXELS, FailedImage, ImageDataset, PreparedImage, image_loader
 from .feature_format import OutputFormat, WriterOptions
 from .formats import get_format, resolve_format
-from .inputs import list_images
+from .inputs import FileSource, ImageSource
 from .model_loading import load_model, resolve_device
 from .records import ExtractionError, records_from_model_output
 from .sharding import Shard
@@ -151,6 +151,11 @@ class GracefulStop:
         logger.warning("stopping after the current batch (Ctrl-C again to stop at once); --resume continues")
 
 
+def image_source(options: ExtractOptions) -> ImageSource:
+    """Where the run's images come from."""
+    return FileSource(options.inputs, options.image_ids)
+
+
 def _prepare_output(format: OutputFormat, output: Path, options: ExtractOptions, manifest: RunManifest) -> None:
     """Refuse to clobber an output by accident, and to resume one written with other settings."""
     if format.exists(output):
@@ -241,8 +246,9 @@ def extract(options: ExtractOptions) -> ExtractionSummary:
         ExtractionError: a problem the user must fix (listing, model, output), before work starts where possible.
     """
     started = time.perf_counter()
-    entries = list_images(options.inputs, options.image_ids)
-    mine = options.shard.select(entries)
+    source = image_source(options)
+    ids = source.image_ids()
+    mine = options.shard.select(range(len(ids)))
     output = options.shard.output_path(options.output)
     format = get_format(resolve_format(options.format, options.output))
     if options.batch_size < 1:
@@ -264,7 +270,7 @@ def extract(options: ExtractOptions) -> ExtractionSummary:
         dtype=options.dtype,
         shard_index=options.shard.index,
         shard_count=options.shard.count,
-        image_ids=[entry.image_id for entry in mine],
+        image_ids=[ids[index] for index in mine],
     )
     _prepare_output(format, output, options, manifest)
     manifest.save(output)
@@ -274,12 +280,12 @@ def extract(options: ExtractOptions) -> ExtractionSummary:
         WriterOptions({"model": options.model, **selection}, options.checkpoint_images),
     )
     done = set(writer.completed)
-    todo = [entry for entry in mine if entry.image_id not in done]
+    todo = [index for index in mine if ids[index] not in done]
     errors = ErrorLog(errors_path(output))
     summary = ExtractionSummary(
         output=output,
         errors_file=errors.path,
-        listed=len(entries),
+        listed=len(ids),
         assigned=len(mine),
         already_done=len(mine) - len(todo),
     )
@@ -290,7 +296,8 @@ def extract(options: ExtractOptions) -> ExtractionSummary:
     summary.setup_seconds = time.perf_counter() - started
     try:
         with GracefulStop() as stop:
-            loader = iter(image_loader(ImageDataset(todo, processor, options.max_pixels), options.num_workers))
+            dataset = ImageDataset(processor, options.max_pixels)
+            loader = iter(image_loader(dataset, source.images(todo), options.num_workers))
             for item in loader:
                 if isinstance(item, FailedImage):
                     pipeline.fail(item)
