@@ -58,6 +58,18 @@ def atomic_write_bytes(path: Path, data: bytes, sync_directory: bool = True) -> 
         fsync_directory(path.parent)
 
 
+def publish(temporary: Path, path: Path) -> None:
+    """Give a file completely written under a temporary name its final name, durably: its data is synced before the
+    rename (a power cut cannot leave a renamed but empty file) and the rename after it."""
+    fd = os.open(temporary, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(temporary, path)
+    fsync_directory(path.parent)
+
+
 def temporary_path(path: Path) -> Path:
     """A hidden sibling name for a file being written (readers that glob `*.npz` or `*.tsv` never see it)."""
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")

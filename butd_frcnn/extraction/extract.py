@@ -8,13 +8,15 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm import tqdm
 
 from .batching import SizeBatcher, collate
+from .dataset_input import DatasetSource
 from .decoding import DEFAULT_MAX_PIXELS, FailedImage, ImageDataset, PreparedImage, image_loader
-from .feature_format import OutputFormat, WriterOptions
+from .feature_format import DEFAULT_PARQUET_SHARD_MB, OutputFormat, WriterOptions
 from .formats import get_format, resolve_format
 from .inputs import FileSource, ImageSource
 from .model_loading import load_model, resolve_device
@@ -38,9 +40,14 @@ def default_num_workers() -> int:
 class ExtractOptions:
     """What `butd-frcnn extract` was asked to do (see its `--help` for each option)."""
 
-    inputs: list[str]
     model: str
     output: Path
+    inputs: list[str] = field(default_factory=list)
+    dataset: Any = None  # a `--dataset` name or path, or a `datasets.Dataset` / `IterableDataset` (or a dict of them)
+    split: str | None = None
+    dataset_config: str | None = None
+    image_column: str | None = None
+    id_column: str | None = None
     format: str | None = None
     min_boxes: int | None = None
     max_boxes: int | None = None
@@ -55,7 +62,11 @@ class ExtractOptions:
     image_ids: str = "stem"
     max_pixels: int = DEFAULT_MAX_PIXELS
     checkpoint_images: int = 1000
+    parquet_shard_mb: float = DEFAULT_PARQUET_SHARD_MB
     progress: bool = True
+
+    def __post_init__(self):
+        self.output = Path(self.output)
 
 
 @dataclass
@@ -152,8 +163,16 @@ class GracefulStop:
 
 
 def image_source(options: ExtractOptions) -> ImageSource:
-    """Where the run's images come from."""
-    return FileSource(options.inputs, options.image_ids)
+    """Where the run's images come from: image files and folders, or a dataset."""
+    if options.dataset is None:
+        if not options.inputs:
+            raise ExtractionError("nothing to extract: give image files, folders or list files, or --dataset")
+        return FileSource(options.inputs, options.image_ids)
+    if options.inputs:
+        raise ExtractionError("give either image files and folders or --dataset, not both")
+    return DatasetSource(
+        options.dataset, options.split, options.image_column, options.id_column, options.dataset_config
+    )
 
 
 def _prepare_output(format: OutputFormat, output: Path, options: ExtractOptions, manifest: RunManifest) -> None:
@@ -246,13 +265,14 @@ def extract(options: ExtractOptions) -> ExtractionSummary:
         ExtractionError: a problem the user must fix (listing, model, output), before work starts where possible.
     """
     started = time.perf_counter()
+    format = get_format(resolve_format(options.format, options.output))
+    format.require()
+    if options.batch_size < 1:
+        raise ExtractionError("--batch-size must be at least 1")
     source = image_source(options)
     ids = source.image_ids()
     mine = options.shard.select(range(len(ids)))
     output = options.shard.output_path(options.output)
-    format = get_format(resolve_format(options.format, options.output))
-    if options.batch_size < 1:
-        raise ExtractionError("--batch-size must be at least 1")
     model, processor = load_model(options.model, resolve_device(options.device), options.dtype)
     selection = {
         "min_boxes": options.min_boxes or model.config.min_boxes,
@@ -270,6 +290,7 @@ def extract(options: ExtractOptions) -> ExtractionSummary:
         dtype=options.dtype,
         shard_index=options.shard.index,
         shard_count=options.shard.count,
+        source=source.describe(),
         image_ids=[ids[index] for index in mine],
     )
     _prepare_output(format, output, options, manifest)
@@ -277,7 +298,7 @@ def extract(options: ExtractOptions) -> ExtractionSummary:
     writer = format.open_writer(
         output,
         options.resume,
-        WriterOptions({"model": options.model, **selection}, options.checkpoint_images),
+        WriterOptions({"model": options.model, **selection}, options.checkpoint_images, options.parquet_shard_mb),
     )
     done = set(writer.completed)
     todo = [index for index in mine if ids[index] not in done]
@@ -312,7 +333,9 @@ def extract(options: ExtractOptions) -> ExtractionSummary:
                     pipeline.run(batch)
             del loader  # shuts the workers down
             summary.interrupted = stop.requested
-            writer.close()
+            closing = time.perf_counter()
+            writer.close()  # the last HDF5 checkpoint, the last Parquet shard
+            summary.write_seconds += time.perf_counter() - closing
     except BaseException:
         writer.abort()
         raise

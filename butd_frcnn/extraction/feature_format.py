@@ -92,6 +92,9 @@ class OutputFormat:
     is_folder: bool = False
     suffixes: tuple[str, ...] = ()
 
+    def require(self) -> None:
+        """Raise an `ExtractionError` saying what to install if a library the format needs is missing."""
+
     def recognises(self, path: Path) -> bool:
         """Whether the existing file or folder `path` is an output of this format."""
         raise NotImplementedError

@@ -7,12 +7,13 @@ from pathlib import Path
 from .feature_format import FeatureSource, FeatureWriter, OutputFormat, WriterOptions
 from .hdf5 import HDF5_FORMAT
 from .npz import NPZ_FORMAT
+from .parquet import PARQUET_FORMAT
 from .records import ExtractionError, RegionRecord
 from .sidecars import RunManifest
 from .tsv import BUTD_TSV_FORMAT, LXMERT_TSV_FORMAT, detect_tsv_layout
 
 FORMATS: dict[str, OutputFormat] = {
-    format.name: format for format in (BUTD_TSV_FORMAT, LXMERT_TSV_FORMAT, HDF5_FORMAT, NPZ_FORMAT)
+    format.name: format for format in (BUTD_TSV_FORMAT, LXMERT_TSV_FORMAT, HDF5_FORMAT, NPZ_FORMAT, PARQUET_FORMAT)
 }
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .durable import fsync_directory, output_error, temporary_path
+from .durable import output_error, publish, temporary_path
 from .feature_format import FeatureSource, OutputFormat, WriterOptions, unique_ids
 from .records import ExtractionError, RegionRecord
 from .tsv import LXMERT_TSV, TsvWriter, read_tsv
@@ -99,13 +99,7 @@ def write_hdf5(path: Path, records: Iterator[RegionRecord], attributes: dict, ba
                     _add_records(file, batch)
                     batch = []
             _add_records(file, batch)
-        fd = os.open(temporary, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(temporary, path)
-        fsync_directory(path.parent)
+        publish(temporary, path)
     except OSError as error:
         temporary.unlink(missing_ok=True)
         raise output_error(path, error) from None
@@ -238,6 +232,9 @@ class Hdf5Source(FeatureSource):
 class Hdf5Format(OutputFormat):
     name = "hdf5"
     suffixes = (".h5", ".hdf5", ".hdf")
+
+    def require(self) -> None:
+        require_h5py()
 
     def recognises(self, path: Path) -> bool:
         if not path.is_file():

@@ -53,11 +53,15 @@ class ImageEntry:
 
     Attributes:
         image_id: its unique id.
-        path: the image file to read; the errors file names it.
+        path: the image file to read, or where `data` comes from (a dataset row); the errors file names it.
+        data: the encoded image (as a file holds it), when it does not come from a file.
+        problem: why there is no image to decode (a dataset row without one): the worker reports it as a failure.
     """
 
     image_id: str
     path: str
+    data: bytes | None = None
+    problem: str | None = None
 
 
 class ImageSource:

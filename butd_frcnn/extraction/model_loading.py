@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 from huggingface_hub import constants as hub_constants
+from huggingface_hub import try_to_load_from_cache
 from transformers import AutoImageProcessor, AutoModel
 from transformers.utils import logging as transformers_logging
 
@@ -85,3 +86,12 @@ def load_model(name: str, device: torch.device, dtype: str) -> tuple[ButdFrcnnMo
     if not isinstance(processor, ButdFrcnnImageProcessor):
         raise ExtractionError(f"--model {name}: its image processor is a {type(processor).__name__}")
     return model.eval().to(device=device, dtype=DTYPES[dtype]), processor
+
+
+def model_revision(name: str) -> str | None:
+    """The commit of a Hub model as this machine has it cached (what `load_model` loaded); None for a local folder
+    or a model that is not cached."""
+    if Path(name).expanduser().exists() or _looks_like_path(name):
+        return None
+    config = try_to_load_from_cache(name, "config.json")
+    return Path(config).parent.name if isinstance(config, str) else None
