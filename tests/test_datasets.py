@@ -290,6 +290,17 @@ def test_listing_problems_stop_the_run_before_any_work(model_folder, files, tmp_
     assert main(["extract", "--model", "m", "-o", "o.tsv", image, "--push-to-hub", "org/x"]) == 2
 
 
+def test_damaged_data_is_a_clear_error(model_folder, parquet_input, tmp_path):
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    for path in sorted(parquet_input.glob("*.parquet")):
+        (damaged / path.name).write_bytes(path.read_bytes())
+    last = max(damaged.glob("*.parquet"))
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
+    with pytest.raises(ExtractionError, match=r"damaged\[train\]: reading the data failed: .*then rerun with --res"):
+        extract_in_process(model_folder, tmp_path / "features", dataset=str(damaged), id_column="name")
+
+
 def test_a_non_image_column_sends_every_row_to_the_errors_file(model_folder, files, tmp_path):
     good, _ = files
     output = tmp_path / "features"
@@ -350,6 +361,25 @@ def test_dataset_shards_merge_into_one_parquet_dataset(model_folder, parquet_inp
     assert_rows_equal(read_with_datasets(output), reference)
     names = sorted(path.name for path in output.glob("*.parquet"))
     assert names == [f"train-{index:05d}.parquet" for index in range(len(names))]
+
+
+def test_torchrun_shards_merge_then_push(model_folder, files, reference, tmp_path):
+    """Two ranks over a save_to_disk dataset: rank 0 merges the Parquet shards, then pushes (offline here: the push
+    fails after the merged output is complete)."""
+    good, _ = files
+    saved = tmp_path / "saved"
+    image_dataset(dict(list(good.items())[:4]), odd_rows=False).save_to_disk(str(saved))
+    output = tmp_path / "features"
+    args = extract_args(model_folder, output, "--format", "parquet", "--num-workers", "0", "--dataset", saved,
+                        "--id-column", "name", "--push-to-hub", "org/features")  # fmt: skip
+    completed = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         "-m", "butd_frcnn.cli", *map(str, args)],
+        env=cli_env({"HF_TOKEN": "hf_not_a_token"}), capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert "Merged 2 shards: 4 images" in completed.stdout, completed.stderr
+    assert completed.returncode != 0 and "offline mode is enabled" in completed.stderr
+    assert_rows_equal(read_with_datasets(output), {image_id: reference[image_id] for image_id in list(good)[:4]})
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -3,20 +3,23 @@
 
 Rows are read at the Arrow level (`with_format("arrow")`): an `Image` column is never decoded by `datasets` (whose
 PIL decoding differs from the original's OpenCV one); its encoded bytes, or its file path when it holds no bytes,
-travel to the decoding workers, which decode them exactly as image files. Files too large to hold are streamed: the
-listing reads only the id column (or counts rows), and the images are read a batch of rows at a time, as far
-ahead as the workers prefetch, so memory does not grow with the number of rows. A row without a usable image
-becomes an entry with a `problem`, which the workers report to the errors file like a bad file.
+travel to the decoding workers, which decode them exactly as image files. Datasets are streamed (a `save_to_disk`
+folder is memory-mapped): the listing reads only the id column (or counts the rows), then the images are read a
+batch of rows at a time, as far ahead as the workers prefetch, so memory does not grow with the number of rows. A
+row without a usable image becomes an entry with a `problem`, which the workers report to the errors file like a
+bad file.
 """
 
 import glob
 import logging
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from huggingface_hub import constants as hub_constants
 
 from .inputs import ImageEntry, ImageSource, check_image_ids
+from .model_loading import looks_like_path
 from .records import ExtractionError
 
 logger = logging.getLogger(__name__)
@@ -52,11 +55,6 @@ def _pick_split(loaded, name: str, split: str | None):
     return loaded[split], split
 
 
-def _looks_like_path(name: str) -> bool:
-    """A Hub id is `name` or `org/name`; anything else is meant as a local path."""
-    return name.startswith((".", "/", "~")) or name.count("/") > 1
-
-
 def load_dataset_source(name: str, split: str | None = None, config: str | None = None):
     """(dataset, split name): the dataset (a `datasets.Dataset`, or a streaming `IterableDataset`) that `--dataset NAME`
     names, and which of its splits it is (None where it has none).
@@ -81,7 +79,7 @@ def load_dataset_source(name: str, split: str | None = None, config: str | None 
             return _pick_split(loaded, name, split)
         if path.is_dir():
             return _pick_split(datasets.load_dataset(str(path), name=config, streaming=True), name, split)
-        if _looks_like_path(name):
+        if looks_like_path(name):
             raise ExtractionError(f"--dataset {name}: no such file or folder")
         return _pick_split(datasets.load_dataset(name, name=config, streaming=True), name, split)
     except ExtractionError:
@@ -181,7 +179,19 @@ class DatasetSource(ImageSource):
 
     def _column_batches(self, column: str, rows: int) -> Iterator:
         """The dataset in order as Arrow tables of `rows` rows holding only `column`."""
-        return self.dataset.select_columns([column]).iter(batch_size=rows)
+        with self._reading():
+            yield from self.dataset.select_columns([column]).iter(batch_size=rows)
+
+    @contextmanager
+    def _reading(self):
+        """Turn a failure to read the data (a damaged file, a lost connection) into an error that says what to do."""
+        try:
+            yield
+        except Exception as error:  # noqa: BLE001 (pyarrow, fsspec and datasets raise many kinds)
+            raise ExtractionError(
+                f"{self.describe()}: reading the data failed: {type(error).__name__}: {error}. What was extracted "
+                "before is kept: repair or replace the data, then rerun with --resume."
+            ) from None
 
     def image_ids(self) -> list[str]:
         if self.id_column is None:
@@ -212,7 +222,9 @@ class DatasetSource(ImageSource):
         images = self.dataset.select_columns([self.image_column])
         for start in range(0, len(wanted), ROWS_PER_READ):
             chunk = wanted[start : start + ROWS_PER_READ]
-            yield from self._entries(images[chunk], chunk)
+            with self._reading():
+                table = images[chunk]
+            yield from self._entries(table, chunk)
 
     def _stream(self, wanted: list[int]) -> Iterator[ImageEntry]:
         """Read the rows in order, converting only the wanted ones from Arrow, and stop after the last of them."""
