@@ -3,7 +3,9 @@ Image column, a save_to_disk folder, an imagefolder, a Hub dataset in the datase
 in process, read back by `datasets`, pandas and pyarrow, and compared with the model's own outputs on the same
 image files. Pushing runs against a stand-in of the Hub client, never the network."""
 
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -46,6 +48,7 @@ from butd_frcnn.extraction.decoding import decode_image_bytes
 from butd_frcnn.extraction.formats import detect_format, open_source, open_writer
 from butd_frcnn.extraction.records import RegionRecord
 from butd_frcnn.extraction.sharding import Shard
+from butd_frcnn.extraction.sidecars import manifest_path
 from butd_frcnn.image_processing_butd_frcnn import ImageDecodeError, load_image_bgr
 
 ROW_KEYS = ("image_h", "image_w", "boxes", "features", "objects", "objects_conf", "attrs", "attrs_conf")
@@ -533,6 +536,31 @@ def test_push_uploads_the_shards_and_a_dataset_card(parquet_output, files, tmp_p
     with pytest.raises(ExtractionError, match=r"failed: connection refused\. The features in .* are complete"):
         push_features(output, "org/features", token="t", api=failing)
     assert not list(output.parent.glob(".*hub-upload*"))
+
+
+def test_the_card_names_the_hub_models_revision(parquet_output, tmp_path, monkeypatch):
+    import huggingface_hub
+
+    from butd_frcnn.extraction.dataset_card import render_dataset_card
+    from butd_frcnn.extraction.model_loading import model_revision
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    snapshot = tmp_path / "hub" / "models--org--butd-frcnn" / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+    (tmp_path / "hub" / "models--org--butd-frcnn" / "refs").mkdir()
+    (tmp_path / "hub" / "models--org--butd-frcnn" / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert model_revision("org/butd-frcnn") == commit  # the snapshot a Hub model was loaded from
+    assert model_revision("org/not-cached") is None and model_revision(str(tmp_path)) is None
+
+    output, _ = parquet_output  # as if extracted with that Hub model
+    copy = tmp_path / "features"
+    shutil.copytree(output, copy)
+    manifest = json.loads(manifest_path(output).read_text())
+    manifest_path(copy).write_text(json.dumps({**manifest, "model": "org/butd-frcnn"}))
+    card = render_dataset_card(copy, "org/features", "butd-frcnn extract", model_revision("org/butd-frcnn"))
+    assert f"[`org/butd-frcnn`](https://huggingface.co/org/butd-frcnn) at revision `{commit}`" in card
 
 
 def test_cli_push_offline_fails_after_the_output_is_complete(model_folder, files, tmp_path):

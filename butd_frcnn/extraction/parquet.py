@@ -114,7 +114,7 @@ def _per_box_array(pa, arrays: list[np.ndarray], type_):
     return pa.ListArray.from_arrays(offsets, values, type=type_)
 
 
-def _schema_columns(schema) -> dict[str, tuple[str, int | None]]:
+def schema_columns(schema) -> dict[str, tuple[str, int | None]]:
     """The per-box columns of a schema, as `_columns_of` gives them for a record."""
     import pyarrow as pa
 
@@ -132,7 +132,7 @@ def _schema_columns(schema) -> dict[str, tuple[str, int | None]]:
 def records_to_table(records: list[RegionRecord], schema):
     """The records as one Arrow table of `schema` (an `ExtractionError` if one does not fit it)."""
     pa = require_pyarrow()
-    expected = _schema_columns(schema)
+    expected = schema_columns(schema)
     for record in records:
         if _columns_of(record) != expected:
             raise ExtractionError(
@@ -166,7 +166,7 @@ def _rows(column) -> list[np.ndarray]:
 
 def table_to_records(table) -> Iterator[RegionRecord]:
     """The records of an Arrow table (or record batch) of our schema."""
-    per_box = {name: _rows(table.column(name)) for name in _schema_columns(table.schema)}
+    per_box = {name: _rows(table.column(name)) for name in schema_columns(table.schema)}
     ids = table.column("image_id").to_pylist()
     heights = table.column("image_h").to_pylist()
     widths = table.column("image_w").to_pylist()
@@ -199,6 +199,11 @@ def read_parquet(path: Path) -> Iterator[RegionRecord]:
     for file in shard_files(path):
         for batch in _parquet_file(file).iter_batches():
             yield from table_to_records(batch)
+
+
+def shard_schema(path: Path):
+    """The Arrow schema of the first shard of a Parquet feature folder."""
+    return _parquet_file(shard_files(path)[0]).schema_arrow
 
 
 def shard_statistics(path: Path) -> tuple[int, int]:
