@@ -34,8 +34,8 @@ FILE_BUILDERS = {".parquet": "parquet", ".arrow": "arrow"}
 def require_datasets():
     try:
         import datasets
-    except ImportError:
-        raise ExtractionError(f"--dataset needs the `datasets` library: {INSTALL_HINT}") from None
+    except ImportError as error:  # the cause says why, when datasets is installed but broken
+        raise ExtractionError(f"--dataset needs the `datasets` library: {INSTALL_HINT}") from error
     return datasets
 
 

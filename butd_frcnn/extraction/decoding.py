@@ -52,7 +52,7 @@ def decode_image_bytes(
     except UnidentifiedImageError:
         raise ImageDecodeError(f"not an image Pillow can read ({len(data)} bytes)") from None
     except (OSError, SyntaxError, ValueError) as error:
-        raise ImageDecodeError(f"cannot decode: {error}") from None
+        raise ImageDecodeError(f"cannot decode: {error}") from error
 
 
 @dataclass

@@ -40,8 +40,8 @@ ARRAY_KEYS = ("boxes", "features", "objects", "objects_conf", "attrs", "attrs_co
 def require_h5py():
     try:
         import h5py
-    except ImportError:
-        raise ExtractionError("the hdf5 format needs h5py: pip install 'butd-frcnn[hdf5]'") from None
+    except ImportError as error:  # the cause says why, when h5py is installed but broken
+        raise ExtractionError("the hdf5 format needs h5py: pip install 'butd-frcnn[hdf5]'") from error
     return h5py
 
 
@@ -55,7 +55,7 @@ def read_index(path: Path) -> list[str]:
         with h5py.File(path, "r") as file:
             return list(file["index"].asstr()[()]) if "index" in file else []
     except OSError as error:
-        raise ExtractionError(f"{path}: cannot read it as an HDF5 feature file: {error}") from None
+        raise ExtractionError(f"{path}: cannot read it as an HDF5 feature file: {error}") from error
 
 
 def _add_records(file, records: list[RegionRecord]) -> None:
@@ -210,7 +210,7 @@ def read_hdf5(path: str | os.PathLike) -> Iterator[RegionRecord]:
             for image_id in file["index"].asstr()[()]:
                 yield _record(image_id, file["images"][image_id])
     except (OSError, KeyError) as error:
-        raise ExtractionError(f"{path}: cannot read it as an HDF5 feature file: {error}") from None
+        raise ExtractionError(f"{path}: cannot read it as an HDF5 feature file: {error}") from error
 
 
 class Hdf5Source(FeatureSource):
@@ -220,7 +220,7 @@ class Hdf5Source(FeatureSource):
             self._file = require_h5py().File(path, "r")
             self.ids = unique_ids(path, list(self._file["index"].asstr()[()]))
         except (OSError, KeyError) as error:
-            raise ExtractionError(f"{path}: cannot read it as an HDF5 feature file: {error}") from None
+            raise ExtractionError(f"{path}: cannot read it as an HDF5 feature file: {error}") from error
 
     def get(self, image_id: str) -> RegionRecord:
         return _record(image_id, self._file["images"][image_id])

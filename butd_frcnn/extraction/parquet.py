@@ -54,8 +54,8 @@ def require_pyarrow():
     try:
         import pyarrow
         import pyarrow.parquet
-    except ImportError:
-        raise ExtractionError(f"the parquet format needs pyarrow: {INSTALL_HINT}") from None
+    except ImportError as error:  # the cause says why, when pyarrow is installed but broken
+        raise ExtractionError(f"the parquet format needs pyarrow: {INSTALL_HINT}") from error
     return pyarrow
 
 
@@ -191,7 +191,7 @@ def _parquet_file(path: Path):
     try:
         return pq.ParquetFile(path)
     except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError
-        raise ExtractionError(f"{path}: cannot read it as a Parquet feature file: {error}") from None
+        raise ExtractionError(f"{path}: cannot read it as a Parquet feature file: {error}") from error
 
 
 def read_parquet(path: Path) -> Iterator[RegionRecord]:
