@@ -246,7 +246,7 @@ def test_an_imagefolder_reads_the_files_and_names_them_in_errors(model_folder, f
     id_of_path = {path: image_id for image_id, path in copies.items()}
     rows = our_rows(output)
     assert_rows_equal(rows, {row: reference[id_of_path[path_of_row[row]]] for row in rows})
-    (failed_row, (where, reason)), = errors_by_id(output).items()  # fmt: skip
+    [(failed_row, (where, reason))] = errors_by_id(output).items()
     assert Path(where) == copies["truncated"] == path_of_row[failed_row] and "truncated" in reason
 
 
