@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from conftest import GOLDEN, REPO_ROOT
+from golden import GOLDEN, REPO_ROOT
 from PIL import Image
 
 # processor size of the test model: small resized images keep every forward pass fast

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 from caffe_wire import random_layers, write_caffemodel
-from conftest import GOLDEN, REPO_ROOT, VOCAB
+from golden import GOLDEN, REPO_ROOT, VOCAB
 from huggingface_hub.errors import HfHubHTTPError
 from safetensors import safe_open
 

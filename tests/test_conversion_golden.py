@@ -10,7 +10,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import GOLDEN, REPO_ROOT, TINY_ARCHITECTURE, VOCAB, golden_image_path, load_golden
+from golden import GOLDEN, REPO_ROOT, TINY_ARCHITECTURE, VOCAB, golden_image_path, load_golden
 from huggingface_hub import ModelCard
 from safetensors import safe_open
 

@@ -16,7 +16,7 @@ Tolerances (absolute unless stated), with what they allow for:
 import numpy as np
 import pytest
 import torch
-from conftest import FLAT_IMAGES, GOLDEN_IMAGES, golden_image_path, load_golden
+from golden import FLAT_IMAGES, GOLDEN_IMAGES, golden_image_path, load_golden
 from parity import BOX_ATOL, assert_same_boxes_up_to_tied_order, cosine
 
 from butd_frcnn.modeling_butd_frcnn import argmax_last, objectness_probabilities, per_class_nms_max_scores

@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import GOLDEN_IMAGES, golden_image_path, load_golden
+from golden import GOLDEN_IMAGES, golden_image_path, load_golden
 from images import make_odd_images
 from PIL import Image
 

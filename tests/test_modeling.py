@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import golden_image_path, tiny_config
+from golden import golden_image_path, tiny_config
 from images import make_odd_images
 from remote import run_without_package
 from safetensors import safe_open
