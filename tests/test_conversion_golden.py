@@ -66,7 +66,12 @@ def test_folder_holds_exactly_the_hub_files(converted):
     with safe_open(converted / "model.safetensors", framework="pt") as f:
         assert f.metadata() == {"format": "pt"}
         assert f.get_tensor("proposal_generator.anchor_generator.cell_anchors").shape == (12, 4)
-    for name in ("configuration_butd_frcnn.py", "modeling_butd_frcnn.py", "image_processing_butd_frcnn.py"):
+    for name in (
+        "configuration_butd_frcnn.py",
+        "modeling_butd_frcnn.py",
+        "ops_butd_frcnn.py",
+        "image_processing_butd_frcnn.py",
+    ):
         assert (converted / name).read_text() == (REPO_ROOT / "butd_frcnn" / name).read_text()
 
 

@@ -4,18 +4,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from butd_frcnn.modeling_butd_frcnn import ButdBottleneck, ButdConv2d
+from butd_frcnn.modeling_butd_frcnn import ButdFrcnnBottleneck, ButdFrcnnConv2d
 
 
-def unfolded(conv: ButdConv2d, x: torch.Tensor) -> torch.Tensor:
+def unfolded(conv: ButdFrcnnConv2d, x: torch.Tensor) -> torch.Tensor:
     """Caffe's order of layers: the convolution, then BatchNorm + Scale as a separate affine map."""
     y = F.conv2d(x, conv.weight, None, conv.stride, conv.padding, conv.dilation)
     return conv.norm(y)
 
 
-def random_conv(seed: int = 0, dtype=torch.float32) -> ButdConv2d:
+def random_conv(seed: int = 0, dtype=torch.float32) -> ButdFrcnnConv2d:
     torch.manual_seed(seed)
-    conv = ButdConv2d(6, 5, 3, padding=2, dilation=2, eps=1e-5).to(dtype)
+    conv = ButdFrcnnConv2d(6, 5, 3, padding=2, dilation=2, eps=1e-5).to(dtype)
     with torch.no_grad():
         conv.weight.normal_()
         conv.norm.weight.uniform_(0.5, 2)
@@ -70,7 +70,7 @@ def test_writes_through_data_need_clear_folded():
     before = conv(x)
     conv.weight.data.mul_(2)  # not tracked by PyTorch
     assert torch.equal(conv(x), before), "documented limitation: .data writes are invisible to the cache"
-    conv.apply(ButdConv2d.clear_folded)
+    conv.apply(ButdFrcnnConv2d.clear_folded)
     torch.testing.assert_close(conv(x), unfolded(conv, x), rtol=1e-5, atol=1e-5)
 
 
@@ -97,10 +97,10 @@ def test_bottleneck_in_place_activations_keep_input_and_gradients(in_channels):
     shortcut itself when there is no projection) must be left as it was, and gradients must equal those of the
     out-of-place Caffe order."""
     torch.manual_seed(0)
-    block = ButdBottleneck(in_channels, 4, 16, stride=1, dilation=2).double()
+    block = ButdFrcnnBottleneck(in_channels, 4, 16, stride=1, dilation=2).double()
     with torch.no_grad():
         for module in block.modules():
-            if isinstance(module, ButdConv2d):
+            if isinstance(module, ButdFrcnnConv2d):
                 module.norm.weight.uniform_(0.5, 2)
                 module.norm.bias.normal_()
                 module.norm.running_mean.normal_(0, 0.1)
