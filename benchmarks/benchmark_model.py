@@ -10,7 +10,8 @@ with the fastest convolution timed right before and after each forward (for mach
 
     python benchmarks/benchmark_model.py                       # CPU, fp32, all threads, 600x800 and 600x1000
     python benchmarks/benchmark_model.py --dtype bf16          # the same in bf16
-    python benchmarks/benchmark_model.py --memory              # peak memory of one forward, in a fresh process
+    python benchmarks/benchmark_model.py --memory              # peak memory of one forward (fresh process), and
+                                                               # what the derived (folded) weights cost
     python benchmarks/benchmark_model.py --chunk-size 150      # res5 over 150 regions at once (more memory)
     python benchmarks/benchmark_model.py --compile             # torch.compile'd backbone and res5
     python benchmarks/benchmark_model.py --device cuda --batch-sizes 1 8 32 --modes fp32 tf32 bf16
@@ -397,7 +398,13 @@ def peak_memory_child(args) -> None:
     with torch.inference_mode():
         model(**batch)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"model_loaded_mib": loaded, "peak_mib": peak}))
+    derived = model.derived_weights_nbytes() / 2**20
+    weights = sum(t.nbytes for t in (*model.parameters(), *model.buffers())) / 2**20
+    print(
+        json.dumps(
+            {"model_loaded_mib": loaded, "peak_mib": peak, "derived_weights_mib": derived, "weights_mib": weights}
+        )
+    )
 
 
 def print_memory_report(args) -> dict:
@@ -412,6 +419,11 @@ def print_memory_report(args) -> dict:
         f"peak resident memory of a fresh process, one {size[0]}x{size[1]} forward in {args.dtype}: "
         f"{result['peak_mib']:.0f} MiB ({result['model_loaded_mib']:.0f} MiB after building the model; "
         f"Python, torch and weights included)"
+    )
+    print(
+        f"derived weights kept by the model after it (BatchNorm folded into the convolutions, "
+        f"`model.derived_weights_nbytes()`): {result['derived_weights_mib']:.0f} MiB, beside "
+        f"{result['weights_mib']:.0f} MiB of parameters and buffers; `model.clear_derived_weights()` frees them"
     )
     return result
 

@@ -8,7 +8,10 @@ selection) lives in `ops_butd_frcnn.py`, whose docstring states the conventions 
 The state-dict names follow the detectron2 / transformers FRCNN layout so that other checkpoints map onto it.
 """
 
+import weakref
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +42,108 @@ from .ops_butd_frcnn import (
 # ---------------------------------------------------------------------------------------------------------------
 # Layers
 # ---------------------------------------------------------------------------------------------------------------
+
+
+class ButdFrcnnDerivedKey(NamedTuple):
+    """What a derived weight is: `variant` names the computation (`"folded"`: BatchNorm + Scale folded into the
+    convolution), `dtype` and `memory_format` the form the forward uses it in."""
+
+    variant: str
+    dtype: torch.dtype
+    memory_format: torch.memory_format = torch.contiguous_format
+
+
+class _DerivedEntry(NamedTuple):
+    sources: tuple[weakref.ref, ...]
+    source_kinds: tuple[tuple[torch.dtype, torch.device], ...]
+    tensors: tuple[torch.Tensor, ...]
+
+    def built_from(self, sources: Sequence[torch.Tensor]) -> bool:
+        """Whether the module still holds the very tensors this entry was computed from, in their dtype and device."""
+        return len(sources) == len(self.sources) and all(
+            ref() is tensor and kind == (tensor.dtype, tensor.device)
+            for ref, kind, tensor in zip(self.sources, self.source_kinds, sources)
+        )
+
+
+class ButdFrcnnDerivedWeights:
+    """The one home of the tensors a module computes from its parameters and buffers to run faster (BatchNorm +
+    Scale folded into a convolution; more variants may come, e.g. other dtypes), which the checkpoint does not hold.
+
+    An entry is built on first use, for one [`ButdFrcnnDerivedKey`], and costs memory until it is dropped
+    ([`ButdFrcnnPreTrainedModel.derived_weights_nbytes`] says how much: about one more copy of every convolution
+    weight). Its lifetime:
+    - it is used only while gradients are off (`torch.no_grad()`, `torch.inference_mode()`, as extraction and the
+      pipelines run the model). With gradients on, the module computes the tensors in the call, so that gradients
+      reach its parameters, and drops its entries when one of its parameters requires gradients: an optimizer step
+      is likely to change them next;
+    - it is rebuilt when the module no longer holds the very tensors it was computed from, in the same dtype and on
+      the same device: after `.to()`, `.half()`, `.cuda()` and the like (which replace the buffers and change dtype or
+      device), or after new tensors are assigned;
+    - it is dropped when weights are loaded (`load_state_dict`), on `model.train()` and `model.eval()`, and by
+      [`ButdFrcnnPreTrainedModel.clear_derived_weights`]. Only that last one is needed by hand, after writing
+      parameters in place with gradients off (`with torch.no_grad(): param.copy_(...)`, writes through `.data`):
+      PyTorch tells nobody about those.
+
+    Derived weights are never saved or copied: pickling or deep-copying a module leaves the copy's store empty.
+    """
+
+    def __init__(self):
+        self._entries: dict[ButdFrcnnDerivedKey, _DerivedEntry] = {}
+
+    def get(
+        self,
+        key: ButdFrcnnDerivedKey,
+        sources: Sequence[torch.Tensor],
+        build: Callable[[], tuple[torch.Tensor, ...]],
+    ) -> tuple[torch.Tensor, ...]:
+        """The tensors `build()` returns for `key`, computed from `sources`: from the store when it holds them for
+        these very sources, else built (and stored while gradients are off)."""
+        if torch.compiler.is_compiling():  # traced into the graph, which keeps what it needs
+            return build()
+        if torch.is_grad_enabled():
+            if any(source.requires_grad for source in sources):
+                self.clear()
+            return build()
+        entry = self._entries.get(key)
+        if entry is None or not entry.built_from(sources):
+            # what was built from other tensors will not be used again
+            self._entries = {k: e for k, e in self._entries.items() if e.built_from(sources)}
+            entry = _DerivedEntry(
+                tuple(weakref.ref(source) for source in sources),
+                tuple((source.dtype, source.device) for source in sources),
+                tuple(build()),
+            )
+            self._entries[key] = entry
+        return entry.tensors
+
+    def clear(self) -> None:
+        self._entries = {}
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the stored tensors."""
+        return sum(tensor.nbytes for entry in self._entries.values() for tensor in entry.tensors)
+
+    def __getstate__(self) -> dict:
+        return {"_entries": {}}  # derived, never saved (weak references cannot be pickled anyway)
+
+    def __deepcopy__(self, memo: dict) -> "ButdFrcnnDerivedWeights":
+        return ButdFrcnnDerivedWeights()
+
+
+def derived_weight_stores(module: nn.Module) -> Iterator[ButdFrcnnDerivedWeights]:
+    """The derived-weight stores of `module` and its submodules."""
+    for submodule in module.modules():
+        store = getattr(submodule, "derived_weights", None)
+        if isinstance(store, ButdFrcnnDerivedWeights):
+            yield store
+
+
+def drop_derived_weights(module: nn.Module, incompatible_keys=None) -> None:
+    """Empty the derived-weight stores of `module` and its submodules (also a `load_state_dict` post-hook)."""
+    for store in derived_weight_stores(module):
+        store.clear()
 
 
 class ButdFrcnnFrozenBatchNorm2d(nn.Module):
@@ -73,27 +178,30 @@ class ButdFrcnnConv2d(nn.Conv2d):
     """A bias-free Caffe convolution followed by BatchNorm + Scale, run as one convolution with the affine map folded
     into its weight and bias.
 
-    The folded pair is computed once and cached (not saved: the checkpoint keeps Caffe's separate blobs). The cache
-    is rebuilt when any of the five tensors changes through PyTorch (`load_state_dict`, in-place updates under
-    `torch.no_grad()`, `.to()`, `.half()`, `.cuda()`); writes through `.data`, which PyTorch does not track, need
-    `model.apply(ButdFrcnnConv2d.clear_folded)`. With gradients on, the fold is recomputed in every call so that they
-    reach the original parameters.
+    The folded pair lives in `derived_weights` (see [`ButdFrcnnDerivedWeights`] for when it is built and dropped);
+    the checkpoint keeps Caffe's separate blobs. With gradients on, the fold is computed in the call, so that
+    gradients reach the original parameters.
     """
 
     def __init__(
         self,
-        in_channels,
-        out_channels,
-        kernel_size,
-        stride=1,
-        padding=0,
-        dilation=1,
-        eps=1e-5,
-        ends_residual_branch=False,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int = 1,
+        padding: int = 0,
+        dilation: int = 1,
+        eps: float = 1e-5,
+        ends_residual_branch: bool = False,
     ):
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, bias=False)
         self.norm = ButdFrcnnFrozenBatchNorm2d(out_channels, eps, ends_residual_branch)
-        self._folded: tuple | None = None  # (key, weight, bias)
+        self.derived_weights = ButdFrcnnDerivedWeights()
+        self.register_load_state_dict_post_hook(drop_derived_weights)
+
+    def fold_sources(self) -> tuple[torch.Tensor, ...]:
+        """The tensors the fold is computed from: the weight and the BatchNorm + Scale buffers."""
+        return (self.weight, *self.norm.buffers())
 
     def fold(
         self, dtype: torch.dtype, memory_format: torch.memory_format = torch.contiguous_format
@@ -108,24 +216,9 @@ class ButdFrcnnConv2d(nn.Conv2d):
     def folded(
         self, dtype: torch.dtype, memory_format: torch.memory_format = torch.contiguous_format
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """`fold(dtype, memory_format)`, from the cache while the parameters are unchanged."""
-        if torch.compiler.is_compiling() or (torch.is_grad_enabled() and self.weight.requires_grad):
-            return self.fold(dtype, memory_format)
-        tensors = (self.weight, *self.norm.buffers())
-        key = (dtype, memory_format, *((t.data_ptr(), t._version) for t in tensors))
-        if self._folded is None or self._folded[0] != key:
-            self._folded = (key, *self.fold(dtype, memory_format))
-        return self._folded[1], self._folded[2]
-
-    @staticmethod
-    def clear_folded(module: nn.Module) -> None:
-        """For `model.apply(...)`: forget the cached fold (after writing parameters through `.data`)."""
-        if isinstance(module, ButdFrcnnConv2d):
-            module._folded = None
-
-    def _apply(self, fn, recurse=True):
-        self._folded = None  # .to() and friends make new tensors, possibly at a freed tensor's address
-        return super()._apply(fn, recurse)
+        """`fold(dtype, memory_format)`, built once and kept in `derived_weights` while gradients are off."""
+        key = ButdFrcnnDerivedKey("folded", dtype, memory_format)
+        return self.derived_weights.get(key, self.fold_sources(), lambda: self.fold(dtype, memory_format))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
@@ -495,6 +588,24 @@ class ButdFrcnnPreTrainedModel(PreTrainedModel):
             init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
             init.normal_(module.weight, std=0.01)
+
+    def clear_derived_weights(self) -> None:
+        """Drop every derived weight (BatchNorm folded into the convolutions): they are rebuilt on the next forward
+        without gradients. Needed only after writing parameters in place with gradients off (`param.copy_(...)`
+        under `torch.no_grad()`, writes through `.data`); loading weights, `.to()`, `train()` and `eval()` do it by
+        themselves (see [`ButdFrcnnDerivedWeights`])."""
+        drop_derived_weights(self)
+
+    def derived_weights_nbytes(self) -> int:
+        """Memory held by the derived weights now, in bytes (about one more copy of the convolution weights once a
+        forward without gradients has run)."""
+        return sum(store.nbytes for store in derived_weight_stores(self))
+
+    def train(self, mode: bool = True) -> "ButdFrcnnPreTrainedModel":
+        """`nn.Module.train` (and so `eval`); also drops the derived weights, so that weights trained since they were
+        built are never used stale."""
+        self.clear_derived_weights()
+        return super().train(mode)
 
 
 class ButdFrcnnModel(ButdFrcnnPreTrainedModel):
