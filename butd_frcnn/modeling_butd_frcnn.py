@@ -19,6 +19,7 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
+from transformers.utils.generic import can_return_tuple
 
 from .configuration_butd_frcnn import ButdFrcnnConfig
 from .ops_butd_frcnn import (
@@ -88,7 +89,7 @@ class ButdFrcnnDerivedWeights:
     Derived weights are never saved or copied: pickling or deep-copying a module leaves the copy's store empty.
     """
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._entries: dict[ButdFrcnnDerivedKey, _DerivedEntry] = {}
 
     def get(
@@ -140,7 +141,7 @@ def derived_weight_stores(module: nn.Module) -> Iterator[ButdFrcnnDerivedWeights
             yield store
 
 
-def drop_derived_weights(module: nn.Module, incompatible_keys=None) -> None:
+def drop_derived_weights(module: nn.Module, incompatible_keys: object = None) -> None:
     """Empty the derived-weight stores of `module` and its submodules (also a `load_state_dict` post-hook)."""
     for store in derived_weight_stores(module):
         store.clear()
@@ -229,7 +230,15 @@ class ButdFrcnnConv2d(nn.Conv2d):
 class ButdFrcnnBottleneck(nn.Module):
     """Caffe ResNet bottleneck: the stride sits on the first 1x1 conv (and the projection shortcut)."""
 
-    def __init__(self, in_channels, bottleneck_channels, out_channels, stride=1, dilation=1, eps=1e-5):
+    def __init__(
+        self,
+        in_channels: int,
+        bottleneck_channels: int,
+        out_channels: int,
+        stride: int = 1,
+        dilation: int = 1,
+        eps: float = 1e-5,
+    ):
         super().__init__()
         self.stride = stride
         self.dilation = dilation
@@ -255,7 +264,16 @@ class ButdFrcnnBottleneck(nn.Module):
 class ButdFrcnnStage(nn.Sequential):
     """A ResNet stage: `depth` bottlenecks, the first one changing width and stride."""
 
-    def __init__(self, in_channels, bottleneck_channels, out_channels, depth, stride, dilation, eps):
+    def __init__(
+        self,
+        in_channels: int,
+        bottleneck_channels: int,
+        out_channels: int,
+        depth: int,
+        stride: int,
+        dilation: int,
+        eps: float,
+    ):
         blocks = [ButdFrcnnBottleneck(in_channels, bottleneck_channels, out_channels, stride, dilation, eps)]
         blocks += [
             ButdFrcnnBottleneck(out_channels, bottleneck_channels, out_channels, 1, dilation, eps)
@@ -363,7 +381,9 @@ class ButdFrcnnRegionProposalNetwork(nn.Module):
         self.min_size = config.rpn_min_size
         self.exact_tie_order = config.exact_tie_order
 
-    def forward(self, features: torch.Tensor, image_height: int, image_width: int, scales: torch.Tensor):
+    def forward(
+        self, features: torch.Tensor, image_height: int, image_width: int, scales: torch.Tensor
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Proposals of each image of a batch of same-size images, in resized-image pixels, best first.
 
         Args:
@@ -386,7 +406,15 @@ class ButdFrcnnRegionProposalNetwork(nn.Module):
             for i in range(features.shape[0])
         ]
 
-    def proposals_from_scores(self, scores, deltas, anchors, image_height, image_width, scale):
+    def proposals_from_scores(
+        self,
+        scores: torch.Tensor,
+        deltas: torch.Tensor,
+        anchors: torch.Tensor,
+        image_height: int,
+        image_width: int,
+        scale: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Decode, clip, drop small boxes, keep the best `pre_nms_top_n`, NMS, keep the best `post_nms_top_n`.
 
         Returns:
@@ -421,7 +449,7 @@ class ButdFrcnnAttributePredictor(nn.Module):
     """Attribute head: embed the predicted class, concatenate after the region feature, `fc_attr` + ReLU, then
     `attr_score` (index 0 = "no attribute")."""
 
-    def __init__(self, in_features: int, num_classes: int, embedding_size: int, hidden_size: int, num_attributes):
+    def __init__(self, in_features: int, num_classes: int, embedding_size: int, hidden_size: int, num_attributes: int):
         super().__init__()
         self.cls_embedding = nn.Embedding(num_classes, embedding_size)
         self.fc_attr = nn.Linear(in_features + embedding_size, hidden_size)
@@ -478,7 +506,9 @@ class ButdFrcnnRoIHeads(nn.Module):
         outputs = [self.res5(chunk).mean(dim=(2, 3)) for chunk in chunks_without_singletons(pooled, self.chunk_size)]
         return torch.cat(outputs) if outputs else pooled.new_zeros((0, self.res5[-1].conv3.out_channels))
 
-    def forward(self, features: torch.Tensor, boxes: torch.Tensor):
+    def forward(
+        self, features: torch.Tensor, boxes: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Region features, class probabilities, box deltas and attribute probabilities of one image's boxes.
 
         Each image runs on its own, in chunks that depend only on its own box count, so that its results do not
@@ -564,7 +594,7 @@ class ButdFrcnnPreTrainedModel(PreTrainedModel):
     main_input_name = "pixel_values"
     input_modalities = ("image",)
 
-    def _init_weights(self, module):
+    def _init_weights(self, module: nn.Module) -> None:
         """Random weights for models built from a config (tests, benchmarks); a checkpoint overwrites all of them.
 
         The frozen BatchNorms start as identities and the last one of every residual branch at zero, so that a
@@ -610,7 +640,18 @@ class ButdFrcnnPreTrainedModel(PreTrainedModel):
 
 class ButdFrcnnModel(ButdFrcnnPreTrainedModel):
     """Bottom-up-attention Faster R-CNN: image batch in, selected regions with their features, classes and
-    attributes out (plus every proposal's outputs, for parity checks)."""
+    attributes out (plus every proposal's outputs, for parity checks).
+
+    The region selection of `generate_tsv.py` (per-class NMS, threshold, 10-100 or 36 regions) runs inside the
+    model, not only in post-processing: the selected regions' features *are* the model's answer, and the
+    `image-feature-extraction` pipeline returns the first output field, so `region_features` must already hold the
+    selected regions when the forward returns. `post_process_object_detection` only filters and rescales them.
+
+    The forward follows the caller's gradient mode, as every transformers model does: run it under
+    `torch.inference_mode()` (or `torch.no_grad()`) for features, as extraction and the pipelines do; with gradients
+    on, `region_features`, `class_probs`, `attribute_probs` and the other float outputs are differentiable with
+    respect to `pixel_values` and the parameters (ids, counts and which regions are chosen are not).
+    """
 
     def __init__(self, config: ButdFrcnnConfig):
         super().__init__(config)
@@ -619,7 +660,7 @@ class ButdFrcnnModel(ButdFrcnnPreTrainedModel):
         self.roi_heads = ButdFrcnnRoIHeads(config)
         self.post_init()
 
-    @torch.no_grad()
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.Tensor,
@@ -630,9 +671,8 @@ class ButdFrcnnModel(ButdFrcnnPreTrainedModel):
         max_boxes: int | None = None,
         score_threshold: float | None = None,
         output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
         **kwargs,
-    ) -> ButdFrcnnModelOutput | tuple:
+    ) -> ButdFrcnnModelOutput | tuple[torch.Tensor, ...]:
         r"""
         Args:
             pixel_values (`torch.FloatTensor` of shape `(batch_size, 3, height, width)`):
@@ -648,14 +688,22 @@ class ButdFrcnnModel(ButdFrcnnPreTrainedModel):
                 frame explicit for post-processing.
             min_boxes, max_boxes, score_threshold (*optional*):
                 Region selection of this call (e.g. 10/100/0.2 or 36/36/0.2); default to the config's.
+            output_hidden_states (`bool`, *optional*):
+                Also return the conv1, res2, res3 and res4 feature maps; defaults to the config's.
+            return_dict (`bool`, *optional*):
+                A [`ButdFrcnnModelOutput`] (default, or the config's `return_dict`) or a plain tuple of its fields
+                that are not `None`, in the same order (transformers' `can_return_tuple`).
         """
         if kwargs:
-            raise TypeError(f"ButdFrcnnModel.forward got unexpected arguments: {sorted(kwargs)}")
+            raise TypeError(
+                f"ButdFrcnnModel.forward got unexpected keyword arguments {sorted(kwargs)}; it takes the image "
+                "processor's outputs (pixel_values, image_sizes, scales, original_sizes), min_boxes, max_boxes, "
+                "score_threshold, output_hidden_states and return_dict"
+            )
         config = self.config
         min_boxes = config.min_boxes if min_boxes is None else min_boxes
         max_boxes = config.max_boxes if max_boxes is None else max_boxes
         score_threshold = config.score_threshold if score_threshold is None else score_threshold
-        return_dict = config.return_dict if return_dict is None else return_dict
         if output_hidden_states is None:
             output_hidden_states = config.output_hidden_states
         if not 0 < min_boxes <= max_boxes:
@@ -706,7 +754,7 @@ class ButdFrcnnModel(ButdFrcnnPreTrainedModel):
                     **selection,
                 }
 
-        def stacked(key, pad=0):
+        def stacked(key: str, pad: float = 0) -> torch.Tensor:
             return pad_and_stack([image[key] for image in per_image], pad)
 
         output = ButdFrcnnModelOutput(
@@ -727,9 +775,18 @@ class ButdFrcnnModel(ButdFrcnnPreTrainedModel):
             hidden_states=hidden_states,
             original_sizes=None if original_sizes is None else original_sizes.to(device),
         )
-        return output if return_dict else output.to_tuple()
+        return output
 
-    def select(self, boxes, features, class_probs, attribute_probs, min_boxes, max_boxes, score_threshold):
+    def select(
+        self,
+        boxes: torch.Tensor,
+        features: torch.Tensor,
+        class_probs: torch.Tensor,
+        attribute_probs: torch.Tensor,
+        min_boxes: int,
+        max_boxes: int,
+        score_threshold: float,
+    ) -> dict[str, torch.Tensor]:
         """`generate_tsv.py`'s region selection for one image; boxes in original-image pixels."""
         return self.select_batch(
             [boxes],
@@ -742,7 +799,15 @@ class ButdFrcnnModel(ButdFrcnnPreTrainedModel):
         )[0]
 
     def select_batch(
-        self, boxes, features, class_probs, attribute_probs, *, min_boxes, max_boxes, score_threshold
+        self,
+        boxes: Sequence[torch.Tensor],
+        features: Sequence[torch.Tensor],
+        class_probs: Sequence[torch.Tensor],
+        attribute_probs: Sequence[torch.Tensor],
+        *,
+        min_boxes: int,
+        max_boxes: int,
+        score_threshold: float,
     ) -> list[dict[str, torch.Tensor]]:
         """`select` for several images at once (lists of per-image tensors): one per-class NMS runs for all of them,
         and each image's result is the one it would get alone."""

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from torchvision.ops import roi_pool
 
 # ---------------------------------------------------------------------------------------------------------------
 # The original's sort order (numpy 1.x argsort)
@@ -343,7 +344,9 @@ def pairwise_iou(boxes_a: torch.Tensor, boxes_b: torch.Tensor) -> torch.Tensor:
     return inter / (area_a[..., :, None] + area_b[..., None, :] - inter)
 
 
-def greedy_nms(boxes: torch.Tensor, threshold: float, max_keep: int | None = None, block_size: int = 256):
+def greedy_nms(
+    boxes: torch.Tensor, threshold: float, max_keep: int | None = None, block_size: int = 256
+) -> torch.Tensor:
     """Greedy NMS over boxes given in the order to visit them (best score first); the `cpu_nms` of the original.
 
     A box is kept unless a kept box before it overlaps it with IoU >= `threshold`. The boxes are processed in
@@ -488,7 +491,9 @@ def _round_half_away_from_zero(x: torch.Tensor) -> torch.Tensor:
     return torch.where(x >= 0, torch.floor(x + 0.5), torch.ceil(x - 0.5))
 
 
-def roi_pool_bins(boxes: torch.Tensor, pool_size: int, spatial_scale: float, height: int, width: int):
+def roi_pool_bins(
+    boxes: torch.Tensor, pool_size: int, spatial_scale: float, height: int, width: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The bins of Caffe's ROIPooling (and `torchvision.ops.roi_pool`), computed with the same float32 operations.
 
     Returns:
@@ -518,7 +523,8 @@ def roi_max_pool(features: torch.Tensor, boxes: torch.Tensor, pool_size: int, sp
     torchvision's CPU kernel runs one thread, visiting bins channel by channel. Here a table holds the maximum of
     every window size the bins use at every position, `T[h, w][y, x, :] = max(features[:, y:y+h, x:x+w])`, built with
     a few elementwise maxima; then every bin is one gather of `C` contiguous values. The table has
-    `max_bin_height x max_bin_width` maps (about `(H / P + 2) x (W / P + 2)`, e.g. 20 for 38 x 50 and P = 14).
+    `max_bin_height x max_bin_width` maps (about `(H / P + 2) x (W / P + 2)`, e.g. 20 for 38 x 50 and P = 14). When
+    gradients must reach `features`, `torchvision.ops.roi_pool` computes the same maxima instead.
 
     Args:
         features (`torch.Tensor` of shape `(C, H, W)`): one image's feature map.
@@ -531,6 +537,11 @@ def roi_max_pool(features: torch.Tensor, boxes: torch.Tensor, pool_size: int, sp
     num_boxes = boxes.shape[0]
     if num_boxes == 0:
         return features.new_zeros((0, channels, pool_size, pool_size))
+    if torch.is_grad_enabled() and features.requires_grad:
+        # the table is written in place, which autograd cannot follow; torchvision's kernel takes the same maxima
+        # (in float32: it has no bf16 kernel, and a maximum rounds nothing) and has a backward
+        pooled = roi_pool(features[None].float(), [boxes.float()], pool_size, spatial_scale).to(features.dtype)
+        return pooled.contiguous(memory_format=torch.channels_last)
     row_start, row_end, column_start, column_end = roi_pool_bins(boxes, pool_size, spatial_scale, height, width)
     bin_heights = (row_end - row_start)[:, :, None]  # (K, P, 1)
     bin_widths = (column_end - column_start)[:, None, :]  # (K, 1, P)
@@ -583,7 +594,12 @@ def group_by_size(image_sizes: torch.Tensor) -> dict[tuple[int, int], list[int]]
     return groups
 
 
-def scatter_feature_maps(hidden_states, maps, indices, batch_size):
+def scatter_feature_maps(
+    hidden_states: tuple[torch.Tensor, ...] | None,
+    maps: Sequence[torch.Tensor],
+    indices: list[int],
+    batch_size: int,
+) -> tuple[torch.Tensor, ...]:
     """Place one size group's feature maps into batch-wide, zero-padded tensors (grown as larger groups come)."""
     hidden_states = list(hidden_states) if hidden_states is not None else [None] * len(maps)
     for level, feature_map in enumerate(maps):

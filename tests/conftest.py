@@ -65,8 +65,9 @@ def processor():
     return ButdFrcnnImageProcessor()
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(autouse=True, scope="session")
 def _no_grad():
-    """Tests call submodules directly too: nothing here needs gradients."""
+    """The model runs with gradients off, as users run it for features (the fixtures that run it included); a test
+    about gradients turns them on itself (`torch.enable_grad()`)."""
     with torch.no_grad():
         yield

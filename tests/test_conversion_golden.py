@@ -170,6 +170,7 @@ else:
     raise SystemExit(f"butd_frcnn is importable ({butd_frcnn.__file__}): this would not test remote code")
 
 import numpy as np
+import torch
 from transformers import AutoImageProcessor, AutoModel
 
 processor = AutoImageProcessor.from_pretrained(folder, trust_remote_code=True)
@@ -177,7 +178,8 @@ model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
 modules = (type(model).__module__, type(processor).__module__)
 assert all(module.startswith("transformers_modules.") for module in modules), modules
 assert "butd_frcnn" not in sys.modules
-outputs = model(**processor([image], return_tensors="pt"))
+with torch.inference_mode():
+    outputs = model(**processor([image], return_tensors="pt"))
 np.savez(output, **{key: value.numpy() for key, value in outputs.items()})
 """
 
