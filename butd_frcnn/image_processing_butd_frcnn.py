@@ -150,7 +150,7 @@ def load_image_bgr(
     except Image.DecompressionBombError as error:
         raise ImageTooLargeError(f"{path}: refused as a decompression bomb: {error}") from None
     except (OSError, SyntaxError, ValueError) as error:
-        raise ImageDecodeError(f"{path}: cannot decode: {error}") from None
+        raise ImageDecodeError(f"{path}: cannot decode: {error}") from error
 
 
 def array_to_bgr(array, channel_order: str = "rgb") -> np.ndarray:

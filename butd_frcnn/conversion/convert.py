@@ -150,7 +150,7 @@ def save_model_folder(
     try:
         staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", suffix=".partial", dir=output_dir.parent))
     except OSError as error:
-        raise ConversionError(f"{output_dir}: cannot create the output folder: {error.strerror}") from None
+        raise ConversionError(f"{output_dir}: cannot create the output folder: {error.strerror}") from error
     try:
         with torch.device("meta"):
             model = ButdFrcnnModel(config)
@@ -168,7 +168,7 @@ def save_model_folder(
         _publish(staging, output_dir)
     except OSError as error:
         shutil.rmtree(staging, ignore_errors=True)
-        raise ConversionError(f"{output_dir}: writing the converted model failed: {error}") from None
+        raise ConversionError(f"{output_dir}: writing the converted model failed: {error}") from error
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

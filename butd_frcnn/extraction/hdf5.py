@@ -36,8 +36,8 @@ FORMAT_VERSION = 1
 def require_h5py():
     try:
         import h5py
-    except ImportError:
-        raise ExtractionError("the hdf5 format needs h5py: pip install 'butd-frcnn[hdf5]'") from None
+    except ImportError as error:  # the cause says why, when h5py is installed but broken
+        raise ExtractionError("the hdf5 format needs h5py: pip install 'butd-frcnn[hdf5]'") from error
     return h5py
 
 
@@ -51,7 +51,7 @@ def read_index(path: Path) -> list[str]:
         with h5py.File(path, "r") as file:
             return list(file["index"].asstr()[()]) if "index" in file else []
     except OSError as error:
-        raise ExtractionError(f"{path}: cannot read it as an HDF5 feature file: {error}") from None
+        raise ExtractionError(f"{path}: cannot read it as an HDF5 feature file: {error}") from error
 
 
 def _add_records(file, records: list[RegionRecord]) -> None:
@@ -208,4 +208,4 @@ def read_hdf5(path: str | os.PathLike) -> Iterator[RegionRecord]:
                     attrs_conf=group["attrs_conf"][()],
                 )
     except (OSError, KeyError) as error:
-        raise ExtractionError(f"{path}: cannot read it as an HDF5 feature file: {error}") from None
+        raise ExtractionError(f"{path}: cannot read it as an HDF5 feature file: {error}") from error

@@ -83,7 +83,7 @@ class Hdf5Source(FeatureSource):
             self._file = require_h5py().File(path, "r")
             self.ids = _unique(path, list(self._file["index"].asstr()[()]))
         except (OSError, KeyError) as error:
-            raise ExtractionError(f"{path}: cannot read it as an HDF5 feature file: {error}") from None
+            raise ExtractionError(f"{path}: cannot read it as an HDF5 feature file: {error}") from error
 
     def get(self, image_id: str) -> RegionRecord:
         group = self._file["images"][image_id]
