@@ -41,7 +41,7 @@ from .ops_butd_frcnn import (
 )
 
 # ---------------------------------------------------------------------------------------------------------------
-# Layers
+# Derived weights: computed from the parameters for speed, never saved
 # ---------------------------------------------------------------------------------------------------------------
 
 
@@ -54,7 +54,9 @@ class ButdFrcnnDerivedKey(NamedTuple):
     memory_format: torch.memory_format = torch.contiguous_format
 
 
-class _DerivedEntry(NamedTuple):
+class ButdFrcnnDerivedEntry(NamedTuple):
+    """Derived tensors and what they were computed from (weak references: an entry never keeps old tensors alive)."""
+
     sources: tuple[weakref.ref, ...]
     source_kinds: tuple[tuple[torch.dtype, torch.device], ...]
     tensors: tuple[torch.Tensor, ...]
@@ -90,7 +92,7 @@ class ButdFrcnnDerivedWeights:
     """
 
     def __init__(self) -> None:
-        self._entries: dict[ButdFrcnnDerivedKey, _DerivedEntry] = {}
+        self._entries: dict[ButdFrcnnDerivedKey, ButdFrcnnDerivedEntry] = {}
 
     def get(
         self,
@@ -110,7 +112,7 @@ class ButdFrcnnDerivedWeights:
         if entry is None or not entry.built_from(sources):
             # what was built from other tensors will not be used again
             self._entries = {k: e for k, e in self._entries.items() if e.built_from(sources)}
-            entry = _DerivedEntry(
+            entry = ButdFrcnnDerivedEntry(
                 tuple(weakref.ref(source) for source in sources),
                 tuple((source.dtype, source.device) for source in sources),
                 tuple(build()),
@@ -145,6 +147,11 @@ def drop_derived_weights(module: nn.Module, incompatible_keys: object = None) ->
     """Empty the derived-weight stores of `module` and its submodules (also a `load_state_dict` post-hook)."""
     for store in derived_weight_stores(module):
         store.clear()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Layers
+# ---------------------------------------------------------------------------------------------------------------
 
 
 class ButdFrcnnFrozenBatchNorm2d(nn.Module):
