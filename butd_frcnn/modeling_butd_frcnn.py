@@ -678,7 +678,7 @@ class ButdFrcnnModel(ButdFrcnnPreTrainedModel):
         max_boxes: int | None = None,
         score_threshold: float | None = None,
         output_hidden_states: bool | None = None,
-        **kwargs,
+        **kwargs: object,
     ) -> ButdFrcnnModelOutput | tuple[torch.Tensor, ...]:
         r"""
         Args:
@@ -727,7 +727,7 @@ class ButdFrcnnModel(ButdFrcnnPreTrainedModel):
         # the original's im_info is float32: its min-size filter and box rescaling use the float32 scale
         scales = scales.to(device=device, dtype=torch.float32)
 
-        per_image: list[dict | None] = [None] * batch_size
+        per_image: list[dict[str, torch.Tensor] | None] = [None] * batch_size
         hidden_states = None
         for (image_height, image_width), indices in group_by_size(image_sizes).items():
             # images of one size run together, cropped to that size: padding never reaches the network
@@ -735,36 +735,22 @@ class ButdFrcnnModel(ButdFrcnnPreTrainedModel):
             maps = self.backbone(images)
             if output_hidden_states:
                 hidden_states = scatter_feature_maps(hidden_states, maps, indices, batch_size)
-            features = maps[-1]
-            proposals = self.proposal_generator(features, image_height, image_width, scales[indices])
-            heads = [self.roi_heads(features[j : j + 1], boxes) for j, (boxes, _) in enumerate(proposals)]
-            all_features, all_class_probs, _, all_attribute_probs = zip(*heads)
-            selections = self.select_batch(
-                [boxes / scales[i] for (boxes, _), i in zip(proposals, indices)],
-                all_features,
-                all_class_probs,
-                all_attribute_probs,
+            detections = self.detect_regions(
+                maps[-1],
+                image_height,
+                image_width,
+                scales[indices],
                 min_boxes=min_boxes,
                 max_boxes=max_boxes,
                 score_threshold=score_threshold,
             )
-            for (boxes, objectness), (region_features, class_probs, box_deltas, attribute_probs), selection, i in zip(
-                proposals, heads, selections, indices
-            ):
-                per_image[i] = {
-                    "proposals": boxes,
-                    "proposal_scores": objectness,
-                    "proposal_features": region_features,
-                    "class_probs": class_probs,
-                    "attribute_probs": attribute_probs,
-                    "box_deltas": box_deltas,
-                    **selection,
-                }
+            for i, detection in zip(indices, detections):
+                per_image[i] = detection
 
         def stacked(key: str, pad: float = 0) -> torch.Tensor:
             return pad_and_stack([image[key] for image in per_image], pad)
 
-        output = ButdFrcnnModelOutput(
+        return ButdFrcnnModelOutput(
             region_features=stacked("region_features"),
             boxes=stacked("boxes"),
             object_ids=stacked("object_ids", -1),
@@ -782,7 +768,49 @@ class ButdFrcnnModel(ButdFrcnnPreTrainedModel):
             hidden_states=hidden_states,
             original_sizes=None if original_sizes is None else original_sizes.to(device),
         )
-        return output
+
+    def detect_regions(
+        self,
+        features: torch.Tensor,
+        image_height: int,
+        image_width: int,
+        scales: torch.Tensor,
+        *,
+        min_boxes: int,
+        max_boxes: int,
+        score_threshold: float,
+    ) -> list[dict[str, torch.Tensor]]:
+        """Proposals, RoI heads and region selection of a batch of same-size images, from their res4 `features`.
+
+        Returns:
+            Per image, a dict with every per-image field of [`ButdFrcnnModelOutput`] (unpadded).
+        """
+        proposals = self.proposal_generator(features, image_height, image_width, scales)
+        heads = [self.roi_heads(features[j : j + 1], boxes) for j, (boxes, _) in enumerate(proposals)]
+        all_features, all_class_probs, _, all_attribute_probs = zip(*heads)
+        selections = self.select_batch(
+            [boxes / scale for (boxes, _), scale in zip(proposals, scales)],
+            all_features,
+            all_class_probs,
+            all_attribute_probs,
+            min_boxes=min_boxes,
+            max_boxes=max_boxes,
+            score_threshold=score_threshold,
+        )
+        return [
+            {
+                "proposals": boxes,
+                "proposal_scores": objectness,
+                "proposal_features": region_features,
+                "class_probs": class_probs,
+                "attribute_probs": attribute_probs,
+                "box_deltas": box_deltas,
+                **selection,
+            }
+            for (boxes, objectness), (region_features, class_probs, box_deltas, attribute_probs), selection in zip(
+                proposals, heads, selections
+            )
+        ]
 
     def select(
         self,
