@@ -10,7 +10,9 @@ with the fastest convolution timed right before and after each forward (for mach
 
     python benchmarks/benchmark_model.py                       # CPU, fp32, all threads, 600x800 and 600x1000
     python benchmarks/benchmark_model.py --dtype bf16          # the same in bf16
-    python benchmarks/benchmark_model.py --memory              # peak memory of one forward, in a fresh process
+    python benchmarks/benchmark_model.py --memory              # peak memory of one forward (fresh process), and
+                                                               # what the derived (folded) weights cost
+    python benchmarks/benchmark_model.py --gradients           # the model called with gradients on (time, --memory)
     python benchmarks/benchmark_model.py --chunk-size 150      # res5 over 150 regions at once (more memory)
     python benchmarks/benchmark_model.py --compile             # torch.compile'd backbone and res5
     python benchmarks/benchmark_model.py --device cuda --batch-sizes 1 8 32 --modes fp32 tf32 bf16
@@ -262,7 +264,10 @@ def print_cpu_report(args, model, processor, device, dtype):
     peaks_after = machine_conv_peak(device, dtype)
     peaks = {key: max(peaks_before[key], peaks_after[key]) for key in peaks_before}
     peak = max(peaks.values())
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}, dtype {dtype}")
+    gradients = "on" if torch.is_grad_enabled() else "off (inference mode)"
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}, dtype {dtype}, gradients {gradients}"
+    )
     print("machine dense-conv GFLOP/s (same dtype; measured before / after the model, best of 5 each):")
     for name, layout in peaks:
         key = (name, layout)
@@ -394,24 +399,38 @@ def peak_memory_child(args) -> None:
     batch = processor(image, return_tensors="pt")
     batch["pixel_values"] = batch["pixel_values"].to(DTYPES[args.dtype])
     loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    with torch.inference_mode():
+    with forward_mode(args):
         model(**batch)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"model_loaded_mib": loaded, "peak_mib": peak}))
+    derived = model.derived_weights_nbytes() / 2**20
+    weights = sum(t.nbytes for t in (*model.parameters(), *model.buffers())) / 2**20
+    print(
+        json.dumps(
+            {"model_loaded_mib": loaded, "peak_mib": peak, "derived_weights_mib": derived, "weights_mib": weights}
+        )
+    )
 
 
 def print_memory_report(args) -> dict:
     size = args.sizes[-1]
     command = [sys.executable, __file__, "--memory-child", "--dtype", args.dtype, "--sizes", f"{size[0]}x{size[1]}"]
+    if args.gradients:
+        command.append("--gradients")
     if args.chunk_size is not None:
         command += ["--chunk-size", str(args.chunk_size)]
     result = json.loads(
         subprocess.run(command, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
     )
     print(
-        f"peak resident memory of a fresh process, one {size[0]}x{size[1]} forward in {args.dtype}: "
+        f"peak resident memory of a fresh process, one {size[0]}x{size[1]} forward in {args.dtype}"
+        f"{' with gradients on' if args.gradients else ''}: "
         f"{result['peak_mib']:.0f} MiB ({result['model_loaded_mib']:.0f} MiB after building the model; "
         f"Python, torch and weights included)"
+    )
+    print(
+        f"derived weights kept by the model after it (BatchNorm folded into the convolutions, "
+        f"`model.derived_weights_nbytes()`): {result['derived_weights_mib']:.0f} MiB, beside "
+        f"{result['weights_mib']:.0f} MiB of parameters and buffers; `model.clear_derived_weights()` frees them"
     )
     return result
 
@@ -422,6 +441,11 @@ def compiled(model, enabled: bool):
         model.backbone = torch.compile(model.backbone)
         model.roi_heads.res5 = torch.compile(model.roi_heads.res5, dynamic=True)
     return model
+
+
+def forward_mode(args) -> contextlib.AbstractContextManager:
+    """Inference mode, as extraction runs the model; with `--gradients`, nothing: the caller's default, gradients on."""
+    return contextlib.nullcontext() if args.gradients else torch.inference_mode()
 
 
 def chunk_override(args) -> dict:
@@ -447,6 +471,11 @@ def main(argv=None):
     parser.add_argument("--chunk-size", type=int, help="regions per res5 chunk (default: the config's)")
     parser.add_argument("--memory", action="store_true", help="only the peak memory (in a fresh process)")
     parser.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--gradients",
+        action="store_true",
+        help="call the model with gradients on (a plain call), not in inference mode",
+    )
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     args = parser.parse_args(argv)
     if args.threads:
@@ -464,7 +493,7 @@ def main(argv=None):
         else:
             torch.manual_seed(0)
             model = compiled(ButdFrcnnModel(config).eval().to(dtype=DTYPES[args.dtype]), args.compile)
-            with torch.inference_mode():
+            with forward_mode(args):
                 report = print_cpu_report(args, model, processor, device, DTYPES[args.dtype])
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))

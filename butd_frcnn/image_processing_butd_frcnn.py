@@ -12,13 +12,16 @@ The original (`_get_image_blob` of py-faster-rcnn, fed by `cv2.imread`):
 import contextlib
 import os
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from transformers.image_processing_backends import TorchvisionBackend
 from transformers.image_processing_base import BatchFeature
+from transformers.image_utils import PILImageResampling
 from transformers.processing_utils import ImagesKwargs, Unpack
+from transformers.utils import TensorType
 
 PIXEL_MEANS_BGR = (102.9801, 115.9465, 122.7717)
 
@@ -147,7 +150,7 @@ def load_image_bgr(
     except Image.DecompressionBombError as error:
         raise ImageTooLargeError(f"{path}: refused as a decompression bomb: {error}") from None
     except (OSError, SyntaxError, ValueError) as error:
-        raise ImageDecodeError(f"{path}: cannot decode: {error}") from None
+        raise ImageDecodeError(f"{path}: cannot decode: {error}") from error
 
 
 def array_to_bgr(array, channel_order: str = "rgb") -> np.ndarray:
@@ -242,6 +245,77 @@ def subtract_means(bgr: np.ndarray, means: Sequence[float]) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------------------------
 
 
+# transformers' standard image-processor flags that the original's preprocessing has no room for: the values that
+# mean "not asked for", and why another one cannot be honoured. `rescale_factor` (used only with `do_rescale`) and
+# `disable_grouping` (a speed setting of batched backends) change nothing here and are accepted as they are.
+FIXED_FLAGS: dict[str, tuple[tuple, str]] = {
+    "do_convert_rgb": (
+        (None, False),
+        "the model reads BGR, decoded as OpenCV does (input_channel_order is for arrays)",
+    ),
+    "do_rescale": ((None, False), "the original feeds 0..255 pixels minus the means, unscaled"),
+    "do_normalize": ((None, False), "the original only subtracts the BGR means: set pixel_means_bgr instead"),
+    "image_mean": ((None,), "the original subtracts BGR means: set pixel_means_bgr (B, G, R order) instead"),
+    "image_std": ((None,), "the original divides by nothing"),
+    "do_center_crop": ((None, False), "the original never crops"),
+    "crop_size": ((None,), "the original never crops"),
+    "do_pad": (
+        (None, True),
+        "a batch is zero-padded at the bottom and right to its largest image, as image_sizes says",
+    ),
+    "pad_size": ((None,), "a batch is padded to its largest image only"),
+    "default_to_square": ((None, False), "images keep their aspect ratio: size gives shortest_edge and longest_edge"),
+    "data_format": ((None, "channels_first"), "pixel_values are channels first"),
+    "input_data_format": ((None,), "arrays are read by their shape (H x W x C or C x H x W)"),
+    "image_seq_length": ((None,), "this processor has no text"),
+}
+BILINEAR_NAMES = ("bilinear", PILImageResampling.BILINEAR)
+
+
+def check_fixed_flags(flags: dict[str, Any], owner: str) -> None:
+    """Raise a `ValueError` naming the first standard flag of `flags` set to something the original's preprocessing
+    cannot do (see `FIXED_FLAGS`; `resample` must be bilinear, `device` the CPU)."""
+    for name, value in flags.items():
+        if name in FIXED_FLAGS:
+            allowed, reason = FIXED_FLAGS[name]
+            if not any(value is ok or (isinstance(value, (bool, str)) and value == ok) for ok in allowed):
+                raise ValueError(f"{owner} cannot honour {name}={value!r}: {reason}")
+        elif name == "resample" and value is not None and getattr(value, "value", value) not in BILINEAR_NAMES:
+            raise ValueError(
+                f"{owner} cannot honour resample={value!r}: it resizes bilinearly without antialiasing, as OpenCV's "
+                "INTER_LINEAR does"
+            )
+        elif name == "device" and value is not None and torch.device(value).type != "cpu":
+            raise ValueError(
+                f"{owner} cannot honour device={value!r}: preprocessing runs on the CPU, in float64 where the "
+                "original's arithmetic needs it; move the result with `.to(device)`"
+            )
+
+
+def edges_of(size: Any) -> tuple[int, int]:
+    """`(shortest_edge, longest_edge)` of a `size` dict (or transformers' `SizeDict`)."""
+    try:
+        shortest, longest = size["shortest_edge"], size["longest_edge"]
+    except (KeyError, TypeError):
+        shortest = longest = None
+    if not isinstance(shortest, int) or not isinstance(longest, int) or not 0 < shortest <= longest:
+        raise ValueError(
+            f"size must be {{'shortest_edge': S, 'longest_edge': L}} with 0 < S <= L (the original's 600 and "
+            f"1000), got {size!r}"
+        )
+    return shortest, longest
+
+
+def flatten_images(images: Any) -> list:
+    """One image, a list of them, or a list of lists (one level deep) as one flat list."""
+    if not isinstance(images, (list, tuple)):
+        return [images]
+    flat = []
+    for image in images:
+        flat.extend(image if isinstance(image, (list, tuple)) else [image])
+    return flat
+
+
 class ButdFrcnnImageProcessor(TorchvisionBackend):
     r"""
     Prepares images for [`ButdFrcnnModel`] exactly as the original `generate_tsv.py` did (see the module docstring).
@@ -253,10 +327,17 @@ class ButdFrcnnImageProcessor(TorchvisionBackend):
     - `original_sizes` (`(B, 2)` int64): each image's decoded `(height, width)`.
     All of them can be passed to the model: `model(**processor(images, return_tensors="pt"))`.
 
-    Args:
+    Args (at construction, saved in `preprocessor_config.json`, or per call):
+        do_resize (`bool`, defaults to `True`): resize by the original's rule; `False` keeps each image at its own
+            size (scale 1: still decoded, mean-subtracted and batched).
         size (`dict[str, int]`, defaults to `{"shortest_edge": 600, "longest_edge": 1000}`):
             The original's `TEST.SCALES` (600) and `TEST.MAX_SIZE` (1000).
         pixel_means_bgr, input_channel_order, apply_exif_orientation: see [`ButdFrcnnImageProcessorKwargs`].
+        return_tensors (`str`, *optional*): `"pt"` (also the default) or `"np"`.
+
+    The other standard flags of transformers' image processors are accepted only with values that ask for nothing
+    the original did not do (see `FIXED_FLAGS`): `do_normalize=True`, `image_mean`, `do_rescale=True`, cropping,
+    another resampling filter, ... raise a `ValueError`, at construction as at a call.
     """
 
     valid_kwargs = ButdFrcnnImageProcessorKwargs
@@ -273,49 +354,42 @@ class ButdFrcnnImageProcessor(TorchvisionBackend):
 
     def __init__(self, **kwargs: Unpack[ButdFrcnnImageProcessorKwargs]):
         super().__init__(**kwargs)
+        owner = type(self).__name__
+        check_fixed_flags({name: getattr(self, name, None) for name in (*FIXED_FLAGS, "resample", "device")}, owner)
+        edges_of(self.size)
 
-    def fetch_images(self, images):
-        """Paths are opened here (decoded later, with the others); nothing is downloaded."""
-        if isinstance(images, (list, tuple)):
-            return [self.fetch_images(image) for image in images]
-        if isinstance(images, (str, os.PathLike)):
-            return _PathImage(os.fspath(images))
-        return images
+    def preprocess(
+        self,
+        images: Any,
+        *,
+        do_resize: bool | None = None,
+        size: dict[str, int] | None = None,
+        pixel_means_bgr: Sequence[float] | None = None,
+        input_channel_order: str | None = None,
+        apply_exif_orientation: bool | None = None,
+        return_tensors: str | TensorType | None = None,
+        **flags: Any,
+    ) -> "ButdFrcnnBatchFeature":
+        """Decode, subtract the means, resize and batch `images` (see the class docstring); every argument defaults
+        to the processor's own setting."""
+        unknown = sorted(set(flags) - set(FIXED_FLAGS) - {"resample", "device", "rescale_factor", "disable_grouping"})
+        if unknown:
+            raise TypeError(f"{type(self).__name__} got unexpected keyword arguments {unknown}")
+        check_fixed_flags(flags, type(self).__name__)
+        do_resize = self.do_resize if do_resize is None else do_resize
+        shortest_edge, longest_edge = edges_of(self.size if size is None else size)
+        means = self.pixel_means_bgr if pixel_means_bgr is None else pixel_means_bgr
+        if return_tensors not in (None, "pt", "np"):
+            raise ValueError(f"return_tensors must be 'pt' or 'np', got {return_tensors!r}")
 
-    def _prepare_images_structure(self, images, expected_ndims: int = 3):
-        images = self.fetch_images(images)
-        if not isinstance(images, (list, tuple)):
-            images = [images]
-        flat = []
-        for image in images:
-            flat.extend(image if isinstance(image, (list, tuple)) else [image])
-        return flat
-
-    def process_image(self, image, input_channel_order=None, apply_exif_orientation=None, **kwargs) -> np.ndarray:
-        """Decode one input into H x W x 3 BGR uint8."""
-        input_channel_order = input_channel_order or self.input_channel_order
-        apply_exif_orientation = (
-            self.apply_exif_orientation if apply_exif_orientation is None else apply_exif_orientation
-        )
-        if isinstance(image, _PathImage):
-            return load_image_bgr(image.path, apply_exif_orientation)
-        if isinstance(image, Image.Image):
-            return pil_to_bgr(image, apply_exif_orientation)
-        if isinstance(image, (np.ndarray, torch.Tensor)):
-            return array_to_bgr(image, input_channel_order)
-        raise TypeError(f"cannot read an image from a {type(image).__name__}: pass a path, a PIL image or an array")
-
-    def _validate_preprocess_kwargs(self, **kwargs):
-        size = kwargs.get("size")
-        if not size or "shortest_edge" not in size or "longest_edge" not in size:
-            raise ValueError(f"size must give shortest_edge and longest_edge, got {size}")
-
-    def _preprocess(self, images: list[np.ndarray], size, pixel_means_bgr, return_tensors=None, **kwargs):
         resized, image_sizes, scales, original_sizes = [], [], [], []
-        for bgr in images:
+        for image in flatten_images(images):
+            bgr = self.process_image(image, input_channel_order, apply_exif_orientation)
             height, width = bgr.shape[:2]
-            scale = compute_scale(height, width, size["shortest_edge"], size["longest_edge"])
-            blob = resize_like_opencv(subtract_means(bgr, pixel_means_bgr), scale)
+            scale = compute_scale(height, width, shortest_edge, longest_edge) if do_resize else 1.0
+            blob = subtract_means(bgr, means)
+            if do_resize:
+                blob = resize_like_opencv(blob, scale)
             resized.append(blob)
             image_sizes.append(blob.shape[1:])
             scales.append(scale)
@@ -334,6 +408,21 @@ class ButdFrcnnImageProcessor(TorchvisionBackend):
         if return_tensors == "np":
             data = {key: value.numpy() for key, value in data.items()}
         return ButdFrcnnBatchFeature(data=data)
+
+    def process_image(
+        self, image: Any, input_channel_order: str | None = None, apply_exif_orientation: bool | None = None
+    ) -> np.ndarray:
+        """Decode one input (a path, a PIL image, an array or a tensor) into H x W x 3 BGR uint8."""
+        input_channel_order = input_channel_order or self.input_channel_order
+        if apply_exif_orientation is None:
+            apply_exif_orientation = self.apply_exif_orientation
+        if isinstance(image, (str, os.PathLike)):
+            return load_image_bgr(image, apply_exif_orientation)
+        if isinstance(image, Image.Image):
+            return pil_to_bgr(image, apply_exif_orientation)
+        if isinstance(image, (np.ndarray, torch.Tensor)):
+            return array_to_bgr(image, input_channel_order)
+        raise TypeError(f"cannot read an image from a {type(image).__name__}: pass a path, a PIL image or an array")
 
     def post_process_object_detection(
         self,
@@ -397,13 +486,6 @@ class ButdFrcnnImageProcessor(TorchvisionBackend):
                 }
             )
         return results
-
-
-class _PathImage:
-    """An image given by its path, decoded by `process_image` so that errors name the file."""
-
-    def __init__(self, path: str):
-        self.path = path
 
 
 __all__ = ["ButdFrcnnImageProcessor"]

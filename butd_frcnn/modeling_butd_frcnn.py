@@ -1,549 +1,152 @@
 """The bottom-up-attention Faster R-CNN (ResNet C4 + attribute head), computing what the original Caffe test network
 and `tools/generate_tsv.py` compute.
 
-Conventions of the original, stated once here and followed everywhere below:
-- boxes are `(x1, y1, x2, y2)` pixels with the *inclusive* py-faster-rcnn convention: width = x2 - x1 + 1;
-- box arithmetic runs in float32, in the original's order of operations, so that threshold decisions agree;
-- NMS suppresses at IoU **>=** threshold (the Cython `cpu_nms`), the float32 IoU compared with the threshold as a
-  double;
-- where the original sorted with `argsort()[::-1]`, numpy 1.x's unstable introsort decided the order of exactly tied
-  scores (flat image regions; proposals that round to the same RoI-pooling cells). `original_argsort` reproduces
-  that order (`config.exact_tie_order`, default); the alternative is a stable device sort, lower index first.
+This file holds the network: layers, backbone, region proposal network, RoI heads and the model. The original's
+arithmetic (its sort order among ties, numpy's float32 `exp`, anchors, box decoding, NMS, RoI pooling, the region
+selection) lives in `ops_butd_frcnn.py`, whose docstring states the conventions both files follow.
 
 The state-dict names follow the detectron2 / transformers FRCNN layout so that other checkpoints map onto it.
 """
 
-import math
-from collections.abc import Sequence
+import weakref
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
+from transformers.utils.generic import can_return_tuple
 
 from .configuration_butd_frcnn import ButdFrcnnConfig
-
-# ---------------------------------------------------------------------------------------------------------------
-# Box arithmetic (py-faster-rcnn conventions, float32)
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def generate_cell_anchors(base_size: int, ratios: list[float], scales: list[float]) -> torch.Tensor:
-    """The anchors of one feature-map cell, as py-faster-rcnn's `generate_anchors` makes them.
-
-    The base anchor `(0, 0, base_size - 1, base_size - 1)` is reshaped to each ratio keeping its area (sides rounded
-    half-to-even, as `np.round` does), then scaled; ratio-major, scale-minor order. Computed in float64 like the
-    original; the result holds integers or half-integers.
-
-    Returns:
-        `torch.Tensor` of shape `(len(ratios) * len(scales), 4)`, float32.
-    """
-    base = torch.tensor([0.0, 0.0, base_size - 1.0, base_size - 1.0], dtype=torch.float64)
-
-    def width_height_center(anchor):
-        w = anchor[2] - anchor[0] + 1
-        h = anchor[3] - anchor[1] + 1
-        return w, h, anchor[0] + 0.5 * (w - 1), anchor[1] + 0.5 * (h - 1)
-
-    def make_anchors(ws, hs, cx, cy):
-        return torch.stack([cx - 0.5 * (ws - 1), cy - 0.5 * (hs - 1), cx + 0.5 * (ws - 1), cy + 0.5 * (hs - 1)], 1)
-
-    w, h, cx, cy = width_height_center(base)
-    ratios_t = torch.tensor(ratios, dtype=torch.float64)
-    scales_t = torch.tensor(scales, dtype=torch.float64)
-    ws = torch.round(torch.sqrt(w * h / ratios_t))
-    hs = torch.round(ws * ratios_t)
-    anchors = []
-    for ratio_anchor in make_anchors(ws, hs, cx, cy):
-        rw, rh, rcx, rcy = width_height_center(ratio_anchor)
-        anchors.append(make_anchors(rw * scales_t, rh * scales_t, rcx, rcy))
-    return torch.cat(anchors).to(torch.float32)
-
-
-def shift_anchors(cell_anchors: torch.Tensor, height: int, width: int, stride: int) -> torch.Tensor:
-    """All anchors of a `height x width` feature map, ordered (y, x, anchor) slowest to fastest.
-
-    Returns:
-        `torch.Tensor` of shape `(height * width * num_anchors, 4)`.
-    """
-    device = cell_anchors.device
-    shift_y, shift_x = torch.meshgrid(
-        torch.arange(height, device=device) * stride, torch.arange(width, device=device) * stride, indexing="ij"
-    )
-    shifts = torch.stack([shift_x, shift_y, shift_x, shift_y], dim=-1).reshape(-1, 1, 4).to(cell_anchors.dtype)
-    return (shifts + cell_anchors.reshape(1, -1, 4)).reshape(-1, 4)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# The original's sort order (numpy 1.x argsort)
-# ---------------------------------------------------------------------------------------------------------------
-
-_QUICKSORT_SMALL = 15  # numpy's SMALL_QUICKSORT: partitions this small are insertion-sorted
-
-
-def _heapsort_indices(values: list, order: list, start: int, count: int) -> None:
-    """numpy's `aheapsort_` on `order[start:start + count]` (introsort's fallback when recursion gets too deep)."""
-
-    def less(a: int, b: int) -> bool:
-        return values[order[start + a - 1]] < values[order[start + b - 1]]
-
-    def sift_down(node: int, item: int, end: int) -> None:
-        child = node << 1
-        while child <= end:
-            if child < end and less(child, child + 1):
-                child += 1
-            if values[item] < values[order[start + child - 1]]:
-                order[start + node - 1] = order[start + child - 1]
-                node, child = child, child << 1
-            else:
-                break
-        order[start + node - 1] = item
-
-    for node in range(count >> 1, 0, -1):
-        sift_down(node, order[start + node - 1], count)
-    for end in range(count, 1, -1):
-        item = order[start + end - 1]
-        order[start + end - 1] = order[start]
-        sift_down(1, item, end - 1)
-
-
-def numpy_quicksort_argsort(values: Sequence[float]) -> list[int]:
-    """`np.argsort(values, kind="quicksort")` of numpy 1.x, transcribed: median-of-3 quicksort, insertion sort below
-    16 elements, heapsort past a depth of 2 log2(n). Its order among equal values is what the original saw."""
-    values = list(values)
-    order = list(range(len(values)))
-    low, high = 0, len(values) - 1
-    depth = 2 * (max(len(values), 1).bit_length() - 1)
-    pending = []
-    while True:
-        if depth < 0:
-            _heapsort_indices(values, order, low, high - low + 1)
-        else:
-            while high - low > _QUICKSORT_SMALL:
-                middle = low + ((high - low) >> 1)
-                if values[order[middle]] < values[order[low]]:
-                    order[middle], order[low] = order[low], order[middle]
-                if values[order[high]] < values[order[middle]]:
-                    order[high], order[middle] = order[middle], order[high]
-                if values[order[middle]] < values[order[low]]:
-                    order[middle], order[low] = order[low], order[middle]
-                pivot = values[order[middle]]
-                i, j = low, high - 1
-                order[middle], order[j] = order[j], order[middle]
-                while True:
-                    i += 1
-                    while values[order[i]] < pivot:
-                        i += 1
-                    j -= 1
-                    while pivot < values[order[j]]:
-                        j -= 1
-                    if i >= j:
-                        break
-                    order[i], order[j] = order[j], order[i]
-                order[i], order[high - 1] = order[high - 1], order[i]
-                depth -= 1
-                if i - low < high - i:  # continue with the smaller partition, keep the larger for later
-                    pending.append((i + 1, high, depth))
-                    high = i - 1
-                else:
-                    pending.append((low, i - 1, depth))
-                    low = i + 1
-            for i in range(low + 1, high + 1):
-                item, j = order[i], i
-                while j > low and values[item] < values[order[j - 1]]:
-                    order[j] = order[j - 1]
-                    j -= 1
-                order[j] = item
-        if not pending:
-            return order
-        low, high, depth = pending.pop()
-
-
-def _numpy_sorts_longdouble_generically() -> bool:
-    """numpy 2 sorts float32/float64 with SIMD kernels whose tie order differs from numpy 1.x, but long doubles still
-    go through the generic introsort. Checked once against the transcription, on values with many ties."""
-    if np.finfo(np.longdouble).nmant <= np.finfo(np.float64).nmant:
-        return False
-    values = np.array([(i * 7919) % 13 for i in range(300)], dtype=np.float64) / 4
-    return np.argsort(values.astype(np.longdouble), kind="quicksort").tolist() == numpy_quicksort_argsort(values)
-
-
-_LONGDOUBLE_SORT_IS_GENERIC = _numpy_sorts_longdouble_generically()
-
-
-def original_argsort_descending(values: torch.Tensor, dim: int = 0) -> torch.Tensor:
-    """The original's `values.argsort()[::-1]` along `dim`: descending, exact ties in numpy 1.x's order.
-
-    Runs on the CPU (float32 and float64 convert to long double exactly, keeping every tie).
-    """
-    array = np.moveaxis(values.detach().to("cpu", torch.float64).numpy(), dim, -1)
-    if _LONGDOUBLE_SORT_IS_GENERIC:
-        order = np.argsort(array.astype(np.longdouble), axis=-1, kind="quicksort")
-    else:
-        rows = array.reshape(-1, array.shape[-1])
-        order = np.array([numpy_quicksort_argsort(row) for row in rows], dtype=np.int64).reshape(array.shape)
-    order = np.moveaxis(order[..., ::-1], -1, dim).copy()
-    return torch.from_numpy(order).to(values.device)
-
-
-def descending_order(values: torch.Tensor, exact_ties: bool, dim: int = 0, top_k: int | None = None) -> torch.Tensor:
-    """Indices sorting `values` best first along `dim` (the first `top_k` of them): ties as the original ordered
-    them (`exact_ties`), or stably.
-
-    Either way the values are sorted on their own device. Where the first `top_k` ranks hold no tie (no two equal
-    values among the first `top_k + 1`), every correct sort gives the same answer, the original's included; only
-    the rows with such a tie are sorted again on the CPU as the original did (`original_argsort_descending`). On a
-    GPU that costs one device-to-host sync, instead of copying and sorting everything on the host.
-    """
-    size = values.shape[dim]
-    top_k = size if top_k is None else min(top_k, size)
-    order = torch.sort(values, dim=dim, descending=True, stable=True)
-    if exact_ties and size > 1:
-        pairs = min(top_k, size - 1)  # ranks (i, i + 1), i < top_k: a tie there changes the first top_k
-        ranked = order.values.movedim(dim, -1).reshape(-1, size)
-        before, after = ranked[:, :pairs], ranked[:, 1 : pairs + 1]
-        tied_rows = ((before == after) | (before.isnan() & after.isnan())).any(dim=1)
-        if bool(tied_rows.any()):
-            indices = order.indices.movedim(dim, -1)
-            rows = indices.reshape(-1, size).clone()
-            tied = tied_rows.nonzero().flatten()
-            rows[tied] = original_argsort_descending(values.movedim(dim, -1).reshape(-1, size)[tied], dim=1)
-            return rows.view(indices.shape).movedim(-1, dim).narrow(dim, 0, top_k)
-    return order.indices.narrow(dim, 0, top_k)
-
-
-# numpy's float32 `exp` kernel (AVX2/AVX512F builds): Cody-Waite reduction, then a P5/Q2 rational approximation.
-# numpy's decimal constants, rounded to float32 as its C source does.
-def _as_float32(value: float) -> float:
-    return torch.tensor(value, dtype=torch.float32).item()
-
-
-_EXP_LOG2E = _as_float32(1.442695040888963407359924681001892137)
-# adding then subtracting it rounds a float32 to the nearest integer
-_EXP_ROUND_MAGIC = _as_float32(float.fromhex("0x1.8p23"))
-_EXP_LN2_HIGH = _as_float32(-6.93145752e-1)
-_EXP_LN2_LOW = _as_float32(-1.42860677e-6)
-_EXP_P = tuple(
-    _as_float32(v)
-    for v in (
-        9.999999999980870924916e-01,
-        7.257664613233124478488e-01,
-        2.473615434895520810817e-01,
-        5.114512081637298353406e-02,
-        6.757896990527504603057e-03,
-        5.082762527590693718096e-04,
-    )
+from .ops_butd_frcnn import (
+    argmax_last,
+    box_sizes_at_least,
+    chunks_without_singletons,
+    clip_boxes,
+    decode_boxes,
+    descending_order,
+    generate_cell_anchors,
+    greedy_nms,
+    group_by_size,
+    pad_and_stack,
+    per_class_nms_max_scores,
+    roi_max_pool,
+    scatter_feature_maps,
+    select_regions,
+    shift_anchors,
 )
-_EXP_Q = tuple(_as_float32(v) for v in (1.0, -2.742335390411667452936e-01, 2.159509375685829852307e-02))
-_EXP_OVERFLOW, _EXP_UNDERFLOW = 88.72283935546875, -103.97208404541015625
+
+# ---------------------------------------------------------------------------------------------------------------
+# Derived weights: computed from the parameters for speed, never saved
+# ---------------------------------------------------------------------------------------------------------------
 
 
-def _fma32(a: torch.Tensor, b: torch.Tensor | float, c: torch.Tensor | float) -> torch.Tensor:
-    """Float32 fused multiply-add: the product of two float32 values is exact in float64, the sum rounds there."""
-    return (a.double() * b + c).float()
+class ButdFrcnnDerivedKey(NamedTuple):
+    """What a derived weight is: `variant` names the computation (`"folded"`: BatchNorm + Scale folded into the
+    convolution), `dtype` and `memory_format` the form the forward uses it in."""
+
+    variant: str
+    dtype: torch.dtype
+    memory_format: torch.memory_format = torch.contiguous_format
 
 
-def numpy_float32_exp(x: torch.Tensor) -> torch.Tensor:
-    """`np.exp` on a float32 array, bit for bit.
+class ButdFrcnnDerivedEntry(NamedTuple):
+    """Derived tensors and what they were computed from (weak references: an entry never keeps old tensors alive)."""
 
-    The original decodes proposal sizes with numpy's float32 `exp`, whose SIMD kernel is not correctly rounded:
-    `torch.exp` differs from it in the last bit for about a fifth of the inputs, which moves proposal corners by an
-    ulp. This replays the kernel's steps (range reduction by rint(x * log2 e), a rational approximation, scaling by
-    2^k) with its float32 constants; it matches `np.exp` on every float32 input we tried, on any device.
+    sources: tuple[weakref.ref, ...]
+    source_kinds: tuple[tuple[torch.dtype, torch.device], ...]
+    tensors: tuple[torch.Tensor, ...]
+
+    def built_from(self, sources: Sequence[torch.Tensor]) -> bool:
+        """Whether the module still holds the very tensors this entry was computed from, in their dtype and device."""
+        return len(sources) == len(self.sources) and all(
+            ref() is tensor and kind == (tensor.dtype, tensor.device)
+            for ref, kind, tensor in zip(self.sources, self.source_kinds, sources)
+        )
+
+
+class ButdFrcnnDerivedWeights:
+    """The one home of the tensors a module computes from its parameters and buffers to run faster (BatchNorm +
+    Scale folded into a convolution; more variants may come, e.g. other dtypes), which the checkpoint does not hold.
+
+    An entry is built on first use, for one [`ButdFrcnnDerivedKey`], and costs memory until it is dropped
+    ([`ButdFrcnnPreTrainedModel.derived_weights_nbytes`] says how much: about one more copy of every convolution
+    weight). Its lifetime:
+    - it is used only while gradients are off (`torch.no_grad()`, `torch.inference_mode()`, as extraction and the
+      pipelines run the model). With gradients on, the module computes the tensors in the call, so that gradients
+      reach its parameters, and drops its entries when one of its parameters requires gradients: an optimizer step
+      is likely to change them next;
+    - it is rebuilt when the module no longer holds the very tensors it was computed from, in the same dtype and on
+      the same device: after `.to()`, `.half()`, `.cuda()` and the like (which replace the buffers and change dtype or
+      device), or after new tensors are assigned;
+    - it is dropped when weights are loaded (`load_state_dict`), on `model.train()` and `model.eval()`, and by
+      [`ButdFrcnnPreTrainedModel.clear_derived_weights`]. Only that last one is needed by hand, after writing
+      parameters in place with gradients off (`with torch.no_grad(): param.copy_(...)`, writes through `.data`):
+      PyTorch tells nobody about those.
+
+    Derived weights are never saved or copied: pickling or deep-copying a module leaves the copy's store empty.
     """
-    x = x.float()
-    nan, overflow, underflow = torch.isnan(x), x >= _EXP_OVERFLOW, x <= _EXP_UNDERFLOW
-    x = torch.where(nan | overflow | underflow, torch.zeros_like(x), x)
-    k = (x * _EXP_LOG2E + _EXP_ROUND_MAGIC) - _EXP_ROUND_MAGIC
-    r = _fma32(k, _EXP_LN2_LOW, _fma32(k, _EXP_LN2_HIGH, x))
-    numerator = torch.full_like(r, _EXP_P[5])
-    for coefficient in reversed(_EXP_P[:5]):
-        numerator = _fma32(numerator, r.double(), coefficient)
-    denominator = _fma32(torch.full_like(r, _EXP_Q[2]), r.double(), _EXP_Q[1])
-    denominator = _fma32(denominator, r.double(), _EXP_Q[0])
-    result = torch.ldexp(numerator / denominator, k.to(torch.int32))
-    result = torch.where(overflow, torch.full_like(result, math.inf), result)
-    result = torch.where(underflow, torch.zeros_like(result), result)
-    return torch.where(nan, torch.full_like(result, math.nan), result)
 
+    def __init__(self) -> None:
+        self._entries: dict[ButdFrcnnDerivedKey, ButdFrcnnDerivedEntry] = {}
 
-def decode_boxes(anchors: torch.Tensor, deltas: torch.Tensor) -> torch.Tensor:
-    """Apply `(dx, dy, dw, dh)` deltas to anchors: py-faster-rcnn's `bbox_transform_inv`, in float32.
-
-    Note the asymmetry of the original: widths count the +1, but the decoded corners are `center -/+ 0.5 * width`
-    with no -1 on the right edge.
-    """
-    widths = anchors[:, 2] - anchors[:, 0] + 1.0
-    heights = anchors[:, 3] - anchors[:, 1] + 1.0
-    center_x = anchors[:, 0] + 0.5 * widths
-    center_y = anchors[:, 1] + 0.5 * heights
-    pred_center_x = deltas[:, 0] * widths + center_x
-    pred_center_y = deltas[:, 1] * heights + center_y
-    pred_w = numpy_float32_exp(deltas[:, 2]) * widths
-    pred_h = numpy_float32_exp(deltas[:, 3]) * heights
-    return torch.stack(
-        [
-            pred_center_x - 0.5 * pred_w,
-            pred_center_y - 0.5 * pred_h,
-            pred_center_x + 0.5 * pred_w,
-            pred_center_y + 0.5 * pred_h,
-        ],
-        dim=1,
-    )
-
-
-def clip_boxes(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Clip to `[0, width - 1] x [0, height - 1]` (the last pixel is inclusive)."""
-    x = boxes[:, 0::2].clamp(min=0, max=width - 1)
-    y = boxes[:, 1::2].clamp(min=0, max=height - 1)
-    return torch.stack([x[:, 0], y[:, 0], x[:, 1], y[:, 1]], dim=1)
-
-
-def box_sizes_at_least(boxes: torch.Tensor, min_size: torch.Tensor) -> torch.Tensor:
-    """Mask of boxes whose inclusive width and height both reach `min_size` (`_filter_boxes`)."""
-    widths = boxes[:, 2] - boxes[:, 0] + 1
-    heights = boxes[:, 3] - boxes[:, 1] + 1
-    return (widths >= min_size) & (heights >= min_size)
-
-
-def float32_threshold(threshold: float) -> float:
-    """The smallest float32 `t32` with `t32 >= threshold`.
-
-    The original compares a float32 IoU with a Python (double) threshold; for a float32 `x`, `x >= threshold` holds
-    exactly when `x >= t32`, so the comparison can stay in float32.
-    """
-    t32 = torch.tensor(threshold, dtype=torch.float32)
-    if t32.double().item() < threshold:
-        t32 = torch.nextafter(t32, torch.tensor(math.inf))
-    return t32.item()
-
-
-def pairwise_iou(boxes_a: torch.Tensor, boxes_b: torch.Tensor) -> torch.Tensor:
-    """IoU of every box of `boxes_a` (the suppressors) with every box of `boxes_b`, as `cpu_nms` computes it.
-
-    Float32, +1 areas, `inter / (area_a + area_b - inter)` in that order of operations. Leading batch dimensions
-    broadcast: `(..., M, 4)` and `(..., N, 4)` give `(..., M, N)`.
-    """
-    area_a = (boxes_a[..., 2] - boxes_a[..., 0] + 1) * (boxes_a[..., 3] - boxes_a[..., 1] + 1)
-    area_b = (boxes_b[..., 2] - boxes_b[..., 0] + 1) * (boxes_b[..., 3] - boxes_b[..., 1] + 1)
-    xx1 = torch.maximum(boxes_a[..., :, None, 0], boxes_b[..., None, :, 0])
-    yy1 = torch.maximum(boxes_a[..., :, None, 1], boxes_b[..., None, :, 1])
-    xx2 = torch.minimum(boxes_a[..., :, None, 2], boxes_b[..., None, :, 2])
-    yy2 = torch.minimum(boxes_a[..., :, None, 3], boxes_b[..., None, :, 3])
-    inter = (xx2 - xx1 + 1).clamp(min=0) * (yy2 - yy1 + 1).clamp(min=0)
-    return inter / (area_a[..., :, None] + area_b[..., None, :] - inter)
-
-
-def greedy_nms(boxes: torch.Tensor, threshold: float, max_keep: int | None = None, block_size: int = 256):
-    """Greedy NMS over boxes given in the order to visit them (best score first); the `cpu_nms` of the original.
-
-    A box is kept unless a kept box before it overlaps it with IoU >= `threshold`. The boxes are processed in
-    blocks: a block is first thinned by the boxes kept so far, then resolved internally as the fixed point of
-    `kept = alive & ~any(kept_before & overlaps)`, which is unique and reached in at most one pass per link of the
-    longest suppression chain. No Python loop runs over single boxes.
-
-    Returns:
-        `torch.Tensor`: indices of the kept boxes, in order, at most `max_keep` of them.
-    """
-    t32 = float32_threshold(threshold)
-    kept_chunks = []
-    kept_boxes = boxes.new_zeros((0, 4))
-    num_kept = 0
-    for start in range(0, boxes.shape[0], block_size):
-        block = boxes[start : start + block_size]
-        alive = torch.ones(block.shape[0], dtype=torch.bool, device=boxes.device)
-        if kept_boxes.shape[0]:
-            alive &= ~(pairwise_iou(kept_boxes, block) >= t32).any(dim=0)
-        overlaps = torch.triu(pairwise_iou(block, block) >= t32, diagonal=1)
-        kept = alive
-        while True:
-            updated = alive & ~(kept[:, None] & overlaps).any(dim=0)
-            if torch.equal(updated, kept):
-                break
-            kept = updated
-        kept_index = torch.nonzero(kept).flatten() + start
-        kept_chunks.append(kept_index)
-        kept_boxes = torch.cat([kept_boxes, boxes[kept_index]])
-        num_kept += kept_index.numel()
-        if max_keep is not None and num_kept >= max_keep:
-            break
-    keep = torch.cat(kept_chunks) if kept_chunks else torch.zeros(0, dtype=torch.long, device=boxes.device)
-    return keep[:max_keep] if max_keep is not None else keep
-
-
-def pack_bits(matrix: torch.Tensor) -> torch.Tensor:
-    """Pack a boolean `(..., N)` tensor into int64 words `(..., ceil(N / 64))`: bit j of word w is column 64 w + j."""
-    *leading, n = matrix.shape
-    num_words = (n + 63) // 64
-    padded = torch.zeros((*leading, num_words * 64), dtype=torch.int64, device=matrix.device)
-    padded[..., :n] = matrix
-    weights = torch.ones(64, dtype=torch.int64, device=matrix.device) << torch.arange(64, device=matrix.device)
-    # distinct bits never carry, so their sum is their bitwise or (bit 63 wraps to the sign, as it should)
-    return (padded.view(*leading, num_words, 64) * weights).sum(dim=-1)
-
-
-def per_class_nms_max_scores(
-    boxes: torch.Tensor,
-    class_scores: torch.Tensor,
-    threshold: float,
-    exact_ties: bool = True,
-    num_boxes: torch.Tensor | list[int] | None = None,
-) -> torch.Tensor:
-    """For each box, the highest score it keeps through a per-class NMS (`max_conf` of `generate_tsv.py`).
-
-    For every class j, the original runs `cpu_nms` over (boxes, class_scores[:, j]) and each kept box records
-    `max(max_conf, score)`. Here every (image, class) pair is a lane, and all lanes run at once: step t visits, in
-    every lane, the box of rank t; it is kept unless a kept box suppressed it, and then suppresses its overlaps. This
-    equals the sequential per-class NMS. A lane's suppressed boxes are a bit set (one int64 word per 64 boxes), so a
-    step costs a few operations on `lanes x words` integers: the loop runs over ranks (at most R steps per batch),
-    never over classes, boxes or images.
-
-    Args:
-        boxes (`torch.Tensor` of shape `(R, 4)` or `(B, R, 4)`): the regions, float32.
-        class_scores (`torch.Tensor` of shape `(R, C)` or `(B, R, C)`): the scores of the classes taking part
-            (background left out).
-        exact_ties (`bool`): visit tied scores in the original's order (see `descending_order`).
-        num_boxes (*optional*, `(B,)`): real boxes per image of a batch; rows beyond are padding and get 0.
-
-    Returns:
-        `torch.Tensor` of shape `(R,)` or `(B, R)`: the score each box keeps (0 when no class keeps it).
-    """
-    if boxes.dim() == 2:
-        return per_class_nms_max_scores(boxes[None], class_scores[None], threshold, exact_ties)[0]
-    batch_size, num_rows, num_classes = class_scores.shape
-    device = class_scores.device
-    if num_rows == 0:
-        return class_scores.new_zeros((batch_size, 0))
-    counts = [num_rows] * batch_size if num_boxes is None else [int(n) for n in num_boxes]
-    overlaps = pairwise_iou(boxes, boxes) >= float32_threshold(threshold)  # (B, R, R)
-    packed = pack_bits(overlaps).view(batch_size * num_rows, -1)  # row b * R + i: the boxes box i suppresses
-    num_words = packed.shape[1]
-    # each image's boxes in each class's visiting order, ranked on its real boxes only (padding would move the
-    # original's tie order); the padding rows come last and, coming last, never suppress a real box
-    order = torch.empty((batch_size, num_rows, num_classes), dtype=torch.long, device=device)
-    for image, count in enumerate(counts):
-        order[image, :count] = descending_order(class_scores[image, :count], exact_ties, dim=0)
-        order[image, count:] = torch.arange(count, num_rows, device=device)[:, None]
-    order = order.permute(1, 0, 2).reshape(num_rows, batch_size * num_classes)  # (rank, lane) -> box
-    lanes = torch.arange(batch_size * num_classes, device=device)
-    images = lanes // num_classes
-    word_of = lanes * num_words + (order >> 6)  # (rank, lane): the word of `suppressed` holding the visited box
-    bit_of = torch.ones_like(order) << (order & 63)
-    row_of = images * num_rows + order  # (rank, lane): the row of `packed` of the visited box
-    suppressed = torch.zeros(batch_size * num_classes * num_words, dtype=torch.int64, device=device)
-    kept_by_rank = torch.empty((num_rows, batch_size * num_classes), dtype=torch.bool, device=device)
-    for rank in range(num_rows):
-        is_kept = (suppressed.index_select(0, word_of[rank]) & bit_of[rank]) == 0
-        kept_by_rank[rank] = is_kept
-        suppressed.view(-1, num_words).bitwise_or_(packed.index_select(0, row_of[rank]) * is_kept[:, None])
-    kept = torch.empty_like(kept_by_rank).scatter_(0, order, kept_by_rank)  # (box, lane)
-    kept = kept.view(num_rows, batch_size, num_classes).transpose(0, 1)
-    max_scores = torch.where(kept, class_scores, torch.zeros_like(class_scores)).amax(dim=2)
-    real = torch.arange(num_rows, device=device)[None, :] < torch.tensor(counts, device=device)[:, None]
-    return max_scores * real
-
-
-def select_regions(
-    max_scores: torch.Tensor, score_threshold: float, min_boxes: int, max_boxes: int, exact_ties: bool = True
-) -> torch.Tensor:
-    """The regions `generate_tsv.py` emits, in its order.
-
-    Those with `max_score >= score_threshold`, in region order; if fewer than `min_boxes`, the `min_boxes` best
-    instead, and if more than `max_boxes`, the `max_boxes` best (best first; ties as `descending_order` puts them).
-    """
-    keep = torch.nonzero(max_scores.double() >= score_threshold).flatten()
-    if min_boxes <= keep.numel() <= max_boxes:
-        return keep
-    count = min_boxes if keep.numel() < min_boxes else max_boxes
-    return descending_order(max_scores.double(), exact_ties, top_k=count)
-
-
-def _round_half_away_from_zero(x: torch.Tensor) -> torch.Tensor:
-    """C's `round` (torch.round rounds half to even)."""
-    return torch.where(x >= 0, torch.floor(x + 0.5), torch.ceil(x - 0.5))
-
-
-def roi_pool_bins(boxes: torch.Tensor, pool_size: int, spatial_scale: float, height: int, width: int):
-    """The bins of Caffe's ROIPooling (and `torchvision.ops.roi_pool`), computed with the same float32 operations.
-
-    Returns:
-        `(row_start, row_end, column_start, column_end)`, each `(K, pool_size)` int64: bin i of a box spans
-        rows `[row_start[i], row_end[i])` of the feature map (clipped to it; empty when `end <= start`).
-    """
-    corners = _round_half_away_from_zero(boxes.float() * torch.tensor(spatial_scale, dtype=torch.float32))
-    x1, y1, x2, y2 = corners.unbind(dim=1)
-    bins = torch.arange(pool_size, dtype=torch.float32, device=boxes.device)
-
-    def spans(start, end, limit):
-        size = (end - start + 1).clamp(min=1)  # malformed boxes are 1 x 1
-        bin_size = size / pool_size
-        low = torch.floor(bins * bin_size[:, None]) + start[:, None]
-        high = torch.ceil((bins + 1) * bin_size[:, None]) + start[:, None]
-        return low.clamp(0, limit).long(), high.clamp(0, limit).long()
-
-    row_start, row_end = spans(y1, y2, height)
-    column_start, column_end = spans(x1, x2, width)
-    return row_start, row_end, column_start, column_end
-
-
-def roi_max_pool(features: torch.Tensor, boxes: torch.Tensor, pool_size: int, spatial_scale: float) -> torch.Tensor:
-    """Caffe ROIPooling of one image: the maximum of each bin, 0 for an empty bin; equal to
-    `torchvision.ops.roi_pool` for finite features, in any dtype (a maximum rounds nothing).
-
-    torchvision's CPU kernel runs one thread, visiting bins channel by channel. Here a table holds the maximum of
-    every window size the bins use at every position, `T[h, w][y, x, :] = max(features[:, y:y+h, x:x+w])`, built with
-    a few elementwise maxima; then every bin is one gather of `C` contiguous values. The table has
-    `max_bin_height x max_bin_width` maps (about `(H / P + 2) x (W / P + 2)`, e.g. 20 for 38 x 50 and P = 14).
-
-    Args:
-        features (`torch.Tensor` of shape `(C, H, W)`): one image's feature map.
-        boxes (`torch.Tensor` of shape `(K, 4)`): `(x1, y1, x2, y2)` in input-image pixels.
-
-    Returns:
-        `torch.Tensor` of shape `(K, C, P, P)`, in channels_last memory format.
-    """
-    channels, height, width = features.shape
-    num_boxes = boxes.shape[0]
-    if num_boxes == 0:
-        return features.new_zeros((0, channels, pool_size, pool_size))
-    row_start, row_end, column_start, column_end = roi_pool_bins(boxes, pool_size, spatial_scale, height, width)
-    bin_heights = (row_end - row_start)[:, :, None]  # (K, P, 1)
-    bin_widths = (column_end - column_start)[:, None, :]  # (K, 1, P)
-    max_height = max(int(bin_heights.max()), 1)
-    max_width = max(int(bin_widths.max()), 1)
-
-    # table[h - 1, w - 1, y, x] = max(features[:, y:y+h, x:x+w]), grown one row, then one column, at a time; windows
-    # that would cross the map's edge are never read and stay unwritten. One extra row of zeros serves empty bins.
-    pixels = features.permute(1, 2, 0)  # (H, W, C)
-    storage = features.new_empty((max_height * max_width * height * width + 1, channels))
-    storage[-1] = 0
-    table = storage[:-1].view(max_height, max_width, height, width, channels)
-    table[0, 0] = pixels
-    for h in range(1, max_height):
-        torch.maximum(table[h - 1, 0, : height - h], pixels[h:], out=table[h, 0, : height - h])
-    for h in range(max_height):
-        rows = height - h
-        for w in range(1, max_width):
-            torch.maximum(
-                table[h, w - 1, :rows, : width - w], table[h, 0, :rows, w:], out=table[h, w, :rows, : width - w]
+    def get(
+        self,
+        key: ButdFrcnnDerivedKey,
+        sources: Sequence[torch.Tensor],
+        build: Callable[[], tuple[torch.Tensor, ...]],
+    ) -> tuple[torch.Tensor, ...]:
+        """The tensors `build()` returns for `key`, computed from `sources`: from the store when it holds them for
+        these very sources, else built (and stored while gradients are off)."""
+        if torch.compiler.is_compiling():  # traced into the graph, which keeps what it needs
+            return build()
+        if torch.is_grad_enabled():
+            if any(source.requires_grad for source in sources):
+                self.clear()
+            return build()
+        entry = self._entries.get(key)
+        if entry is None or not entry.built_from(sources):
+            # what was built from other tensors will not be used again
+            self._entries = {k: e for k, e in self._entries.items() if e.built_from(sources)}
+            entry = ButdFrcnnDerivedEntry(
+                tuple(weakref.ref(source) for source in sources),
+                tuple((source.dtype, source.device) for source in sources),
+                tuple(build()),
             )
+            self._entries[key] = entry
+        return entry.tensors
 
-    empty = (bin_heights <= 0) | (bin_widths <= 0)
-    window = (bin_heights - 1).clamp(min=0) * max_width + (bin_widths - 1).clamp(min=0)
-    index = (window * height + row_start[:, :, None]) * width + column_start[:, None, :]  # (K, P, P)
-    index = torch.where(empty, storage.shape[0] - 1, index)
-    pooled = storage.index_select(0, index.flatten()).view(num_boxes, pool_size, pool_size, channels)
-    return pooled.permute(0, 3, 1, 2)  # (K, C, P, P), channels_last
+    def clear(self) -> None:
+        self._entries = {}
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the stored tensors."""
+        return sum(tensor.nbytes for entry in self._entries.values() for tensor in entry.tensors)
+
+    def __getstate__(self) -> dict:
+        return {"_entries": {}}  # derived, never saved (weak references cannot be pickled anyway)
+
+    def __deepcopy__(self, memo: dict) -> "ButdFrcnnDerivedWeights":
+        return ButdFrcnnDerivedWeights()
 
 
-def argmax_last(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    """Argmax that resolves exact ties to the highest index, as Caffe's ArgMax layer does."""
-    size = x.shape[dim]
-    return size - 1 - torch.argmax(torch.flip(x, dims=[dim]), dim=dim)
+def derived_weight_stores(module: nn.Module) -> Iterator[ButdFrcnnDerivedWeights]:
+    """The derived-weight stores of `module` and its submodules."""
+    for submodule in module.modules():
+        store = getattr(submodule, "derived_weights", None)
+        if isinstance(store, ButdFrcnnDerivedWeights):
+            yield store
+
+
+def drop_derived_weights(module: nn.Module, incompatible_keys: object = None) -> None:
+    """Empty the derived-weight stores of `module` and its submodules (also a `load_state_dict` post-hook)."""
+    for store in derived_weight_stores(module):
+        store.clear()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -551,7 +154,7 @@ def argmax_last(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-class ButdFrozenBatchNorm2d(nn.Module):
+class ButdFrcnnFrozenBatchNorm2d(nn.Module):
     """Caffe's BatchNorm (global statistics) followed by its Scale layer: one affine map per channel.
 
     Stored like detectron2's FrozenBatchNorm2d: `running_mean` and `running_var` are Caffe's statistics already
@@ -579,31 +182,34 @@ class ButdFrozenBatchNorm2d(nn.Module):
         return x * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)
 
 
-class ButdConv2d(nn.Conv2d):
+class ButdFrcnnConv2d(nn.Conv2d):
     """A bias-free Caffe convolution followed by BatchNorm + Scale, run as one convolution with the affine map folded
     into its weight and bias.
 
-    The folded pair is computed once and cached (not saved: the checkpoint keeps Caffe's separate blobs). The cache
-    is rebuilt when any of the five tensors changes through PyTorch (`load_state_dict`, in-place updates under
-    `torch.no_grad()`, `.to()`, `.half()`, `.cuda()`); writes through `.data`, which PyTorch does not track, need
-    `model.apply(ButdConv2d.clear_folded)`. With gradients on, the fold is recomputed in every call so that they
-    reach the original parameters.
+    The folded pair lives in `derived_weights` (see [`ButdFrcnnDerivedWeights`] for when it is built and dropped);
+    the checkpoint keeps Caffe's separate blobs. With gradients on, the fold is computed in the call, so that
+    gradients reach the original parameters.
     """
 
     def __init__(
         self,
-        in_channels,
-        out_channels,
-        kernel_size,
-        stride=1,
-        padding=0,
-        dilation=1,
-        eps=1e-5,
-        ends_residual_branch=False,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int = 1,
+        padding: int = 0,
+        dilation: int = 1,
+        eps: float = 1e-5,
+        ends_residual_branch: bool = False,
     ):
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, bias=False)
-        self.norm = ButdFrozenBatchNorm2d(out_channels, eps, ends_residual_branch)
-        self._folded: tuple | None = None  # (key, weight, bias)
+        self.norm = ButdFrcnnFrozenBatchNorm2d(out_channels, eps, ends_residual_branch)
+        self.derived_weights = ButdFrcnnDerivedWeights()
+        self.register_load_state_dict_post_hook(drop_derived_weights)
+
+    def fold_sources(self) -> tuple[torch.Tensor, ...]:
+        """The tensors the fold is computed from: the weight and the BatchNorm + Scale buffers."""
+        return (self.weight, *self.norm.buffers())
 
     def fold(
         self, dtype: torch.dtype, memory_format: torch.memory_format = torch.contiguous_format
@@ -618,24 +224,9 @@ class ButdConv2d(nn.Conv2d):
     def folded(
         self, dtype: torch.dtype, memory_format: torch.memory_format = torch.contiguous_format
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """`fold(dtype, memory_format)`, from the cache while the parameters are unchanged."""
-        if torch.compiler.is_compiling() or (torch.is_grad_enabled() and self.weight.requires_grad):
-            return self.fold(dtype, memory_format)
-        tensors = (self.weight, *self.norm.buffers())
-        key = (dtype, memory_format, *((t.data_ptr(), t._version) for t in tensors))
-        if self._folded is None or self._folded[0] != key:
-            self._folded = (key, *self.fold(dtype, memory_format))
-        return self._folded[1], self._folded[2]
-
-    @staticmethod
-    def clear_folded(module: nn.Module) -> None:
-        """For `model.apply(...)`: forget the cached fold (after writing parameters through `.data`)."""
-        if isinstance(module, ButdConv2d):
-            module._folded = None
-
-    def _apply(self, fn, recurse=True):
-        self._folded = None  # .to() and friends make new tensors, possibly at a freed tensor's address
-        return super()._apply(fn, recurse)
+        """`fold(dtype, memory_format)`, built once and kept in `derived_weights` while gradients are off."""
+        key = ButdFrcnnDerivedKey("folded", dtype, memory_format)
+        return self.derived_weights.get(key, self.fold_sources(), lambda: self.fold(dtype, memory_format))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
@@ -643,22 +234,30 @@ class ButdConv2d(nn.Conv2d):
         return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation)
 
 
-class ButdBottleneck(nn.Module):
+class ButdFrcnnBottleneck(nn.Module):
     """Caffe ResNet bottleneck: the stride sits on the first 1x1 conv (and the projection shortcut)."""
 
-    def __init__(self, in_channels, bottleneck_channels, out_channels, stride=1, dilation=1, eps=1e-5):
+    def __init__(
+        self,
+        in_channels: int,
+        bottleneck_channels: int,
+        out_channels: int,
+        stride: int = 1,
+        dilation: int = 1,
+        eps: float = 1e-5,
+    ):
         super().__init__()
         self.stride = stride
         self.dilation = dilation
         if in_channels != out_channels or stride != 1:
-            self.shortcut = ButdConv2d(in_channels, out_channels, 1, stride=stride, eps=eps)
+            self.shortcut = ButdFrcnnConv2d(in_channels, out_channels, 1, stride=stride, eps=eps)
         else:
             self.shortcut = None
-        self.conv1 = ButdConv2d(in_channels, bottleneck_channels, 1, stride=stride, eps=eps)
-        self.conv2 = ButdConv2d(
+        self.conv1 = ButdFrcnnConv2d(in_channels, bottleneck_channels, 1, stride=stride, eps=eps)
+        self.conv2 = ButdFrcnnConv2d(
             bottleneck_channels, bottleneck_channels, 3, padding=dilation, dilation=dilation, eps=eps
         )
-        self.conv3 = ButdConv2d(bottleneck_channels, out_channels, 1, eps=eps, ends_residual_branch=True)
+        self.conv3 = ButdFrcnnConv2d(bottleneck_channels, out_channels, 1, eps=eps, ends_residual_branch=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # In place on the convolutions' fresh outputs (bit-identical, autograd-safe): res5 is memory-bound between
@@ -669,23 +268,33 @@ class ButdBottleneck(nn.Module):
         return self.conv3(out).add_(shortcut).relu_()
 
 
-class ButdStage(nn.Sequential):
+class ButdFrcnnStage(nn.Sequential):
     """A ResNet stage: `depth` bottlenecks, the first one changing width and stride."""
 
-    def __init__(self, in_channels, bottleneck_channels, out_channels, depth, stride, dilation, eps):
-        blocks = [ButdBottleneck(in_channels, bottleneck_channels, out_channels, stride, dilation, eps)]
+    def __init__(
+        self,
+        in_channels: int,
+        bottleneck_channels: int,
+        out_channels: int,
+        depth: int,
+        stride: int,
+        dilation: int,
+        eps: float,
+    ):
+        blocks = [ButdFrcnnBottleneck(in_channels, bottleneck_channels, out_channels, stride, dilation, eps)]
         blocks += [
-            ButdBottleneck(out_channels, bottleneck_channels, out_channels, 1, dilation, eps) for _ in range(depth - 1)
+            ButdFrcnnBottleneck(out_channels, bottleneck_channels, out_channels, 1, dilation, eps)
+            for _ in range(depth - 1)
         ]
         super().__init__(*blocks)
 
 
-class ButdStem(nn.Module):
+class ButdFrcnnStem(nn.Module):
     """conv1 7x7/2 + BatchNorm + Scale + ReLU, then a 3x3/2 max pool that rounds its output size up (Caffe)."""
 
     def __init__(self, in_channels: int, out_channels: int, eps: float):
         super().__init__()
-        self.conv1 = ButdConv2d(in_channels, out_channels, 7, stride=2, padding=3, eps=eps)
+        self.conv1 = ButdFrcnnConv2d(in_channels, out_channels, 7, stride=2, padding=3, eps=eps)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns conv1's activation (before pooling) and the pooled map."""
@@ -693,16 +302,16 @@ class ButdStem(nn.Module):
         return conv1, F.max_pool2d(conv1, kernel_size=3, stride=2, padding=0, ceil_mode=True)
 
 
-class ButdBackbone(nn.Module):
+class ButdFrcnnBackbone(nn.Module):
     """ResNet up to res4 (stride 16): the feature map of the RPN and of the RoI pooling."""
 
     def __init__(self, config: ButdFrcnnConfig):
         super().__init__()
         eps = config.batch_norm_eps
-        self.stem = ButdStem(config.num_channels, config.stem_channels, eps)
+        self.stem = ButdFrcnnStem(config.num_channels, config.stem_channels, eps)
         in_channels = config.stem_channels
         for index, name in enumerate(("res2", "res3", "res4")):
-            stage = ButdStage(
+            stage = ButdFrcnnStage(
                 in_channels,
                 config.bottleneck_sizes[index],
                 config.hidden_sizes[index],
@@ -727,7 +336,7 @@ class ButdBackbone(nn.Module):
         return conv1, res2, res3, self.res4(res3)
 
 
-class ButdAnchorGenerator(nn.Module):
+class ButdFrcnnAnchorGenerator(nn.Module):
     """Holds the 12 cell anchors as a persistent buffer so that they travel with the weights."""
 
     def __init__(self, config: ButdFrcnnConfig):
@@ -743,7 +352,7 @@ class ButdAnchorGenerator(nn.Module):
         return shift_anchors(self.cell_anchors, height, width, self.stride)
 
 
-class ButdRPNHead(nn.Module):
+class ButdFrcnnRPNHead(nn.Module):
     """`rpn_conv/3x3` + ReLU, then 2A objectness logits `[bg for anchors 0..A-1, fg for anchors 0..A-1]` and 4A
     box deltas `(dx, dy, dw, dh)` per anchor."""
 
@@ -766,20 +375,22 @@ def objectness_probabilities(logits: torch.Tensor) -> torch.Tensor:
     return torch.softmax(pairs, dim=1).reshape(batch, channels, height, width)
 
 
-class ButdRegionProposalNetwork(nn.Module):
+class ButdFrcnnRegionProposalNetwork(nn.Module):
     """The RPN and the Python `ProposalLayer` of the original (test mode)."""
 
     def __init__(self, config: ButdFrcnnConfig):
         super().__init__()
-        self.anchor_generator = ButdAnchorGenerator(config)
-        self.rpn_head = ButdRPNHead(config.hidden_sizes[2], config.rpn_hidden_size, config.num_anchors)
+        self.anchor_generator = ButdFrcnnAnchorGenerator(config)
+        self.rpn_head = ButdFrcnnRPNHead(config.hidden_sizes[2], config.rpn_hidden_size, config.num_anchors)
         self.pre_nms_top_n = config.rpn_pre_nms_top_n
         self.post_nms_top_n = config.rpn_post_nms_top_n
         self.nms_threshold = config.rpn_nms_threshold
         self.min_size = config.rpn_min_size
         self.exact_tie_order = config.exact_tie_order
 
-    def forward(self, features: torch.Tensor, image_height: int, image_width: int, scales: torch.Tensor):
+    def forward(
+        self, features: torch.Tensor, image_height: int, image_width: int, scales: torch.Tensor
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Proposals of each image of a batch of same-size images, in resized-image pixels, best first.
 
         Args:
@@ -802,7 +413,15 @@ class ButdRegionProposalNetwork(nn.Module):
             for i in range(features.shape[0])
         ]
 
-    def proposals_from_scores(self, scores, deltas, anchors, image_height, image_width, scale):
+    def proposals_from_scores(
+        self,
+        scores: torch.Tensor,
+        deltas: torch.Tensor,
+        anchors: torch.Tensor,
+        image_height: int,
+        image_width: int,
+        scale: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Decode, clip, drop small boxes, keep the best `pre_nms_top_n`, NMS, keep the best `post_nms_top_n`.
 
         Returns:
@@ -821,7 +440,7 @@ class ButdRegionProposalNetwork(nn.Module):
         return boxes[keep], scores[keep]
 
 
-class ButdBoxPredictor(nn.Module):
+class ButdFrcnnBoxPredictor(nn.Module):
     """`cls_score` (index 0 = background) and the class-specific `bbox_pred` (4 deltas per class, background too)."""
 
     def __init__(self, in_features: int, num_classes: int):
@@ -833,11 +452,11 @@ class ButdBoxPredictor(nn.Module):
         return self.cls_score(x), self.bbox_pred(x)
 
 
-class ButdAttributePredictor(nn.Module):
+class ButdFrcnnAttributePredictor(nn.Module):
     """Attribute head: embed the predicted class, concatenate after the region feature, `fc_attr` + ReLU, then
     `attr_score` (index 0 = "no attribute")."""
 
-    def __init__(self, in_features: int, num_classes: int, embedding_size: int, hidden_size: int, num_attributes):
+    def __init__(self, in_features: int, num_classes: int, embedding_size: int, hidden_size: int, num_attributes: int):
         super().__init__()
         self.cls_embedding = nn.Embedding(num_classes, embedding_size)
         self.fc_attr = nn.Linear(in_features + embedding_size, hidden_size)
@@ -848,7 +467,7 @@ class ButdAttributePredictor(nn.Module):
         return self.attr_score(F.relu(self.fc_attr(hidden)))
 
 
-class ButdRoIHeads(nn.Module):
+class ButdFrcnnRoIHeads(nn.Module):
     """RoI pooling on res4, res5 at stride 1 with dilation, global average pooling (the region features), and the
     class, box and attribute predictors."""
 
@@ -857,7 +476,7 @@ class ButdRoIHeads(nn.Module):
         self.pool_size = config.roi_pool_size
         self.spatial_scale = 1.0 / config.feature_stride
         self.chunk_size = config.roi_head_chunk_size
-        self.res5 = ButdStage(
+        self.res5 = ButdFrcnnStage(
             config.hidden_sizes[2],
             config.bottleneck_sizes[3],
             config.hidden_sizes[3],
@@ -867,8 +486,8 @@ class ButdRoIHeads(nn.Module):
             config.batch_norm_eps,
         )
         num_classes = config.num_labels
-        self.box_predictor = ButdBoxPredictor(config.hidden_sizes[3], num_classes)
-        self.attribute_predictor = ButdAttributePredictor(
+        self.box_predictor = ButdFrcnnBoxPredictor(config.hidden_sizes[3], num_classes)
+        self.attribute_predictor = ButdFrcnnAttributePredictor(
             config.hidden_sizes[3],
             num_classes,
             config.class_embedding_size,
@@ -894,7 +513,9 @@ class ButdRoIHeads(nn.Module):
         outputs = [self.res5(chunk).mean(dim=(2, 3)) for chunk in chunks_without_singletons(pooled, self.chunk_size)]
         return torch.cat(outputs) if outputs else pooled.new_zeros((0, self.res5[-1].conv3.out_channels))
 
-    def forward(self, features: torch.Tensor, boxes: torch.Tensor):
+    def forward(
+        self, features: torch.Tensor, boxes: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Region features, class probabilities, box deltas and attribute probabilities of one image's boxes.
 
         Each image runs on its own, in chunks that depend only on its own box count, so that its results do not
@@ -912,15 +533,6 @@ class ButdRoIHeads(nn.Module):
         class_probs = torch.softmax(class_logits[:count].float(), dim=1)
         attribute_probs = torch.softmax(attribute_logits[:count].float(), dim=1)
         return class_probs, box_deltas[:count], attribute_probs
-
-
-def chunks_without_singletons(x: torch.Tensor, chunk_size: int) -> list[torch.Tensor]:
-    """Split along dim 0 into chunks of `chunk_size`, merging a last chunk of one row into the previous one: single
-    rows take other kernels (and other roundings) than batches do."""
-    chunks = list(torch.split(x, chunk_size))
-    if len(chunks) > 1 and chunks[-1].shape[0] == 1:
-        chunks[-2:] = [torch.cat(chunks[-2:])]
-    return chunks
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -982,38 +594,6 @@ class ButdFrcnnModelOutput(ModelOutput):
     original_sizes: torch.LongTensor | None = None
 
 
-def pad_and_stack(tensors: list[torch.Tensor], value: float = 0) -> torch.Tensor:
-    """Stack per-image tensors of different lengths along a new batch dimension, padding at the end."""
-    length = max(t.shape[0] for t in tensors)
-    out = tensors[0].new_full((len(tensors), length, *tensors[0].shape[1:]), value)
-    for i, t in enumerate(tensors):
-        out[i, : t.shape[0]] = t
-    return out
-
-
-def group_by_size(image_sizes: torch.Tensor) -> dict[tuple[int, int], list[int]]:
-    """Batch indices of the images of each distinct `(height, width)`, in order of first appearance."""
-    groups: dict[tuple[int, int], list[int]] = {}
-    for index, (height, width) in enumerate(image_sizes.tolist()):
-        groups.setdefault((int(height), int(width)), []).append(index)
-    return groups
-
-
-def scatter_feature_maps(hidden_states, maps, indices, batch_size):
-    """Place one size group's feature maps into batch-wide, zero-padded tensors (grown as larger groups come)."""
-    hidden_states = list(hidden_states) if hidden_states is not None else [None] * len(maps)
-    for level, feature_map in enumerate(maps):
-        current = hidden_states[level]
-        height = max(feature_map.shape[2], 0 if current is None else current.shape[2])
-        width = max(feature_map.shape[3], 0 if current is None else current.shape[3])
-        grown = feature_map.new_zeros((batch_size, feature_map.shape[1], height, width))
-        if current is not None:
-            grown[:, :, : current.shape[2], : current.shape[3]] = current
-        grown[indices, :, : feature_map.shape[2], : feature_map.shape[3]] = feature_map
-        hidden_states[level] = grown
-    return tuple(hidden_states)
-
-
 class ButdFrcnnPreTrainedModel(PreTrainedModel):
     config: ButdFrcnnConfig
     config_class = ButdFrcnnConfig
@@ -1021,20 +601,20 @@ class ButdFrcnnPreTrainedModel(PreTrainedModel):
     main_input_name = "pixel_values"
     input_modalities = ("image",)
 
-    def _init_weights(self, module):
+    def _init_weights(self, module: nn.Module) -> None:
         """Random weights for models built from a config (tests, benchmarks); a checkpoint overwrites all of them.
 
         The frozen BatchNorms start as identities and the last one of every residual branch at zero, so that a
         randomly initialised 101-layer network keeps bounded activations and proposes boxes near its anchors.
         """
-        if isinstance(module, ButdFrozenBatchNorm2d):
+        if isinstance(module, ButdFrcnnFrozenBatchNorm2d):
             init.constant_(module.weight, 0.0 if module.ends_residual_branch else 1.0)
             init.zeros_(module.bias)
             init.zeros_(module.running_mean)
             init.ones_(module.running_var)
-        elif isinstance(module, ButdAnchorGenerator):
-            init.copy_(module.cell_anchors, ButdAnchorGenerator.default_cell_anchors(self.config))
-        elif isinstance(module, ButdConv2d):
+        elif isinstance(module, ButdFrcnnAnchorGenerator):
+            init.copy_(module.cell_anchors, ButdFrcnnAnchorGenerator.default_cell_anchors(self.config))
+        elif isinstance(module, ButdFrcnnConv2d):
             init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
         elif isinstance(module, nn.Conv2d):  # the RPN head
             init.normal_(module.weight, std=0.01)
@@ -1046,19 +626,48 @@ class ButdFrcnnPreTrainedModel(PreTrainedModel):
         elif isinstance(module, nn.Embedding):
             init.normal_(module.weight, std=0.01)
 
+    def clear_derived_weights(self) -> None:
+        """Drop every derived weight (BatchNorm folded into the convolutions): they are rebuilt on the next forward
+        without gradients. Needed only after writing parameters in place with gradients off (`param.copy_(...)`
+        under `torch.no_grad()`, writes through `.data`); loading weights, `.to()`, `train()` and `eval()` do it by
+        themselves (see [`ButdFrcnnDerivedWeights`])."""
+        drop_derived_weights(self)
+
+    def derived_weights_nbytes(self) -> int:
+        """Memory held by the derived weights now, in bytes (about one more copy of the convolution weights once a
+        forward without gradients has run)."""
+        return sum(store.nbytes for store in derived_weight_stores(self))
+
+    def train(self, mode: bool = True) -> "ButdFrcnnPreTrainedModel":
+        """`nn.Module.train` (and so `eval`); also drops the derived weights, so that weights trained since they were
+        built are never used stale."""
+        self.clear_derived_weights()
+        return super().train(mode)
+
 
 class ButdFrcnnModel(ButdFrcnnPreTrainedModel):
     """Bottom-up-attention Faster R-CNN: image batch in, selected regions with their features, classes and
-    attributes out (plus every proposal's outputs, for parity checks)."""
+    attributes out (plus every proposal's outputs, for parity checks).
+
+    The region selection of `generate_tsv.py` (per-class NMS, threshold, 10-100 or 36 regions) runs inside the
+    model, not only in post-processing: the selected regions' features *are* the model's answer, and the
+    `image-feature-extraction` pipeline returns the first output field, so `region_features` must already hold the
+    selected regions when the forward returns. `post_process_object_detection` only filters and rescales them.
+
+    The forward follows the caller's gradient mode, as every transformers model does: run it under
+    `torch.inference_mode()` (or `torch.no_grad()`) for features, as extraction and the pipelines do; with gradients
+    on, `region_features`, `class_probs`, `attribute_probs` and the other float outputs are differentiable with
+    respect to `pixel_values` and the parameters (ids, counts and which regions are chosen are not).
+    """
 
     def __init__(self, config: ButdFrcnnConfig):
         super().__init__(config)
-        self.backbone = ButdBackbone(config)
-        self.proposal_generator = ButdRegionProposalNetwork(config)
-        self.roi_heads = ButdRoIHeads(config)
+        self.backbone = ButdFrcnnBackbone(config)
+        self.proposal_generator = ButdFrcnnRegionProposalNetwork(config)
+        self.roi_heads = ButdFrcnnRoIHeads(config)
         self.post_init()
 
-    @torch.no_grad()
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.Tensor,
@@ -1069,9 +678,8 @@ class ButdFrcnnModel(ButdFrcnnPreTrainedModel):
         max_boxes: int | None = None,
         score_threshold: float | None = None,
         output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
-    ) -> ButdFrcnnModelOutput | tuple:
+        **kwargs: object,
+    ) -> ButdFrcnnModelOutput | tuple[torch.Tensor, ...]:
         r"""
         Args:
             pixel_values (`torch.FloatTensor` of shape `(batch_size, 3, height, width)`):
@@ -1087,14 +695,22 @@ class ButdFrcnnModel(ButdFrcnnPreTrainedModel):
                 frame explicit for post-processing.
             min_boxes, max_boxes, score_threshold (*optional*):
                 Region selection of this call (e.g. 10/100/0.2 or 36/36/0.2); default to the config's.
+            output_hidden_states (`bool`, *optional*):
+                Also return the conv1, res2, res3 and res4 feature maps; defaults to the config's.
+            return_dict (`bool`, *optional*):
+                A [`ButdFrcnnModelOutput`] (default, or the config's `return_dict`) or a plain tuple of its fields
+                that are not `None`, in the same order (transformers' `can_return_tuple`).
         """
         if kwargs:
-            raise TypeError(f"ButdFrcnnModel.forward got unexpected arguments: {sorted(kwargs)}")
+            raise TypeError(
+                f"ButdFrcnnModel.forward got unexpected keyword arguments {sorted(kwargs)}; it takes the image "
+                "processor's outputs (pixel_values, image_sizes, scales, original_sizes), min_boxes, max_boxes, "
+                "score_threshold, output_hidden_states and return_dict"
+            )
         config = self.config
         min_boxes = config.min_boxes if min_boxes is None else min_boxes
         max_boxes = config.max_boxes if max_boxes is None else max_boxes
         score_threshold = config.score_threshold if score_threshold is None else score_threshold
-        return_dict = config.return_dict if return_dict is None else return_dict
         if output_hidden_states is None:
             output_hidden_states = config.output_hidden_states
         if not 0 < min_boxes <= max_boxes:
@@ -1111,7 +727,7 @@ class ButdFrcnnModel(ButdFrcnnPreTrainedModel):
         # the original's im_info is float32: its min-size filter and box rescaling use the float32 scale
         scales = scales.to(device=device, dtype=torch.float32)
 
-        per_image: list[dict | None] = [None] * batch_size
+        per_image: list[dict[str, torch.Tensor] | None] = [None] * batch_size
         hidden_states = None
         for (image_height, image_width), indices in group_by_size(image_sizes).items():
             # images of one size run together, cropped to that size: padding never reaches the network
@@ -1119,36 +735,22 @@ class ButdFrcnnModel(ButdFrcnnPreTrainedModel):
             maps = self.backbone(images)
             if output_hidden_states:
                 hidden_states = scatter_feature_maps(hidden_states, maps, indices, batch_size)
-            features = maps[-1]
-            proposals = self.proposal_generator(features, image_height, image_width, scales[indices])
-            heads = [self.roi_heads(features[j : j + 1], boxes) for j, (boxes, _) in enumerate(proposals)]
-            all_features, all_class_probs, _, all_attribute_probs = zip(*heads)
-            selections = self.select_batch(
-                [boxes / scales[i] for (boxes, _), i in zip(proposals, indices)],
-                all_features,
-                all_class_probs,
-                all_attribute_probs,
+            detections = self.detect_regions(
+                maps[-1],
+                image_height,
+                image_width,
+                scales[indices],
                 min_boxes=min_boxes,
                 max_boxes=max_boxes,
                 score_threshold=score_threshold,
             )
-            for (boxes, objectness), (region_features, class_probs, box_deltas, attribute_probs), selection, i in zip(
-                proposals, heads, selections, indices
-            ):
-                per_image[i] = {
-                    "proposals": boxes,
-                    "proposal_scores": objectness,
-                    "proposal_features": region_features,
-                    "class_probs": class_probs,
-                    "attribute_probs": attribute_probs,
-                    "box_deltas": box_deltas,
-                    **selection,
-                }
+            for i, detection in zip(indices, detections):
+                per_image[i] = detection
 
-        def stacked(key, pad=0):
+        def stacked(key: str, pad: float = 0) -> torch.Tensor:
             return pad_and_stack([image[key] for image in per_image], pad)
 
-        output = ButdFrcnnModelOutput(
+        return ButdFrcnnModelOutput(
             region_features=stacked("region_features"),
             boxes=stacked("boxes"),
             object_ids=stacked("object_ids", -1),
@@ -1166,9 +768,60 @@ class ButdFrcnnModel(ButdFrcnnPreTrainedModel):
             hidden_states=hidden_states,
             original_sizes=None if original_sizes is None else original_sizes.to(device),
         )
-        return output if return_dict else output.to_tuple()
 
-    def select(self, boxes, features, class_probs, attribute_probs, min_boxes, max_boxes, score_threshold):
+    def detect_regions(
+        self,
+        features: torch.Tensor,
+        image_height: int,
+        image_width: int,
+        scales: torch.Tensor,
+        *,
+        min_boxes: int,
+        max_boxes: int,
+        score_threshold: float,
+    ) -> list[dict[str, torch.Tensor]]:
+        """Proposals, RoI heads and region selection of a batch of same-size images, from their res4 `features`.
+
+        Returns:
+            Per image, a dict with every per-image field of [`ButdFrcnnModelOutput`] (unpadded).
+        """
+        proposals = self.proposal_generator(features, image_height, image_width, scales)
+        heads = [self.roi_heads(features[j : j + 1], boxes) for j, (boxes, _) in enumerate(proposals)]
+        all_features, all_class_probs, _, all_attribute_probs = zip(*heads)
+        selections = self.select_batch(
+            [boxes / scale for (boxes, _), scale in zip(proposals, scales)],
+            all_features,
+            all_class_probs,
+            all_attribute_probs,
+            min_boxes=min_boxes,
+            max_boxes=max_boxes,
+            score_threshold=score_threshold,
+        )
+        return [
+            {
+                "proposals": boxes,
+                "proposal_scores": objectness,
+                "proposal_features": region_features,
+                "class_probs": class_probs,
+                "attribute_probs": attribute_probs,
+                "box_deltas": box_deltas,
+                **selection,
+            }
+            for (boxes, objectness), (region_features, class_probs, box_deltas, attribute_probs), selection in zip(
+                proposals, heads, selections
+            )
+        ]
+
+    def select(
+        self,
+        boxes: torch.Tensor,
+        features: torch.Tensor,
+        class_probs: torch.Tensor,
+        attribute_probs: torch.Tensor,
+        min_boxes: int,
+        max_boxes: int,
+        score_threshold: float,
+    ) -> dict[str, torch.Tensor]:
         """`generate_tsv.py`'s region selection for one image; boxes in original-image pixels."""
         return self.select_batch(
             [boxes],
@@ -1181,7 +834,15 @@ class ButdFrcnnModel(ButdFrcnnPreTrainedModel):
         )[0]
 
     def select_batch(
-        self, boxes, features, class_probs, attribute_probs, *, min_boxes, max_boxes, score_threshold
+        self,
+        boxes: Sequence[torch.Tensor],
+        features: Sequence[torch.Tensor],
+        class_probs: Sequence[torch.Tensor],
+        attribute_probs: Sequence[torch.Tensor],
+        *,
+        min_boxes: int,
+        max_boxes: int,
+        score_threshold: float,
     ) -> list[dict[str, torch.Tensor]]:
         """`select` for several images at once (lists of per-image tensors): one per-class NMS runs for all of them,
         and each image's result is the one it would get alone."""

@@ -4,13 +4,20 @@ The stock pipeline keeps only `score`, `label` and `box` of each detection and n
 `model.config.id2label`, so attributes cannot pass through it. This subclass keeps everything else of it and adds
 the attribute; pass it as `pipeline("object-detection", model=..., pipeline_class=ButdFrcnnObjectDetectionPipeline)`.
 
-The file imports only transformers, so it also travels in the Hub folder: without the package,
+The file imports only torch and transformers, so it also travels in the Hub folder: without the package,
 `get_class_from_dynamic_module("pipeline_butd_frcnn.ButdFrcnnObjectDetectionPipeline", repo_id)` loads it.
 """
 
 from typing import Any
 
+import torch
 from transformers.pipelines import ObjectDetectionPipeline
+
+
+def bounding_box(box: torch.Tensor) -> dict[str, int]:
+    """A box `(x1, y1, x2, y2)` as the `object-detection` pipeline reports it: whole pixels, truncated, by name."""
+    xmin, ymin, xmax, ymax = box.int().tolist()
+    return {"xmin": xmin, "ymin": ymin, "xmax": xmax, "ymax": ymax}
 
 
 class ButdFrcnnObjectDetectionPipeline(ObjectDetectionPipeline):
@@ -22,18 +29,22 @@ class ButdFrcnnObjectDetectionPipeline(ObjectDetectionPipeline):
             ("red car") instead of the object alone.
     """
 
-    def check_model_type(self, supported_models):
+    def check_model_type(self, supported_models: list[str] | dict) -> None:
         """The stock check lists only built-in detectors and would log an error for this (supported) model."""
         if getattr(self.model.config, "model_type", None) != "butd_frcnn":
             super().check_model_type(supported_models)
 
-    def _sanitize_parameters(self, attribute_in_label: bool | None = None, **kwargs):
+    def _sanitize_parameters(self, attribute_in_label: bool | None = None, **kwargs: Any) -> tuple[dict, dict, dict]:
+        """Adds `attribute_in_label` to the stock parameters (the hook every pipeline implements to route its call
+        arguments; its signature is pinned by tests/test_transformers_pins.py)."""
         preprocess_params, forward_params, postprocess_params = super()._sanitize_parameters(**kwargs)
         if attribute_in_label is not None:
             postprocess_params["attribute_in_label"] = attribute_in_label
         return preprocess_params, forward_params, postprocess_params
 
-    def postprocess(self, model_outputs, threshold: float = 0.5, attribute_in_label: bool = False):
+    def postprocess(
+        self, model_outputs: dict[str, Any], threshold: float = 0.5, attribute_in_label: bool = False
+    ) -> list[dict[str, Any]]:
         detections = self.image_processor.post_process_object_detection(
             model_outputs, threshold, model_outputs["target_size"]
         )[0]
@@ -51,7 +62,7 @@ class ButdFrcnnObjectDetectionPipeline(ObjectDetectionPipeline):
                 {
                     "score": score,
                     "label": f"{attribute_name} {object_name}" if attribute_in_label else object_name,
-                    "box": self._get_bounding_box(box),
+                    "box": bounding_box(box),
                     "attribute": attribute_name,
                     "attribute_score": attribute_score,
                 }

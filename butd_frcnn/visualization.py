@@ -131,7 +131,8 @@ def detect_regions(image: str | os.PathLike | Image.Image, model, processor) -> 
     bgr = pil_to_bgr(image) if isinstance(image, Image.Image) else load_image_bgr(image)
     rgb = np.ascontiguousarray(bgr[..., ::-1])
     inputs = processor(rgb, input_channel_order="rgb", return_tensors="pt").to(model.device)
-    outputs = model(**inputs)
+    with torch.inference_mode():
+        outputs = model(**inputs)
     return Image.fromarray(rgb), processor.post_process_object_detection(outputs, threshold=0.0)[0]
 
 

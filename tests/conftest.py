@@ -1,5 +1,5 @@
-"""Shared fixtures: the golden data of the original Caffe code (read in place from ../shared), models built from it,
-and tiny random configurations."""
+"""Shared fixtures: the golden data of the original Caffe code (read in place from ../shared) and the models built
+from it. Constants and plain helpers live in helper modules (golden.py, ...), imported by the tests themselves."""
 
 import os
 
@@ -9,44 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED = REPO_ROOT.parent / "shared"
-GOLDEN = SHARED / "golden"
-VOCAB = SHARED / "vocab"
-
-# image name -> file name, in golden/images
-GOLDEN_IMAGES = {
-    "filled_with_0": "filled_with_0.png",
-    "filled_with_255": "filled_with_255.png",
-    "gradient_500x375": "gradient_500x375.png",
-    "noise_333x500": "noise_333x500.png",
-    "camera": "camera.png",
-    "astronaut": "astronaut.png",
-    "rocket": "rocket.jpg",
-}
-FLAT_IMAGES = ("filled_with_0", "filled_with_255")  # exact score ties: the original's order came from numpy's sort
-FULL_IMAGES = ("astronaut", "gradient_500x375")
-
-TINY_ARCHITECTURE = dict(
-    depths=[1, 1, 1, 1],
-    stem_channels=8,
-    hidden_sizes=[32, 64, 128, 256],
-    bottleneck_sizes=[8, 16, 32, 64],
-    rpn_hidden_size=64,
-    class_embedding_size=32,
-    attribute_hidden_size=64,
-)
-
-
-def require_shared() -> Path:
-    """The golden data must be there: a missing ../shared is an error, never a skip."""
-    if not (GOLDEN / "README.md").is_file():
-        pytest.fail(f"the golden data is missing: expected it in {GOLDEN} (../shared beside the repository)")
-    return SHARED
+from golden import model_from_caffemodel, require_shared
 
 
 @pytest.fixture(scope="session")
@@ -57,37 +22,6 @@ def shared_dir() -> Path:
 @pytest.fixture(scope="session")
 def golden_dir(shared_dir) -> Path:
     return shared_dir / "golden"
-
-
-def load_golden(variant: str, name: str) -> dict:
-    require_shared()
-    with np.load(GOLDEN / variant / f"{name}.npz") as data:
-        return {key: data[key] for key in data.files}
-
-
-def golden_image_path(name: str) -> Path:
-    require_shared()
-    return GOLDEN / "images" / GOLDEN_IMAGES[name]
-
-
-def tiny_config(**overrides):
-    """A small random-weight architecture for fast tests."""
-    from butd_frcnn import ButdFrcnnConfig
-
-    return ButdFrcnnConfig(**{**TINY_ARCHITECTURE, **overrides})
-
-
-def model_from_caffemodel(path: Path):
-    from butd_frcnn import ButdFrcnnModel
-    from butd_frcnn.conversion.caffemodel import read_caffemodel
-    from butd_frcnn.conversion.weights import caffe_to_state_dict, config_from_caffe
-
-    net = read_caffemodel(path)
-    config = config_from_caffe(net)
-    state_dict, _ = caffe_to_state_dict(net, config)
-    model = ButdFrcnnModel(config).eval()
-    model.load_state_dict(state_dict, strict=True)
-    return model
 
 
 @pytest.fixture(scope="session")
@@ -131,8 +65,9 @@ def processor():
     return ButdFrcnnImageProcessor()
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(autouse=True, scope="session")
 def _no_grad():
-    """Tests call submodules directly too: nothing here needs gradients."""
+    """The model runs with gradients off, as users run it for features (the fixtures that run it included); a test
+    about gradients turns them on itself (`torch.enable_grad()`)."""
     with torch.no_grad():
         yield

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from conftest import GOLDEN, REPO_ROOT
+from golden import GOLDEN, REPO_ROOT
 from PIL import Image
 
 # processor size of the test model: small resized images keep every forward pass fast
@@ -39,7 +39,7 @@ def save_test_model(folder: Path) -> Path:
 
 def save_model_folder(model, processor, folder: Path) -> Path:
     """Save like `butd-frcnn convert` does (remote-code files included), leaving no class registered afterwards."""
-    from butd_frcnn.conversion.convert import registered_for_remote_code
+    from butd_frcnn.remote_code import registered_for_remote_code
 
     with registered_for_remote_code():
         model.save_pretrained(folder)

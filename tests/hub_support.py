@@ -4,7 +4,7 @@ which the butd_frcnn package cannot be imported (what a Hub user without the pac
 import json
 from pathlib import Path
 
-from conftest import GOLDEN, VOCAB
+from golden import GOLDEN, VOCAB
 from remote import run_without_package as run_code_without_package
 
 # Proposals kept by the RPN: 100 instead of 300 makes every forward (and so these tests) about three times faster;

@@ -4,7 +4,7 @@ implementations agree to float rounding."""
 import numpy as np
 import torch
 
-from butd_frcnn.modeling_butd_frcnn import per_class_nms_max_scores
+from butd_frcnn.ops_butd_frcnn import per_class_nms_max_scores
 
 BOX_ATOL = 2e-4  # px: proposal corners move by ulps of the RPN deltas (measured <= 2.8e-4 px FULL, 1.3e-4 TINY)
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torchvision.ops import roi_pool
 
-from butd_frcnn.modeling_butd_frcnn import (
+from butd_frcnn.ops_butd_frcnn import (
     argmax_last,
     decode_boxes,
     descending_order,
@@ -292,7 +292,7 @@ def _exact_order_cases():
 def test_exact_descending_order_sorts_on_the_device_unless_a_tie_matters(values, dim, top_k, needs_host, monkeypatch):
     """`descending_order(exact_ties=True)` is the original's order (`original_argsort_descending`) in every case,
     but falls back to it only for the rows where a tie can change the first `top_k`, and only for those rows."""
-    import butd_frcnn.modeling_butd_frcnn as modeling
+    import butd_frcnn.ops_butd_frcnn as ops
 
     count = values.shape[dim] if top_k is None else min(top_k, values.shape[dim])
     expected = original_argsort_descending(values, dim).narrow(dim, 0, count)
@@ -302,7 +302,7 @@ def test_exact_descending_order_sorts_on_the_device_unless_a_tie_matters(values,
         host_rows.append(rows.shape[0])
         return original_argsort_descending(rows, dim)
 
-    monkeypatch.setattr(modeling, "original_argsort_descending", spy)
+    monkeypatch.setattr(ops, "original_argsort_descending", spy)
     ours = descending_order(values, exact_ties=True, dim=dim, top_k=top_k)
     assert ours.tolist() == expected.tolist()
     assert bool(host_rows) == needs_host

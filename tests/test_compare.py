@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import GOLDEN, golden_image_path, model_from_caffemodel
 from extraction_helpers import run_cli, save_model_folder
+from golden import GOLDEN, golden_image_path, model_from_caffemodel
 
 from butd_frcnn.compare import compare_files
 from butd_frcnn.compare.matching import box_iou, greedy_assignment, optimal_assignment

@@ -13,19 +13,19 @@ import numpy as np
 import pytest
 import torch
 from caffe_wire import random_layers, write_caffemodel
-from conftest import GOLDEN, REPO_ROOT, VOCAB
+from golden import GOLDEN, REPO_ROOT, VOCAB
 from huggingface_hub.errors import HfHubHTTPError
 from safetensors import safe_open
 
 from butd_frcnn import ButdFrcnnConfig, ButdFrcnnModel
 from butd_frcnn.conversion.convert import EXPECTED_FILES, convert_caffemodel
 from butd_frcnn.conversion.errors import ConversionError
-from butd_frcnn.conversion.hub import HubPushError
 from butd_frcnn.conversion.prototxt import PrototxtError
+from butd_frcnn.conversion.push import HubPushError
 from butd_frcnn.conversion.vocab import VocabularyError
 from butd_frcnn.conversion.weights import WeightMappingError
 from butd_frcnn.image_processing_butd_frcnn import ButdFrcnnImageProcessor
-from butd_frcnn.modeling_butd_frcnn import generate_cell_anchors
+from butd_frcnn.ops_butd_frcnn import generate_cell_anchors
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import GOLDEN, REPO_ROOT, TINY_ARCHITECTURE, VOCAB, golden_image_path, load_golden
+from golden import GOLDEN, REPO_ROOT, TINY_ARCHITECTURE, VOCAB, golden_image_path, load_golden
 from huggingface_hub import ModelCard
 from safetensors import safe_open
 
@@ -66,7 +66,12 @@ def test_folder_holds_exactly_the_hub_files(converted):
     with safe_open(converted / "model.safetensors", framework="pt") as f:
         assert f.metadata() == {"format": "pt"}
         assert f.get_tensor("proposal_generator.anchor_generator.cell_anchors").shape == (12, 4)
-    for name in ("configuration_butd_frcnn.py", "modeling_butd_frcnn.py", "image_processing_butd_frcnn.py"):
+    for name in (
+        "configuration_butd_frcnn.py",
+        "modeling_butd_frcnn.py",
+        "ops_butd_frcnn.py",
+        "image_processing_butd_frcnn.py",
+    ):
         assert (converted / name).read_text() == (REPO_ROOT / "butd_frcnn" / name).read_text()
 
 
@@ -165,6 +170,7 @@ else:
     raise SystemExit(f"butd_frcnn is importable ({butd_frcnn.__file__}): this would not test remote code")
 
 import numpy as np
+import torch
 from transformers import AutoImageProcessor, AutoModel
 
 processor = AutoImageProcessor.from_pretrained(folder, trust_remote_code=True)
@@ -172,7 +178,8 @@ model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
 modules = (type(model).__module__, type(processor).__module__)
 assert all(module.startswith("transformers_modules.") for module in modules), modules
 assert "butd_frcnn" not in sys.modules
-outputs = model(**processor([image], return_tensors="pt"))
+with torch.inference_mode():
+    outputs = model(**processor([image], return_tensors="pt"))
 np.savez(output, **{key: value.numpy() for key, value in outputs.items()})
 """
 

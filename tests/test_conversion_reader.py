@@ -6,7 +6,7 @@ import re
 import numpy as np
 import pytest
 from caffe_wire import field_bytes, layer_bytes, tag, varint, write_caffemodel
-from conftest import GOLDEN, VOCAB
+from golden import GOLDEN, VOCAB
 
 from butd_frcnn.conversion.caffemodel import CaffeModelError, parse_net, read_caffemodel
 from butd_frcnn.conversion.prototxt import (

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from caffe_wire import random_layers, write_caffemodel
-from conftest import GOLDEN, TINY_ARCHITECTURE, load_golden
+from golden import GOLDEN, TINY_ARCHITECTURE, load_golden
 from safetensors import safe_open
 
 from butd_frcnn.conversion.caffemodel import read_caffemodel

@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import GOLDEN
 from extraction_helpers import (
     PLAIN_READERS,
     TEST_MAX_PIXELS,
@@ -27,6 +26,7 @@ from extraction_helpers import (
     run_cli,
     save_test_model,
 )
+from golden import GOLDEN
 
 from butd_frcnn.extraction import ExtractionError, merge_outputs, read_features
 from butd_frcnn.extraction.model_loading import load_model

@@ -13,7 +13,7 @@ Tolerances, beyond those of the TINY test (see its docstring):
 import numpy as np
 import pytest
 import torch
-from conftest import FULL_IMAGES, golden_image_path, load_golden
+from golden import FULL_IMAGES, golden_image_path, load_golden
 from parity import (
     assert_same_boxes_up_to_tied_order,
     assert_same_selection_up_to_near_ties,

@@ -5,7 +5,7 @@ import re
 
 import pytest
 import torch
-from conftest import REPO_ROOT, golden_image_path
+from golden import REPO_ROOT, golden_image_path
 from hub_support import run_without_package, save_tiny_hub_folder
 
 RESPONSE_KEYS = {

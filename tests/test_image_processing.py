@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import GOLDEN_IMAGES, golden_image_path, load_golden
+from golden import GOLDEN_IMAGES, golden_image_path, load_golden
 from images import make_odd_images
 from PIL import Image
 
@@ -185,3 +185,89 @@ def test_decompression_bombs_are_refused(tmp_path, monkeypatch):
         load_image_bgr(path)
     assert load_image_bgr(path, max_pixels=0).shape == (200, 200, 3)  # 0: no limit at all, not even Pillow's
     assert Image.MAX_IMAGE_PIXELS == 100
+
+
+def test_do_resize_false_keeps_each_image_at_its_own_size(processor):
+    images = [np.full((30, 40, 3), 200, np.uint8), np.full((50, 20, 3), 10, np.uint8)]
+    for batch in (
+        processor(images, do_resize=False, return_tensors="pt"),
+        ButdFrcnnImageProcessor(do_resize=False)(images, return_tensors="pt"),
+    ):
+        assert batch["pixel_values"].shape == (2, 3, 50, 40)
+        assert batch["image_sizes"].tolist() == batch["original_sizes"].tolist() == [[30, 40], [50, 20]]
+        assert batch["scales"].tolist() == [1.0, 1.0]
+        for i, image in enumerate(images):
+            expected = subtract_means(image, (102.9801, 115.9465, 122.7717))  # mean-subtracted all the same
+            height, width = image.shape[:2]
+            assert torch.equal(batch["pixel_values"][i, :, :height, :width], expected)
+        assert (batch["pixel_values"][0, :, 30:] == 0).all() and (batch["pixel_values"][1, :, :, 20:] == 0).all()
+    assert processor(images[0], return_tensors="pt")["pixel_values"].shape == (1, 3, 600, 800), "per call only"
+
+
+# one value of each standard flag that asks for something the original did not do
+UNHONOURED_FLAGS = {
+    "do_normalize": True,
+    "image_mean": [0.5, 0.5, 0.5],
+    "image_std": [0.5, 0.5, 0.5],
+    "do_rescale": True,
+    "do_convert_rgb": True,
+    "do_center_crop": True,
+    "crop_size": {"height": 224, "width": 224},
+    "do_pad": False,
+    "pad_size": {"height": 1000, "width": 1000},
+    "default_to_square": True,
+    "resample": 3,  # PILImageResampling.BICUBIC
+    "data_format": "channels_last",
+    "input_data_format": "channels_first",
+    "device": "meta",
+    "image_seq_length": 576,
+}
+
+
+@pytest.mark.parametrize(("flag", "value"), list(UNHONOURED_FLAGS.items()), ids=list(UNHONOURED_FLAGS))
+def test_flags_that_cannot_be_honoured_are_refused_at_construction_and_call(flag, value, processor):
+    image = np.zeros((30, 40, 3), np.uint8)
+    with pytest.raises(ValueError, match=f"ButdFrcnnImageProcessor cannot honour {flag}="):
+        ButdFrcnnImageProcessor(**{flag: value})
+    with pytest.raises(ValueError, match=f"ButdFrcnnImageProcessor cannot honour {flag}="):
+        processor(image, return_tensors="pt", **{flag: value})
+
+
+def test_a_saved_config_asking_for_normalisation_is_refused_on_loading(tmp_path):
+    ButdFrcnnImageProcessor().save_pretrained(tmp_path)
+    path = tmp_path / "preprocessor_config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "do_normalize": True, "image_mean": [0.5] * 3}))
+    with pytest.raises(ValueError, match="cannot honour do_normalize=True"):
+        ButdFrcnnImageProcessor.from_pretrained(tmp_path)
+
+
+def test_flags_left_at_what_the_original_does_are_accepted(processor):
+    from transformers.image_utils import ChannelDimension, PILImageResampling
+
+    image = np.random.default_rng(5).integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    expected = processor(image, return_tensors="pt")["pixel_values"]
+    same = {
+        "do_normalize": False,
+        "do_rescale": False,
+        "rescale_factor": 0.5,  # used only with do_rescale
+        "do_pad": True,
+        "do_center_crop": False,
+        "resample": PILImageResampling.BILINEAR,
+        "data_format": ChannelDimension.FIRST,
+        "device": "cpu",
+        "disable_grouping": True,
+    }
+    assert torch.equal(processor(image, return_tensors="pt", **same)["pixel_values"], expected)
+    assert torch.equal(ButdFrcnnImageProcessor(**same)(image, return_tensors="pt")["pixel_values"], expected)
+
+
+def test_unknown_arguments_and_bad_sizes_are_refused(processor):
+    image = np.zeros((30, 40, 3), np.uint8)
+    with pytest.raises(TypeError, match=r"unexpected keyword arguments \['do_magic'\]"):
+        processor(image, do_magic=True)
+    with pytest.raises(ValueError, match="size must be"):
+        processor(image, size={"height": 600, "width": 800})
+    with pytest.raises(ValueError, match="size must be"):
+        ButdFrcnnImageProcessor(size={"shortest_edge": 600})
+    with pytest.raises(ValueError, match="return_tensors"):
+        processor(image, return_tensors="tf")

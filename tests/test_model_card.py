@@ -6,7 +6,7 @@ import re
 import string
 
 import yaml
-from conftest import REPO_ROOT
+from golden import REPO_ROOT
 from huggingface_hub import ModelCard
 
 TEMPLATE = REPO_ROOT / "model_card.md"

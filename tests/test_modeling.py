@@ -6,13 +6,14 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import golden_image_path, tiny_config
+from golden import golden_image_path, tiny_config
 from images import make_odd_images
 from remote import run_without_package
 from safetensors import safe_open
 from transformers import AutoConfig, AutoImageProcessor, AutoModel
 
 from butd_frcnn import ButdFrcnnConfig, ButdFrcnnImageProcessor, ButdFrcnnModel, ButdFrcnnModelOutput
+from butd_frcnn.remote_code import registered_for_remote_code
 
 OUTPUT_FIELDS = [
     "region_features", "boxes", "object_ids", "object_scores", "attribute_ids", "attribute_scores", "num_boxes",
@@ -152,12 +153,11 @@ def test_every_odd_image_kind_runs(tiny_golden_model, processor, tmp_path):
 
 
 def save_hub_folder(model, folder):
-    """What the converter writes: config.json with auto_map, model.safetensors, preprocessor_config.json, sources."""
-    ButdFrcnnConfig.register_for_auto_class()
-    ButdFrcnnModel.register_for_auto_class("AutoModel")
-    ButdFrcnnImageProcessor.register_for_auto_class("AutoImageProcessor")
-    model.save_pretrained(folder)
-    ButdFrcnnImageProcessor().save_pretrained(folder)
+    """What the converter writes: config.json with auto_map, model.safetensors, preprocessor_config.json, sources
+    (the classes registered for remote code only while saving)."""
+    with registered_for_remote_code():
+        model.save_pretrained(folder)
+        ButdFrcnnImageProcessor().save_pretrained(folder)
 
 
 def test_save_and_load_round_trip_bit_exactly_in_safetensors(tiny_golden_model, processor, tmp_path):
@@ -191,7 +191,7 @@ def test_remote_code_without_the_package(tiny_golden_model, processor, tmp_path)
     save_hub_folder(tiny_golden_model, folder)
     assert sorted(p.name for p in folder.iterdir()) == [
         "config.json", "configuration_butd_frcnn.py", "image_processing_butd_frcnn.py", "model.safetensors",
-        "modeling_butd_frcnn.py", "preprocessor_config.json",
+        "modeling_butd_frcnn.py", "ops_butd_frcnn.py", "preprocessor_config.json",
     ]  # fmt: skip
     image = golden_image_path("astronaut")
     run_without_package(
@@ -202,7 +202,8 @@ def test_remote_code_without_the_package(tiny_golden_model, processor, tmp_path)
         model = AutoModel.from_pretrained({str(folder)!r}, trust_remote_code=True).eval()
         processor = AutoImageProcessor.from_pretrained({str(folder)!r}, trust_remote_code=True)
         assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
-        outputs = model(**processor({str(image)!r}, return_tensors="pt"), min_boxes=36, max_boxes=36)
+        with torch.inference_mode():
+            outputs = model(**processor({str(image)!r}, return_tensors="pt"), min_boxes=36, max_boxes=36)
         np.savez("remote.npz", **{{k: v.numpy() for k, v in outputs.items() if k != "hidden_states"}})
         """,
         cwd=tmp_path,

@@ -4,7 +4,7 @@ the route, the detections must be the model's own selection."""
 
 import pytest
 import torch
-from conftest import golden_image_path
+from golden import golden_image_path
 from hub_support import run_without_package, save_tiny_hub_folder
 
 IMAGES = ("astronaut", "rocket")  # 22 and 13 selected regions: together, a padded batch

@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import REPO_ROOT, golden_image_path
+from golden import REPO_ROOT, golden_image_path
 from hub_support import save_tiny_hub_folder
 from PIL import Image
 

@@ -72,7 +72,7 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             f"{path}: cannot be loaded as a plain state dict ({type(error).__name__}: {str(error).splitlines()[0]}). "
             "Only tensors are read (torch.load with weights_only=True); a file holding other Python objects is "
             "refused."
-        ) from None
+        ) from error
     for wrapper in ("state_dict", "model"):
         if isinstance(loaded, dict) and isinstance(loaded.get(wrapper), dict):
             loaded = loaded[wrapper]

@@ -1,7 +1,7 @@
 """Original checkpoint -> Hub-ready folder (-> the Hub): the conversion tool as a Python function.
 
 The folder holds `config.json` (with `auto_map` for remote code), `model.safetensors`, `preprocessor_config.json`,
-the model's three source files, an Inference Endpoints `handler.py` with its `requirements.txt`, the attribute-aware
+the model's source files, an Inference Endpoints `handler.py` with its `requirements.txt`, the attribute-aware
 pipeline `pipeline_butd_frcnn.py`, and a `README.md` rendered from `model_card.md`. It is written to a temporary folder
 beside the destination and renamed into place only when complete, so that an error never leaves a half-written
 folder behind.
@@ -12,21 +12,20 @@ import os
 import shutil
 import tempfile
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from ..configuration_butd_frcnn import ButdFrcnnConfig
-from ..hub import ENDPOINT_FILES, PIPELINE_FILE, register_for_remote_code, write_hub_files
 from ..image_processing_butd_frcnn import ButdFrcnnImageProcessor
 from ..modeling_butd_frcnn import ButdFrcnnModel
+from ..remote_code import ENDPOINT_FILES, MODEL_FILES, PIPELINE_FILE, registered_for_remote_code, write_hub_files
 from .checkpoints import read_checkpoint
 from .errors import ConversionError
-from .hub import HubClient, push_folder, resolve_token
 from .model_card import render_model_card
 from .prototxt import check_prototxt, proposal_parameters, read_prototxt
+from .push import HubClient, push_folder, resolve_token
 from .vocab import attribute_names_from_vocabulary, id2label_from_vocabulary
 from .weights import (
     ConversionReport,
@@ -49,14 +48,11 @@ RELEASED_CHECKPOINTS = {
     "resnet101_faster_rcnn_final_iter_320000.caffemodel": "36",
 }
 DEFAULT_PRESET = "10-100"
-_UNSET = object()
 EXPECTED_FILES = (
     "config.json",
     "model.safetensors",
     "preprocessor_config.json",
-    "configuration_butd_frcnn.py",
-    "modeling_butd_frcnn.py",
-    "image_processing_butd_frcnn.py",
+    *MODEL_FILES,
     "README.md",
     *ENDPOINT_FILES,
     PIPELINE_FILE,
@@ -115,28 +111,6 @@ def check_output_dir(output_dir: Path, overwrite: bool):
         raise ConversionError(f"{output_dir}: cannot create the output folder: {parent} is not writable")
 
 
-@contextmanager
-def registered_for_remote_code():
-    """While saving: `auto_map` entries and copies of the three source files, so that the folder loads as remote
-    code. The registration is a class attribute; it is undone afterwards so that it does not leak into other saves."""
-    classes = {
-        ButdFrcnnConfig: "AutoConfig",
-        ButdFrcnnModel: "AutoModel",
-        ButdFrcnnImageProcessor: "AutoImageProcessor",
-    }
-    previous = {cls: cls.__dict__.get("_auto_class", _UNSET) for cls in classes}
-    for cls, auto_class in classes.items():
-        cls.register_for_auto_class(auto_class)
-    try:
-        yield
-    finally:
-        for cls, value in previous.items():
-            if value is _UNSET:
-                del cls._auto_class
-            else:
-                cls._auto_class = value
-
-
 def _default_permissions(folder: Path):
     """What a plain `mkdir` / `open` would have given: temporary folders and some writers use owner-only modes."""
     umask = os.umask(0)
@@ -176,14 +150,13 @@ def save_model_folder(
     try:
         staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", suffix=".partial", dir=output_dir.parent))
     except OSError as error:
-        raise ConversionError(f"{output_dir}: cannot create the output folder: {error.strerror}") from None
+        raise ConversionError(f"{output_dir}: cannot create the output folder: {error.strerror}") from error
     try:
         with torch.device("meta"):
             model = ButdFrcnnModel(config)
         model.load_state_dict(state_dict, strict=True, assign=True)
         processor = ButdFrcnnImageProcessor()
-        with registered_for_remote_code():
-            register_for_remote_code(model, processor)
+        with registered_for_remote_code(model):
             model.save_pretrained(staging)
             processor.save_pretrained(staging)
         write_hub_files(staging)
@@ -195,7 +168,7 @@ def save_model_folder(
         _publish(staging, output_dir)
     except OSError as error:
         shutil.rmtree(staging, ignore_errors=True)
-        raise ConversionError(f"{output_dir}: writing the converted model failed: {error}") from None
+        raise ConversionError(f"{output_dir}: writing the converted model failed: {error}") from error
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

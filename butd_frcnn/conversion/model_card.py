@@ -114,7 +114,7 @@ def render_model_card(
             conversion_report=conversion_report,
         )
     except (KeyError, IndexError, ValueError) as error:
-        raise ConversionError(f"{template_path}: cannot render the model card: {error!r}") from None
+        raise ConversionError(f"{template_path}: cannot render the model card: {error!r}") from error
     metadata = ModelCard(text, ignore_metadata_errors=False).data.to_dict()
     missing = [key for key in REQUIRED_METADATA if not metadata.get(key)]
     if missing:

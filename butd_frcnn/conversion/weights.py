@@ -15,7 +15,7 @@ import torch
 from huggingface_hub.errors import StrictDataclassError
 
 from ..configuration_butd_frcnn import ButdFrcnnConfig
-from ..modeling_butd_frcnn import ButdAnchorGenerator, ButdFrcnnModel
+from ..modeling_butd_frcnn import ButdFrcnnAnchorGenerator, ButdFrcnnModel
 from .caffemodel import CaffeNet
 from .errors import ConversionError
 
@@ -305,7 +305,9 @@ def caffe_to_state_dict(net: CaffeNet, config: ButdFrcnnConfig) -> tuple[dict[st
             f"the checkpoint has layers the model does not know: {', '.join(unknown)}. A network of another "
             "architecture? (Only the bottom-up-attention ResNet Faster R-CNN is supported.)"
         )
-    state_dict["proposal_generator.anchor_generator.cell_anchors"] = ButdAnchorGenerator.default_cell_anchors(config)
+    state_dict["proposal_generator.anchor_generator.cell_anchors"] = ButdFrcnnAnchorGenerator.default_cell_anchors(
+        config
+    )
     report.num_parameters = sum(t.numel() for t in state_dict.values())
     missing = sorted(set(shapes) - set(state_dict))
     if missing:

@@ -70,7 +70,7 @@ def load_model(name: str, device: torch.device, dtype: str) -> tuple[ButdFrcnnMo
         processor = AutoImageProcessor.from_pretrained(source)
     except OSError as error:
         if folder.exists():
-            raise ExtractionError(f"--model {folder}: cannot load it: {error}") from None
+            raise ExtractionError(f"--model {folder}: cannot load it: {error}") from error
         why = (
             "the Hub is switched off here (HF_HUB_OFFLINE=1)"
             if hub_constants.HF_HUB_OFFLINE
@@ -80,7 +80,7 @@ def load_model(name: str, device: torch.device, dtype: str) -> tuple[ButdFrcnnMo
             f"--model {name}: not a local folder, and {why}. Either pass a converted folder (butd-frcnn convert "
             f"WEIGHTS.caffemodel FOLDER), or download it once where there is network (huggingface-cli download "
             f"{name}) so that it loads from the cache. Details: {error}"
-        ) from None
+        ) from error
     if not isinstance(model, ButdFrcnnModel):
         raise ExtractionError(f"--model {name}: a {type(model).__name__}, not a butd_frcnn model")
     if not isinstance(processor, ButdFrcnnImageProcessor):

@@ -140,7 +140,7 @@ def read_npz_file(path: str | os.PathLike, suffix: str | None = None) -> RegionR
                 attrs_conf=optional("attrs_conf"),
             )
     except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
-        raise ExtractionError(f"{path}: cannot read it as a feature file: {error}") from None
+        raise ExtractionError(f"{path}: cannot read it as a feature file: {error}") from error
 
 
 def read_npz_folder(folder: str | os.PathLike, suffix: str | None = None) -> Iterator[RegionRecord]:

@@ -60,7 +60,7 @@ class RunManifest:
         try:
             return cls(**json.loads(path.read_text()))
         except (OSError, ValueError, TypeError) as error:
-            raise ExtractionError(f"{path}: unreadable run manifest ({error}); delete it to go on") from None
+            raise ExtractionError(f"{path}: unreadable run manifest ({error}); delete it to go on") from error
 
 
 def _one_line(text: str) -> str:

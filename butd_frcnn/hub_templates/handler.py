@@ -59,7 +59,8 @@ class EndpointHandler:
         return_features = parse_flag(parameters.get("return_features"), "return_features")
 
         inputs = self.processor(image, return_tensors="pt").to(self.device)
-        outputs = self.model(**inputs, min_boxes=min_boxes, max_boxes=max_boxes, score_threshold=threshold)
+        with torch.inference_mode():
+            outputs = self.model(**inputs, min_boxes=min_boxes, max_boxes=max_boxes, score_threshold=threshold)
         regions = self.processor.post_process_object_detection(outputs, threshold=0.0)[0]
         height, width = inputs["original_sizes"][0].tolist()
         label_ids, attribute_ids = regions["labels"].tolist(), regions["attributes"].tolist()

@@ -70,7 +70,7 @@ def push_folder(
         raise HubPushError(
             f"pushing {folder} to {repo_id} failed: {error}. The converted folder is complete; push it again with "
             f"`hf upload {repo_id} {folder}`."
-        ) from None
+        ) from error
     url = getattr(info, "pr_url", None) or getattr(info, "commit_url", None) or str(info)
     logger.info("pushed %s to %s: %s", folder, repo_id, url)
     return url

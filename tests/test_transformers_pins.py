@@ -1,0 +1,70 @@
+"""The parts of transformers the model files rely on beyond its public API, pinned.
+
+The model files run as Hub remote code under whatever transformers a user has; the Hub folder's requirements.txt
+names the version they are tested with. Where they override an underscored hook of a transformers base class
+(because transformers offers no public one for that job), this checks that the installed transformers is the one
+requirements.txt names and that the hook exists there with the signature we override; the behaviour behind each
+is tested by the model, processor and pipeline tests, which thereby run against that same version.
+"""
+
+import inspect
+from importlib import metadata
+
+from golden import REPO_ROOT
+from packaging.requirements import Requirement
+from transformers import PreTrainedModel
+from transformers.pipelines import ObjectDetectionPipeline
+
+from butd_frcnn import ButdFrcnnConfig, ButdFrcnnModel, ButdFrcnnPreTrainedModel
+from butd_frcnn.pipeline_butd_frcnn import ButdFrcnnObjectDetectionPipeline
+
+
+def pinned_transformers() -> Requirement:
+    lines = (REPO_ROOT / "butd_frcnn" / "hub_templates" / "requirements.txt").read_text().splitlines()
+    pins = [Requirement(line) for line in lines if line.strip() and not line.startswith("#")]
+    return next(pin for pin in pins if pin.name == "transformers")
+
+
+def test_installed_transformers_is_the_one_the_hub_requirements_name():
+    pin = pinned_transformers()
+    installed = metadata.version("transformers")
+    assert pin.specifier.contains(installed), f"transformers {installed} installed, requirements.txt names {pin}"
+    package = [Requirement(line) for line in metadata.requires("butd-frcnn")]
+    assert pin in package, "the package and the Hub requirements.txt must pin the same transformers"
+
+
+def parameters(function) -> list[tuple[str, inspect._ParameterKind]]:
+    return [(p.name, p.kind) for p in inspect.signature(function).parameters.values()]
+
+
+def test_init_weights_hook_of_pretrained_model():
+    """transformers calls `_init_weights(module)` for every module it must initialise (meta-device loading included):
+    our buffers and random weights come from it."""
+    keyword = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    assert parameters(PreTrainedModel._init_weights) == [("self", keyword), ("module", keyword)]
+    assert parameters(ButdFrcnnPreTrainedModel._init_weights) == [("self", keyword), ("module", keyword)]
+
+
+def test_sanitize_parameters_hook_of_the_object_detection_pipeline():
+    """Every pipeline routes its call arguments through `_sanitize_parameters(**kwargs)` into (preprocess, forward,
+    postprocess) parameters; ours adds `attribute_in_label` and hands the rest to the stock one."""
+    assert parameters(ObjectDetectionPipeline._sanitize_parameters) == [
+        ("self", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+        ("kwargs", inspect.Parameter.VAR_KEYWORD),
+    ]
+    pipeline = ButdFrcnnObjectDetectionPipeline.__new__(ButdFrcnnObjectDetectionPipeline)  # no model needed
+    stock = ObjectDetectionPipeline._sanitize_parameters(pipeline, threshold=0.3, timeout=5)
+    assert stock == ({"timeout": 5}, {}, {"threshold": 0.3})
+    ours = pipeline._sanitize_parameters(threshold=0.3, attribute_in_label=True)
+    assert ours == ({}, {}, {"threshold": 0.3, "attribute_in_label": True})
+
+
+def test_auto_class_registration_attribute():
+    """`butd_frcnn.remote_code.registered_for_remote_code` undoes `register_for_auto_class` through the class
+    attribute it sets."""
+    assert "_auto_class" not in ButdFrcnnModel.__dict__
+    ButdFrcnnConfig.register_for_auto_class()
+    try:
+        assert ButdFrcnnConfig.__dict__["_auto_class"] == "AutoConfig"
+    finally:
+        del ButdFrcnnConfig._auto_class
