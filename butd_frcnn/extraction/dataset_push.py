@@ -15,7 +15,7 @@ from pathlib import Path
 import huggingface_hub
 from huggingface_hub.errors import HfHubHTTPError
 
-from ..conversion.hub import HubClient, HubPushError, resolve_token
+from ..conversion.push import HubClient, HubPushError, resolve_token
 from .dataset_card import render_dataset_card
 from .durable import link_into_new_folder
 from .model_loading import model_revision
