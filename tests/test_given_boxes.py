@@ -67,7 +67,7 @@ def test_given_proposals_reproduce_the_detection_run(name, tiny_golden_model, pr
 
 def test_without_resizing_the_round_trip_is_exact(tiny_golden_model, processor):
     inputs = processor(str(golden_image_path("noise_333x500")), do_resize=False, return_tensors="pt")
-    detected, given, described = detected_then_given(tiny_golden_model, inputs)
+    detected, _, described = detected_then_given(tiny_golden_model, inputs)
     assert inputs["scales"].tolist() == [1.0]
     assert torch.equal(described.proposals[0], detected.proposals[0, : int(detected.num_proposals[0])])
     for field in HEAD_FIELDS:
