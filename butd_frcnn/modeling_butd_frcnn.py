@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
+from transformers.models.auto.modeling_auto import MODEL_FOR_OBJECT_DETECTION_MAPPING_NAMES
 from transformers.utils import ModelOutput
 from transformers.utils.generic import can_return_tuple
 
@@ -993,5 +994,23 @@ def given_boxes_per_image(
         checked.append(given.to(device))
     return checked
 
+
+def declare_object_detection_support() -> None:
+    """Name this model in the table of object detectors that transformers' `object-detection` pipeline checks.
+
+    transformers' way to support a custom model in its pipelines is to register it with the Auto class the pipeline
+    loads (`AutoModelForObjectDetection.register`, which the package's `__init__` does, and which transformers does
+    itself for remote code): `Pipeline.check_model_type` reaches registered models through the back-reference of
+    `MODEL_FOR_*_MAPPING_NAMES` to its Auto mapping. In transformers 5.24 the object-detection pipeline checks a
+    `.copy()` of that table, which drops the back-reference, so every registered model is reported as unsupported
+    with an error listing ~200 names (tests/test_transformers_pins.py notices when that changes). Adding the model
+    type to the table itself is what registration would have achieved; the Auto mappings still resolve the class
+    through their registrations (they skip model types that `CONFIG_MAPPING_NAMES` does not list). Done when this
+    file is imported, which both the installed package and remote code do before any pipeline checks the model.
+    """
+    MODEL_FOR_OBJECT_DETECTION_MAPPING_NAMES.setdefault(ButdFrcnnConfig.model_type, ButdFrcnnModel.__name__)
+
+
+declare_object_detection_support()
 
 __all__ = ["ButdFrcnnModel", "ButdFrcnnModelOutput", "ButdFrcnnPreTrainedModel"]
