@@ -31,6 +31,7 @@ class RunManifest:
         selection: `min_boxes`, `max_boxes`, `score_threshold` of the run.
         dtype: the model's dtype.
         shard_index, shard_count: which share of the listing this output holds (0, 1 for all of it).
+        source: where the images came from, in words (files and folders, or a dataset and its split).
         image_ids: the ids of the images of this share.
     """
 
@@ -40,6 +41,7 @@ class RunManifest:
     dtype: str
     shard_index: int = 0
     shard_count: int = 1
+    source: str = ""
     image_ids: list[str] = field(default_factory=list)
     version: int = MANIFEST_VERSION
 
