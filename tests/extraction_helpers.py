@@ -158,6 +158,13 @@ def run_cli(*args, env: dict | None = None, check: bool = True, **kwargs) -> sub
     return completed
 
 
+def run_torchrun(*args, env: dict | None = None, processes: int = 2) -> subprocess.CompletedProcess:
+    """`butd-frcnn ARGS` as `processes` CPU ranks of one `torchrun` (not checked: the caller reads the outcome)."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes),
+               "-m", "butd_frcnn.cli", *map(str, args)]  # fmt: skip
+    return subprocess.run(command, env=cli_env(env), capture_output=True, text=True, check=False)
+
+
 def cli_env(extra: dict | None = None) -> dict:
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     return {**env, **(extra or {})}

@@ -3,8 +3,6 @@ detection tests use them (tests/test_extraction.py), the small converted model, 
 model's own outputs for the same images and boxes as the reference."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,16 +11,17 @@ import torch
 from dataset_helpers import write_parquet_dataset
 from extraction_helpers import (
     TEST_MAX_PIXELS,
-    cli_env,
     direct_outputs,
     make_image_folder,
     plain_read_hdf5,
     plain_read_lxmert_tsv,
     plain_read_npz,
     run_cli,
+    run_torchrun,
     save_test_model,
 )
 
+from butd_frcnn.compare import compare_files
 from butd_frcnn.extraction import ExtractionError, ExtractOptions, extract, merge_outputs, read_features
 from butd_frcnn.extraction.formats import open_writer
 from butd_frcnn.extraction.hdf5 import spool_path
@@ -408,6 +407,10 @@ def test_uniter_files_read_back_and_give_their_boxes(uniter_and_selected, model_
     extract_in_process(model_folder, again, [listing], boxes_from=folder)
     for record in read_features(again):
         assert np.array_equal(record.boxes, records[record.image_id].boxes)
+    report = compare_files(folder, again)
+    assert len(report.images) == len(records) and not report.only_in_a and not report.only_in_b
+    for image in report.images:
+        assert image.exact_boxes == 1.0 and image.same_order and image.cosine_min > 0.9999, image.image_id
 
 
 def test_torchrun_given_boxes_into_uniter_files_merge_into_the_single_process_output(
@@ -416,18 +419,9 @@ def test_torchrun_given_boxes_into_uniter_files_merge_into_the_single_process_ou
     single = tmp_path / "single"
     extract_in_process(model_folder, single, [listing], format="uniter-npz", boxes_from=box_file)
     merged = tmp_path / "torchrun" / "features"
-    completed = subprocess.run(
-        [
-            sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-            "-m", "butd_frcnn.cli",
-            *map(str, extract_args(model_folder, merged, "--format", "uniter-npz", "--boxes-from", box_file)),
-            listing,
-        ],
-        env=cli_env(),
-        capture_output=True,
-        text=True,
-        check=False,
-    )  # fmt: skip
+    completed = run_torchrun(
+        *extract_args(model_folder, merged, "--format", "uniter-npz", "--boxes-from", box_file), listing
+    )
     assert completed.returncode == 0, completed.stderr
     assert "Merged 2 shards" in completed.stdout and "2 images of" in completed.stdout
     assert sorted(errors_by_id(merged)) == ["rgb_11", "rgb_15"]
