@@ -55,6 +55,7 @@ def conf_order(max_conf: np.ndarray) -> np.ndarray:
 
 
 def encode_uniter_npz(record: RegionRecord, keep_attr_prob: bool) -> bytes:
+    """One image's file: its regions sorted by `conf`, since the converter keeps a file's first rows."""
     if record.max_conf is None or record.cls_prob is None:
         raise ExtractionError(f"image {record.image_id}: uniter-npz needs each region's conf and class distribution")
     order = conf_order(record.max_conf)
