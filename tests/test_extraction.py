@@ -328,7 +328,9 @@ def test_torchrun_with_two_cpu_processes_equals_one_process(model_folder, images
     folder, _, bad = images
     single, _ = extracted("lxmert-tsv")
     merged = tmp_path / "torchrun" / "features.tsv"
-    completed = run_torchrun(*extract_args(model_folder, merged, "--format", "lxmert-tsv", "--num-workers", "1"), folder)
+    completed = run_torchrun(
+        *extract_args(model_folder, merged, "--format", "lxmert-tsv", "--num-workers", "1"), folder
+    )
     assert completed.returncode == 0, completed.stderr
     assert "Merged 2 shards" in completed.stdout
     assert len(list(merged.parent.glob("features.shard-*-of-00002.tsv"))) == 2
