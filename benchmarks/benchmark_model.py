@@ -15,6 +15,8 @@ with the fastest convolution timed right before and after each forward (for mach
     python benchmarks/benchmark_model.py --gradients           # the model called with gradients on (time, --memory)
     python benchmarks/benchmark_model.py --chunk-size 150      # res5 over 150 regions at once (more memory)
     python benchmarks/benchmark_model.py --compile             # torch.compile'd backbone and res5
+    python benchmarks/benchmark_model.py --given-boxes         # model(..., boxes=) with 10, 36, 100, 300 boxes
+                                                               # against the detection forward, interleaved
     python benchmarks/benchmark_model.py --device cuda --batch-sizes 1 8 32 --modes fp32 tf32 bf16
 
 Stages: preprocess (decoded uint8 image -> resized, mean-subtracted tensor), backbone (conv1..res4), RPN + proposals
@@ -321,6 +323,58 @@ def print_cpu_report(args, model, processor, device, dtype):
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Given boxes
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def print_given_boxes_report(args, model, processor, device, dtype) -> dict:
+    """The forward on K given boxes (no RPN, no selection; the boxes are the detection run's first K proposals, in
+    original pixels) against the detection forward (300 proposals) on the same image, all timed interleaved, best of
+    `--repeats` each: on a machine whose speed drifts, only their ratios mean something. K = 0 is the cost of
+    everything but the RoI heads (preprocessing is done once, outside the timings)."""
+    size = args.sizes[0]
+    batch = processor(synthetic_image(*size), return_tensors="pt")
+    batch["pixel_values"] = batch["pixel_values"].to(dtype)
+    batch = batch.to(device)
+    detected = model(**batch)
+    available = int(detected.num_proposals[0])
+    proposals = detected.proposals[0, :available] / batch["scales"][0].float()
+    counts = [0, *(count for count in args.given_boxes if count <= available)]
+    runs = {"detection": lambda: model(**batch).boxes.cpu()}
+    for count in counts:
+        runs[count] = functools.partial(lambda k: model(**batch, boxes=[proposals[:k]]).boxes.cpu(), count)
+    for run in runs.values():
+        run()  # warm up every shape once
+    seconds: dict = defaultdict(list)
+    for _ in range(args.repeats):
+        for name, run in runs.items():
+            synchronize(device)
+            start = time.perf_counter()
+            run()
+            synchronize(device)
+            seconds[name].append(time.perf_counter() - start)
+    best = {name: min(values) for name, values in seconds.items()}
+    detection, base = best["detection"], best[0]
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}, dtype {dtype}; "
+        f"{size[0]}x{size[1]}, {available} proposals; best of {args.repeats}, interleaved"
+    )
+    print(f"  {'regions':>18s} {'seconds':>8s} {'of detection':>13s} {'RoI heads: of detection':>24s} {'K / 300':>8s}")
+    print(f"  {'detection (300)':>18s} {detection:8.3f} {1:13.1%} {1:24.1%} {'':>8s}")
+    for count in counts:
+        heads = (best[count] - base) / (detection - base)
+        print(
+            f"  {f'{count} given':>18s} {best[count]:8.3f} {best[count] / detection:13.1%} {heads:24.1%} "
+            f"{count / available:8.1%}"
+        )
+    print(
+        "  (RoI heads: a run's time beyond the 0-box run, against the detection run's time beyond it: the RPN and "
+        "the selection count in the detection's share)"
+    )
+    return {"size": f"{size[0]}x{size[1]}", "proposals": available, "seconds": {str(k): v for k, v in seconds.items()}}
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # GPU throughput
 # ---------------------------------------------------------------------------------------------------------------
 
@@ -476,6 +530,13 @@ def main(argv=None):
         action="store_true",
         help="call the model with gradients on (a plain call), not in inference mode",
     )
+    parser.add_argument(
+        "--given-boxes",
+        type=int,
+        nargs="*",
+        metavar="K",
+        help="time model(..., boxes=) with K given boxes (default 10 36 100 300) against detection, first size only",
+    )
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     args = parser.parse_args(argv)
     if args.threads:
@@ -494,7 +555,11 @@ def main(argv=None):
             torch.manual_seed(0)
             model = compiled(ButdFrcnnModel(config).eval().to(dtype=DTYPES[args.dtype]), args.compile)
             with forward_mode(args):
-                report = print_cpu_report(args, model, processor, device, DTYPES[args.dtype])
+                if args.given_boxes is not None:
+                    args.given_boxes = args.given_boxes or [10, 36, 100, 300]
+                    report = print_given_boxes_report(args, model, processor, device, DTYPES[args.dtype])
+                else:
+                    report = print_cpu_report(args, model, processor, device, DTYPES[args.dtype])
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
 

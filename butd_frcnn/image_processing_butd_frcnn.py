@@ -46,16 +46,25 @@ class ButdFrcnnImageProcessorKwargs(ImagesKwargs, total=False):
     apply_exif_orientation: bool
 
 
+# inputs that keep their precision when a batch is cast to the model's dtype: the original computes with float32
+# (and float64) image scales and box coordinates
+FULL_PRECISION_INPUTS = ("scales", "boxes")
+
+
 class ButdFrcnnBatchFeature(BatchFeature):
-    """A `BatchFeature` whose `.to(dtype)` casts `pixel_values` only: `scales` must keep float32/float64 precision
-    (pipelines cast their inputs to the model's dtype)."""
+    """A `BatchFeature` whose `.to(dtype)` casts `pixel_values` only: `scales` and `boxes` must keep float32/float64
+    precision (pipelines cast their inputs to the model's dtype); `.to(device)` moves them all."""
 
     def to(self, *args, **kwargs) -> "ButdFrcnnBatchFeature":
-        scales = self.data.get("scales")
+        kept = {key: self.data[key] for key in FULL_PRECISION_INPUTS if key in self.data}
         super().to(*args, **kwargs)
-        if isinstance(scales, torch.Tensor):
-            device = self.data["pixel_values"].device
-            self.data["scales"] = scales.to(device=device)
+        pixel_values = self.data["pixel_values"]
+        if isinstance(pixel_values, torch.Tensor):
+            for key, value in kept.items():
+                if isinstance(value, torch.Tensor):
+                    self.data[key] = value.to(device=pixel_values.device)
+                elif isinstance(value, list):
+                    self.data[key] = [item.to(device=pixel_values.device) for item in value]
         return self
 
 
@@ -316,6 +325,22 @@ def flatten_images(images: Any) -> list:
     return flat
 
 
+def boxes_per_image(boxes: Any, images: Any, count: int) -> list[torch.Tensor]:
+    """The processor's `boxes` argument as one float32 tensor per image: `boxes` is one image's `(K, 4)` when
+    `images` is one image, else a list with one `(K_i, 4)` per image. Shapes and values are the model's to check."""
+    per_image = [boxes] if not isinstance(images, (list, tuple)) else list(boxes)
+    if len(per_image) != count:
+        raise ValueError(f"boxes gives {len(per_image)} entries for {count} images: pass one (K, 4) per image")
+    tensors = []
+    for index, image_boxes in enumerate(per_image):
+        try:
+            tensor = torch.as_tensor(image_boxes, dtype=torch.float32).clone()
+        except (TypeError, ValueError, RuntimeError) as error:
+            raise ValueError(f"boxes of image {index}: not an array of x1, y1, x2, y2 rows: {error}") from None
+        tensors.append(tensor.reshape(0, 4) if tensor.numel() == 0 else tensor)  # `[]`: no box
+    return tensors
+
+
 class ButdFrcnnImageProcessor(TorchvisionBackend):
     r"""
     Prepares images for [`ButdFrcnnModel`] exactly as the original `generate_tsv.py` did (see the module docstring).
@@ -324,7 +349,9 @@ class ButdFrcnnImageProcessor(TorchvisionBackend):
     - `pixel_values` (`(B, 3, H, W)` float32): BGR, mean-subtracted, resized, zero-padded to the batch's largest;
     - `image_sizes` (`(B, 2)` int64): each image's resized `(height, width)`;
     - `scales` (`(B,)` float64): each image's resize factor;
-    - `original_sizes` (`(B, 2)` int64): each image's decoded `(height, width)`.
+    - `original_sizes` (`(B, 2)` int64): each image's decoded `(height, width)`;
+    - `boxes` (a list of `B` float32 `(K_i, 4)` tensors), only when regions are given (`boxes=`): the model then
+      describes those regions instead of detecting (see [`ButdFrcnnModel.forward`]).
     All of them can be passed to the model: `model(**processor(images, return_tensors="pt"))`.
 
     Args (at construction, saved in `preprocessor_config.json`, or per call):
@@ -334,6 +361,9 @@ class ButdFrcnnImageProcessor(TorchvisionBackend):
             The original's `TEST.SCALES` (600) and `TEST.MAX_SIZE` (1000).
         pixel_means_bgr, input_channel_order, apply_exif_orientation: see [`ButdFrcnnImageProcessorKwargs`].
         return_tensors (`str`, *optional*): `"pt"` (also the default) or `"np"`.
+        boxes (per call only, *optional*): regions to describe instead of detecting, `(x1, y1, x2, y2)` in the
+            image's own (original) pixels, inclusive: for one image, its `(K, 4)` boxes; for a list of images, a
+            list of one `(K_i, 4)` per image. Passed on as `boxes` (float32); the model checks them.
 
     The other standard flags of transformers' image processors are accepted only with values that ask for nothing
     the original did not do (see `FIXED_FLAGS`): `do_normalize=True`, `image_mean`, `do_rescale=True`, cropping,
@@ -368,6 +398,7 @@ class ButdFrcnnImageProcessor(TorchvisionBackend):
         input_channel_order: str | None = None,
         apply_exif_orientation: bool | None = None,
         return_tensors: str | TensorType | None = None,
+        boxes: Any = None,
         **flags: Any,
     ) -> "ButdFrcnnBatchFeature":
         """Decode, subtract the means, resize and batch `images` (see the class docstring); every argument defaults
@@ -382,8 +413,10 @@ class ButdFrcnnImageProcessor(TorchvisionBackend):
         if return_tensors not in (None, "pt", "np"):
             raise ValueError(f"return_tensors must be 'pt' or 'np', got {return_tensors!r}")
 
+        flat_images = flatten_images(images)
+        given_boxes = None if boxes is None else boxes_per_image(boxes, images, len(flat_images))
         resized, image_sizes, scales, original_sizes = [], [], [], []
-        for image in flatten_images(images):
+        for image in flat_images:
             bgr = self.process_image(image, input_channel_order, apply_exif_orientation)
             height, width = bgr.shape[:2]
             scale = compute_scale(height, width, shortest_edge, longest_edge) if do_resize else 1.0
@@ -405,8 +438,13 @@ class ButdFrcnnImageProcessor(TorchvisionBackend):
             "scales": torch.tensor(scales, dtype=torch.float64),
             "original_sizes": torch.tensor(original_sizes, dtype=torch.long),
         }
+        if given_boxes is not None:
+            data["boxes"] = given_boxes
         if return_tensors == "np":
-            data = {key: value.numpy() for key, value in data.items()}
+            data = {
+                key: [v.numpy() for v in value] if isinstance(value, list) else value.numpy()
+                for key, value in data.items()
+            }
         return ButdFrcnnBatchFeature(data=data)
 
     def process_image(

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
+from transformers.models.auto.modeling_auto import MODEL_FOR_OBJECT_DETECTION_MAPPING_NAMES
 from transformers.utils import ModelOutput
 from transformers.utils.generic import can_return_tuple
 
@@ -544,7 +545,12 @@ class ButdFrcnnRoIHeads(nn.Module):
 class ButdFrcnnModelOutput(ModelOutput):
     r"""
     Outputs of [`ButdFrcnnModel`]. Per-image results are padded to the batch's largest count: features, boxes and
-    scores with 0, ids with -1; `num_boxes` and `num_proposals` say how many entries are real.
+    scores with 0, ids and indices with -1; `num_boxes` and `num_proposals` say how many entries are real.
+
+    With given boxes (`model(..., boxes=...)`) the given boxes take the place of the proposals and every one of them is
+    a region, in the given order: `num_boxes == num_proposals == K`, `proposals` holds them in resized-image pixels,
+    `proposal_indices` is `0..K-1`, `proposal_scores` is `None` (no RPN ran) and `selection_scores` is each box's
+    `object_scores` (no selection ran).
 
     Args:
         region_features (`torch.FloatTensor` of shape `(batch_size, num_regions, hidden_size)`):
@@ -574,6 +580,17 @@ class ButdFrcnnModelOutput(ModelOutput):
         original_sizes (`torch.LongTensor` of shape `(batch_size, 2)`, *optional*):
             The `original_sizes` given to the forward, passed through: the `(height, width)` that `boxes` refer to,
             so that post-processing can map them onto other target sizes.
+        proposal_indices (`torch.LongTensor` of shape `(batch_size, num_regions)`):
+            Each selected region's row among the proposals (`proposals`, `proposal_features`, `class_probs`,
+            `attribute_probs`, `box_deltas`): `class_probs[i, proposal_indices[i, :num_boxes[i]]]` are the selected
+            regions' 1601-class distributions (the "soft labels" of UNITER and VILLA). For given boxes, `0..K-1`.
+        selection_scores (`torch.FloatTensor` of shape `(batch_size, num_regions)`):
+            Each selected region's `max_conf` in `generate_tsv.py`: its highest class probability among the classes
+            whose per-class NMS kept it (0 when none did), the score the selection ranks regions by (UNITER's
+            `conf`). Given boxes are not selected, so nothing ranks them: each gets its highest object-class
+            probability (its `object_scores`), which depends on that box alone. A per-class NMS over the given boxes
+            would zero a box that overlaps a likelier box of the same class, and UNITER's converter, which keeps the
+            regions whose `conf` passes its threshold, would then drop a box the user asked for.
     """
 
     region_features: torch.FloatTensor | None = None
@@ -592,6 +609,8 @@ class ButdFrcnnModelOutput(ModelOutput):
     box_deltas: torch.FloatTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     original_sizes: torch.LongTensor | None = None
+    proposal_indices: torch.LongTensor | None = None
+    selection_scores: torch.FloatTensor | None = None
 
 
 class ButdFrcnnPreTrainedModel(PreTrainedModel):
@@ -678,6 +697,7 @@ class ButdFrcnnModel(ButdFrcnnPreTrainedModel):
         max_boxes: int | None = None,
         score_threshold: float | None = None,
         output_hidden_states: bool | None = None,
+        boxes: Sequence[torch.Tensor] | None = None,
         **kwargs: object,
     ) -> ButdFrcnnModelOutput | tuple[torch.Tensor, ...]:
         r"""
@@ -697,6 +717,16 @@ class ButdFrcnnModel(ButdFrcnnPreTrainedModel):
                 Region selection of this call (e.g. 10/100/0.2 or 36/36/0.2); default to the config's.
             output_hidden_states (`bool`, *optional*):
                 Also return the conv1, res2, res3 and res4 feature maps; defaults to the config's.
+            boxes (sequence of `batch_size` float tensors of shape `(K_i, 4)`, *optional*):
+                Regions to describe instead of detecting: per image, `(x1, y1, x2, y2)` in original-image pixels, the
+                inclusive convention of the output's `boxes`. No RPN and no selection run: the output holds exactly
+                these boxes, in this order (`K_i = 0` gives no region). Each box goes to the RoI head as the original
+                maps its own RoIs: times the image's float32 scale, and RoI-pooled as it is, not clipped to the image
+                (as the original's Fast R-CNN test mode does with given boxes): pooling bins that fall outside the
+                image are empty and give 0, as in Caffe's ROIPooling. A box with no pixel inside the image (judged
+                by `original_sizes`, or `image_sizes / scales` without them), a box with `x2 < x1` or `y2 < y1`, a
+                value that is not finite, or a tensor that is not `(K, 4)` raise a `ValueError` naming the image and
+                the box. The selection arguments do not apply.
             return_dict (`bool`, *optional*):
                 A [`ButdFrcnnModelOutput`] (default, or the config's `return_dict`) or a plain tuple of its fields
                 that are not `None`, in the same order (transformers' `can_return_tuple`).
@@ -705,7 +735,7 @@ class ButdFrcnnModel(ButdFrcnnPreTrainedModel):
             raise TypeError(
                 f"ButdFrcnnModel.forward got unexpected keyword arguments {sorted(kwargs)}; it takes the image "
                 "processor's outputs (pixel_values, image_sizes, scales, original_sizes), min_boxes, max_boxes, "
-                "score_threshold, output_hidden_states and return_dict"
+                "score_threshold, output_hidden_states, boxes and return_dict"
             )
         config = self.config
         min_boxes = config.min_boxes if min_boxes is None else min_boxes
@@ -726,6 +756,9 @@ class ButdFrcnnModel(ButdFrcnnPreTrainedModel):
             raise ValueError("`scales` must stay float32 or float64: cast only `pixel_values` to a lower precision")
         # the original's im_info is float32: its min-size filter and box rescaling use the float32 scale
         scales = scales.to(device=device, dtype=torch.float32)
+        if boxes is not None:
+            extents = original_sizes if original_sizes is not None else image_sizes / scales.cpu().double()[:, None]
+            boxes = given_boxes_per_image(boxes, extents, device)
 
         per_image: list[dict[str, torch.Tensor] | None] = [None] * batch_size
         hidden_states = None
@@ -743,12 +776,14 @@ class ButdFrcnnModel(ButdFrcnnPreTrainedModel):
                 min_boxes=min_boxes,
                 max_boxes=max_boxes,
                 score_threshold=score_threshold,
+                boxes=None if boxes is None else [boxes[i] for i in indices],
             )
             for i, detection in zip(indices, detections):
                 per_image[i] = detection
 
-        def stacked(key: str, pad: float = 0) -> torch.Tensor:
-            return pad_and_stack([image[key] for image in per_image], pad)
+        def stacked(key: str, pad: float = 0) -> torch.Tensor | None:
+            values = [image[key] for image in per_image]
+            return None if values[0] is None else pad_and_stack(values, pad)
 
         return ButdFrcnnModelOutput(
             region_features=stacked("region_features"),
@@ -767,6 +802,8 @@ class ButdFrcnnModel(ButdFrcnnPreTrainedModel):
             box_deltas=stacked("box_deltas"),
             hidden_states=hidden_states,
             original_sizes=None if original_sizes is None else original_sizes.to(device),
+            proposal_indices=stacked("proposal_indices", -1),
+            selection_scores=stacked("selection_scores"),
         )
 
     def detect_regions(
@@ -779,27 +816,43 @@ class ButdFrcnnModel(ButdFrcnnPreTrainedModel):
         min_boxes: int,
         max_boxes: int,
         score_threshold: float,
-    ) -> list[dict[str, torch.Tensor]]:
+        boxes: Sequence[torch.Tensor] | None = None,
+    ) -> list[dict[str, torch.Tensor | None]]:
         """Proposals, RoI heads and region selection of a batch of same-size images, from their res4 `features`.
 
+        With `boxes` (per image, float32 `(K, 4)` in original-image pixels, checked by `given_boxes_per_image`), the
+        given boxes replace the proposals and are the regions themselves: the RoI heads run on them exactly as on
+        proposals (one entry point, `self.roi_heads`), and no selection runs.
+
         Returns:
-            Per image, a dict with every per-image field of [`ButdFrcnnModelOutput`] (unpadded).
+            Per image, a dict with every per-image field of [`ButdFrcnnModelOutput`] (unpadded; `proposal_scores` is
+            `None` for given boxes).
         """
-        proposals = self.proposal_generator(features, image_height, image_width, scales)
-        heads = [self.roi_heads(features[j : j + 1], boxes) for j, (boxes, _) in enumerate(proposals)]
+        if boxes is None:
+            proposals = self.proposal_generator(features, image_height, image_width, scales)
+        else:
+            # the original's own RoIs are in resized pixels: the given boxes are mapped there with the float32 scale
+            proposals = [(given * scale, None) for given, scale in zip(boxes, scales)]
+        heads = [self.roi_heads(features[j : j + 1], rois) for j, (rois, _) in enumerate(proposals)]
         all_features, all_class_probs, _, all_attribute_probs = zip(*heads)
-        selections = self.select_batch(
-            [boxes / scale for (boxes, _), scale in zip(proposals, scales)],
-            all_features,
-            all_class_probs,
-            all_attribute_probs,
-            min_boxes=min_boxes,
-            max_boxes=max_boxes,
-            score_threshold=score_threshold,
-        )
+        if boxes is None:
+            selections = self.select_batch(
+                [rois / scale for (rois, _), scale in zip(proposals, scales)],
+                all_features,
+                all_class_probs,
+                all_attribute_probs,
+                min_boxes=min_boxes,
+                max_boxes=max_boxes,
+                score_threshold=score_threshold,
+            )
+        else:
+            selections = [
+                regions_of(torch.arange(given.shape[0], device=given.device), given, *head_outputs)
+                for given, head_outputs in zip(boxes, zip(all_features, all_class_probs, all_attribute_probs))
+            ]
         return [
             {
-                "proposals": boxes,
+                "proposals": rois,
                 "proposal_scores": objectness,
                 "proposal_features": region_features,
                 "class_probs": class_probs,
@@ -807,7 +860,7 @@ class ButdFrcnnModel(ButdFrcnnPreTrainedModel):
                 "box_deltas": box_deltas,
                 **selection,
             }
-            for (boxes, objectness), (region_features, class_probs, box_deltas, attribute_probs), selection in zip(
+            for (rois, objectness), (region_features, class_probs, box_deltas, attribute_probs), selection in zip(
                 proposals, heads, selections
             )
         ]
@@ -857,22 +910,107 @@ class ButdFrcnnModel(ButdFrcnnPreTrainedModel):
         )
         selections = []
         for image, count in enumerate(counts):
-            keep = select_regions(max_scores[image, :count], score_threshold, min_boxes, max_boxes, exact)
-            objects = class_probs[image][keep, 1:]
-            attributes = attribute_probs[image][keep, 1:]
-            object_ids = torch.argmax(objects, dim=1)
-            attribute_ids = torch.argmax(attributes, dim=1)
+            image_scores = max_scores[image, :count]
+            keep = select_regions(image_scores, score_threshold, min_boxes, max_boxes, exact)
             selections.append(
-                {
-                    "region_features": features[image][keep],
-                    "boxes": boxes[image][keep],
-                    "object_ids": object_ids + 1,
-                    "object_scores": objects.gather(1, object_ids[:, None]).squeeze(1),
-                    "attribute_ids": attribute_ids + 1,
-                    "attribute_scores": attributes.gather(1, attribute_ids[:, None]).squeeze(1),
-                }
+                regions_of(
+                    keep, boxes[image], features[image], class_probs[image], attribute_probs[image], image_scores
+                )
             )
         return selections
 
+
+def regions_of(
+    keep: torch.Tensor,
+    boxes: torch.Tensor,
+    features: torch.Tensor,
+    class_probs: torch.Tensor,
+    attribute_probs: torch.Tensor,
+    selection_scores: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """The per-region output fields of the rows `keep` of one image's RoI-head outputs: features, boxes (original
+    pixels), most probable object and attribute (background and "no attribute" left out), the rows themselves
+    (`proposal_indices`) and their `selection_scores` (the object score where `None`: given boxes)."""
+    objects = class_probs[keep, 1:]
+    attributes = attribute_probs[keep, 1:]
+    object_ids = torch.argmax(objects, dim=1)
+    attribute_ids = torch.argmax(attributes, dim=1)
+    object_scores = objects.gather(1, object_ids[:, None]).squeeze(1)
+    return {
+        "region_features": features[keep],
+        "boxes": boxes[keep],
+        "object_ids": object_ids + 1,
+        "object_scores": object_scores,
+        "attribute_ids": attribute_ids + 1,
+        "attribute_scores": attributes.gather(1, attribute_ids[:, None]).squeeze(1),
+        "proposal_indices": keep,
+        "selection_scores": object_scores if selection_scores is None else selection_scores[keep],
+    }
+
+
+def given_boxes_per_image(
+    boxes: Sequence[torch.Tensor], image_extents: torch.Tensor, device: torch.device
+) -> list[torch.Tensor]:
+    """Check the `boxes` given to [`ButdFrcnnModel.forward`] and return them as float32 `(K, 4)` tensors on `device`.
+
+    Args:
+        boxes: one `(K, 4)` tensor (or nested list) of `(x1, y1, x2, y2)` per image, in original-image pixels.
+        image_extents (`(batch_size, 2)`): each image's `(height, width)` in original pixels (real-valued when derived
+            from the resized size and the scale).
+
+    Raises:
+        ValueError: naming the image (its index in the batch) and the box (its index and values) that is not
+            `(K, 4)`, not finite, has `x2 < x1` or `y2 < y1`, or has no pixel inside the image.
+    """
+    if isinstance(boxes, torch.Tensor) and boxes.dim() == 2:
+        raise ValueError("boxes takes one (K, 4) tensor per image: for one image pass [boxes]")
+    boxes = list(boxes)
+    image_extents = image_extents.detach().to("cpu", torch.float64)
+    if len(boxes) != image_extents.shape[0]:
+        raise ValueError(f"boxes gives {len(boxes)} entries for a batch of {image_extents.shape[0]} images")
+    checked = []
+    for image, (given, (height, width)) in enumerate(zip(boxes, image_extents.tolist())):
+        given = torch.as_tensor(given)
+        if given.dtype == torch.bool or given.is_complex() or given.dim() != 2 or given.shape[1] != 4:
+            raise ValueError(
+                f"boxes of image {image}: expected a (K, 4) real tensor of x1, y1, x2, y2, got {given.dtype} of "
+                f"shape {tuple(given.shape)}"
+            )
+        given = given.detach().to("cpu", torch.float32)
+        x1, y1, x2, y2 = given.unbind(dim=1)
+        problems = (
+            (~torch.isfinite(given).all(dim=1), "is not finite"),
+            (x2 < x1, "has x2 < x1"),
+            (y2 < y1, "has y2 < y1"),
+            (
+                (x1 > width - 1) | (y1 > height - 1) | (x2 < 0) | (y2 < 0),
+                f"has no pixel inside the {width:g} x {height:g} image",
+            ),
+        )
+        for bad, reason in problems:
+            if bool(bad.any()):
+                index = int(bad.nonzero()[0])
+                raise ValueError(f"boxes of image {image}: box {index} {given[index].tolist()} {reason}")
+        checked.append(given.to(device))
+    return checked
+
+
+def declare_object_detection_support() -> None:
+    """Name this model in the table of object detectors that transformers' `object-detection` pipeline checks.
+
+    transformers' way to support a custom model in its pipelines is to register it with the Auto class the pipeline
+    loads (`AutoModelForObjectDetection.register`, which the package's `__init__` does, and which transformers does
+    itself for remote code): `Pipeline.check_model_type` reaches registered models through the back-reference of
+    `MODEL_FOR_*_MAPPING_NAMES` to its Auto mapping. In transformers 5.24 the object-detection pipeline checks a
+    `.copy()` of that table, which drops the back-reference, so every registered model is reported as unsupported
+    with an error listing ~200 names (tests/test_transformers_pins.py notices when that changes). Adding the model
+    type to the table itself is what registration would have achieved; the Auto mappings still resolve the class
+    through their registrations (they skip model types that `CONFIG_MAPPING_NAMES` does not list). Done when this
+    file is imported, which both the installed package and remote code do before any pipeline checks the model.
+    """
+    MODEL_FOR_OBJECT_DETECTION_MAPPING_NAMES.setdefault(ButdFrcnnConfig.model_type, ButdFrcnnModel.__name__)
+
+
+declare_object_detection_support()
 
 __all__ = ["ButdFrcnnModel", "ButdFrcnnModelOutput", "ButdFrcnnPreTrainedModel"]

@@ -1,17 +1,22 @@
-"""The `object-detection` pipeline with the attribute of each detection ("red car").
+"""Pipelines that say more than the stock ones: the attribute of each detection ("red car"), and the features of
+given regions.
 
-The stock pipeline keeps only `score`, `label` and `box` of each detection and names the label through
-`model.config.id2label`, so attributes cannot pass through it. This subclass keeps everything else of it and adds
-the attribute; pass it as `pipeline("object-detection", model=..., pipeline_class=ButdFrcnnObjectDetectionPipeline)`.
+- The stock `object-detection` pipeline keeps only `score`, `label` and `box` of each detection and names the label
+  through `model.config.id2label`, so attributes cannot pass through it. `ButdFrcnnObjectDetectionPipeline` keeps
+  everything else of it and adds the attribute.
+- The stock `image-feature-extraction` pipeline returns the selected regions' features; it passes given regions on
+  only through `image_processor_kwargs={"boxes": ...}` (and ignores any argument it does not know).
+  `ButdFrcnnImageFeatureExtractionPipeline` takes them as `boxes=`.
 
-The file imports only torch and transformers, so it also travels in the Hub folder: without the package,
+Pass them as `pipeline(task, model=..., pipeline_class=...)`. The file imports only torch and transformers, so it
+also travels in the Hub folder: without the package,
 `get_class_from_dynamic_module("pipeline_butd_frcnn.ButdFrcnnObjectDetectionPipeline", repo_id)` loads it.
 """
 
 from typing import Any
 
 import torch
-from transformers.pipelines import ObjectDetectionPipeline
+from transformers.pipelines import ImageFeatureExtractionPipeline, ObjectDetectionPipeline
 
 
 def bounding_box(box: torch.Tensor) -> dict[str, int]:
@@ -28,11 +33,6 @@ class ButdFrcnnObjectDetectionPipeline(ObjectDetectionPipeline):
         attribute_in_label (`bool`, *optional*, defaults to `False`): make `label` read "attribute object"
             ("red car") instead of the object alone.
     """
-
-    def check_model_type(self, supported_models: list[str] | dict) -> None:
-        """The stock check lists only built-in detectors and would log an error for this (supported) model."""
-        if getattr(self.model.config, "model_type", None) != "butd_frcnn":
-            super().check_model_type(supported_models)
 
     def _sanitize_parameters(self, attribute_in_label: bool | None = None, **kwargs: Any) -> tuple[dict, dict, dict]:
         """Adds `attribute_in_label` to the stock parameters (the hook every pipeline implements to route its call
@@ -70,4 +70,31 @@ class ButdFrcnnObjectDetectionPipeline(ObjectDetectionPipeline):
         return annotations
 
 
-__all__ = ["ButdFrcnnObjectDetectionPipeline"]
+class ButdFrcnnImageFeatureExtractionPipeline(ImageFeatureExtractionPipeline):
+    """`image-feature-extraction` that also describes given regions: `extractor(image, boxes=[[x1, y1, x2, y2], ...])`
+    returns the features of exactly those boxes, in that order (`(1, K, 2048)`; image pixels, inclusive
+    convention). Without `boxes`, the selected regions' features, as the stock pipeline returns them.
+
+    Args (per call):
+        boxes (`(K, 4)` array-like, *optional*): the regions of the one image of the call.
+    """
+
+    def _sanitize_parameters(
+        self, boxes: Any = None, image_processor_kwargs: dict | None = None, **kwargs: Any
+    ) -> tuple[dict, dict, dict]:
+        """Routes `boxes` to the image processor, which hands them to the model (the hook every pipeline implements
+        to route its call arguments; its signature is pinned by tests/test_transformers_pins.py)."""
+        preprocess_params, forward_params, postprocess_params = super()._sanitize_parameters(
+            image_processor_kwargs=dict(image_processor_kwargs or {}), **kwargs
+        )
+        if boxes is not None:
+            preprocess_params["boxes"] = boxes
+        return preprocess_params, forward_params, postprocess_params
+
+    def __call__(self, inputs: Any, *args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("boxes") is not None and isinstance(inputs, (list, tuple)) and len(inputs) != 1:
+            raise ValueError("boxes= gives the regions of one image: call the pipeline once per image")
+        return super().__call__(inputs, *args, **kwargs)
+
+
+__all__ = ["ButdFrcnnImageFeatureExtractionPipeline", "ButdFrcnnObjectDetectionPipeline"]

@@ -1,4 +1,5 @@
-"""Pictures of what the model selects: each region's box in its own colour, captioned "attribute object score".
+"""Pictures of what the model selects (or says about given boxes): each region's box in its own colour, captioned
+"attribute object score".
 
 Drawn with Pillow on the pixels the model itself decoded (EXIF orientation, grey, 16-bit and CMYK images as the
 original reads them), so that the boxes sit where the model saw them. Line width and text size follow the image
@@ -17,7 +18,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from .image_processing_butd_frcnn import ImageDecodeError, load_image_bgr, pil_to_bgr
+from .extraction.box_files import read_box_file
+from .extraction.inputs import image_id_from_path
+from .extraction.records import ExtractionError
+from .image_processing_butd_frcnn import load_image_bgr, pil_to_bgr
 
 logger = logging.getLogger(__name__)
 
@@ -121,28 +125,38 @@ def draw_detections(
     return draw_regions(image, boxes, captions)
 
 
-def detect_regions(image: str | os.PathLike | Image.Image, model, processor) -> tuple[Image.Image, dict]:
-    """Decode one image as the original reads it and run the model on it.
+def detect_regions(
+    image: str | os.PathLike | Image.Image, model, processor, boxes: Sequence[Sequence[float]] | None = None
+) -> tuple[Image.Image, dict]:
+    """Decode one image as the original reads it and run the model on it: detecting, or describing the given `boxes`
+    (`(x1, y1, x2, y2)` in the image's pixels, inclusive).
 
     Returns:
-        The decoded image (RGB, the pixels the model saw) and its selected regions as
+        The decoded image (RGB, the pixels the model saw) and its selected (or given) regions as
         `post_process_object_detection` gives them (no score threshold).
     """
     bgr = pil_to_bgr(image) if isinstance(image, Image.Image) else load_image_bgr(image)
     rgb = np.ascontiguousarray(bgr[..., ::-1])
-    inputs = processor(rgb, input_channel_order="rgb", return_tensors="pt").to(model.device)
+    inputs = processor(rgb, input_channel_order="rgb", boxes=boxes, return_tensors="pt").to(model.device)
     with torch.inference_mode():
         outputs = model(**inputs)
     return Image.fromarray(rgb), processor.post_process_object_detection(outputs, threshold=0.0)[0]
 
 
-def show_regions(image: str | os.PathLike | Image.Image, model, processor, top_k: int = 20) -> Image.Image:
-    """Run the model on one image (a path or a PIL image) and draw its `top_k` best selected regions.
+def show_regions(
+    image: str | os.PathLike | Image.Image,
+    model,
+    processor,
+    top_k: int = 20,
+    boxes: Sequence[Sequence[float]] | None = None,
+) -> Image.Image:
+    """Run the model on one image (a path or a PIL image) and draw its `top_k` best selected regions, or the `top_k`
+    best of the given `boxes` (image pixels, inclusive) with what the model says they are.
 
     Returns:
         `PIL.Image.Image`: the decoded image (RGB, its own size) with the boxes drawn.
     """
-    picture, detections = detect_regions(image, model, processor)
+    picture, detections = detect_regions(image, model, processor, boxes)
     return draw_detections(picture, detections, model.config.id2label, model.config.attribute_names, top_k)
 
 
@@ -154,9 +168,9 @@ def show_regions(image: str | os.PathLike | Image.Image, model, processor, top_k
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "show",
-        help="draw the regions the model selects in an image",
+        help="draw the regions the model selects in an image (or given boxes, with what the model says they are)",
         description="Run the model on IMAGE and write a picture of its best regions, captioned "
-        '"attribute object score".',
+        '"attribute object score"; with --boxes-from, of the boxes FILE gives for IMAGE.',
     )
     parser.add_argument("image", type=Path, metavar="IMAGE", help="the image file")
     parser.add_argument("--model", required=True, help="a converted model folder or a Hub id")
@@ -164,6 +178,19 @@ def add_parser(subparsers) -> None:
         "-o", "--output", type=Path, help="where to write the picture (default: IMAGE_boxes.png in the current folder)"
     )
     parser.add_argument("--top-k", type=int, default=20, help="how many regions to draw, best first (default: 20)")
+    parser.add_argument(
+        "--boxes-from",
+        type=Path,
+        metavar="FILE",
+        help="describe the boxes FILE gives for IMAGE instead of detecting: JSON {id: [[x1, y1, x2, y2], ...]}, "
+        "JSON lines, COCO annotations or a feature file (as extract --boxes-from)",
+    )
+    parser.add_argument(
+        "--image-ids",
+        choices=("stem", "number"),
+        default="stem",
+        help="IMAGE's id in FILE: its file name without extension (stem), or the last number in it (number)",
+    )
     parser.set_defaults(func=run_show)
 
 
@@ -175,6 +202,11 @@ def run_show(args: argparse.Namespace) -> int:
         return 2
     output = args.output or Path(f"{args.image.stem}_boxes.png")
     try:
+        boxes = None if args.boxes_from is None else boxes_for_image(args.boxes_from, args.image, args.image_ids)
+    except ExtractionError as error:
+        logger.error("%s", error)
+        return 1
+    try:
         # the installed code, never a prompt about the folder's own copy of it
         model = AutoModel.from_pretrained(args.model, trust_remote_code=False).eval()
         processor = AutoImageProcessor.from_pretrained(args.model, trust_remote_code=False)
@@ -182,8 +214,8 @@ def run_show(args: argparse.Namespace) -> int:
         logger.error("cannot load the model %s: %s", args.model, error)
         return 1
     try:
-        picture, detections = detect_regions(args.image, model, processor)
-    except ImageDecodeError as error:
+        picture, detections = detect_regions(args.image, model, processor, boxes)
+    except ValueError as error:  # an unreadable image, or a given box the model refuses
         logger.error("%s", error)
         return 1
     config = model.config
@@ -194,5 +226,20 @@ def run_show(args: argparse.Namespace) -> int:
         logger.error("cannot write %s: %s", output, error)
         return 1
     selected = len(detections["scores"])
-    print(f"{args.image}: {selected} regions selected, the best {min(selected, args.top_k)} drawn in {output}")
+    kind = "selected" if boxes is None else "given"
+    print(f"{args.image}: {selected} regions {kind}, the best {min(selected, args.top_k)} drawn in {output}")
     return 0
+
+
+def boxes_for_image(box_file: Path, image: Path, id_style: str) -> np.ndarray:
+    """The boxes `box_file` gives for `image` (known by its id, as `extract` names it); an `ExtractionError` when the
+    file is malformed or has no entry for the image."""
+    given = read_box_file(box_file, id_style)
+    image_id = image_id_from_path(str(image), id_style)
+    if image_id not in given.boxes:
+        listed = ", ".join(repr(name) for name in list(given.boxes)[:5]) + (", ..." if len(given.boxes) > 5 else "")
+        raise ExtractionError(
+            f"{box_file} has no boxes for {image} (id {image_id!r}); it gives boxes for {len(given.boxes)} images: "
+            f"{listed}"
+        )
+    return given.boxes[image_id]

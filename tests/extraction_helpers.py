@@ -158,13 +158,24 @@ def run_cli(*args, env: dict | None = None, check: bool = True, **kwargs) -> sub
     return completed
 
 
+def run_torchrun(*args, env: dict | None = None, processes: int = 2) -> subprocess.CompletedProcess:
+    """`butd-frcnn ARGS` as `processes` CPU ranks of one `torchrun` (not checked: the caller reads the outcome)."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes),
+               "-m", "butd_frcnn.cli", *map(str, args)]  # fmt: skip
+    return subprocess.run(command, env=cli_env(env), capture_output=True, text=True, check=False)
+
+
 def cli_env(extra: dict | None = None) -> dict:
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     return {**env, **(extra or {})}
 
 
-def direct_outputs(model_folder: Path, paths: dict[str, Path], **selection) -> dict[str, dict]:
-    """The model's own outputs, one image at a time through its processor (the reference every format must hold)."""
+def direct_outputs(
+    model_folder: Path, paths: dict[str, Path], boxes: dict | None = None, **selection
+) -> dict[str, dict]:
+    """The model's own outputs, one image at a time through its processor (the reference every format must hold);
+    with `boxes` (id -> (K, 4) array), those of the given boxes. Besides the record fields, each image's `cls_prob`,
+    `attr_prob` (float32) and `max_conf` (the selection scores)."""
     from transformers import AutoImageProcessor, AutoModel
 
     import butd_frcnn  # noqa: F401  (registers the classes)
@@ -177,8 +188,10 @@ def direct_outputs(model_folder: Path, paths: dict[str, Path], **selection) -> d
         results = {}
         for image_id, path in paths.items():
             inputs = processor([str(path)], return_tensors="pt")
-            outputs = model(**inputs, **selection)
+            regions = selection if boxes is None else {"boxes": [torch.from_numpy(boxes[image_id])]}
+            outputs = model(**inputs, **regions)
             count = int(outputs.num_boxes[0])
+            rows = outputs.proposal_indices[0, :count]
             results[image_id] = {
                 "image_h": int(inputs["original_sizes"][0, 0]),
                 "image_w": int(inputs["original_sizes"][0, 1]),
@@ -188,6 +201,9 @@ def direct_outputs(model_folder: Path, paths: dict[str, Path], **selection) -> d
                 "objects_conf": outputs.object_scores[0, :count].numpy(),
                 "attrs": outputs.attribute_ids[0, :count].numpy() - 1,
                 "attrs_conf": outputs.attribute_scores[0, :count].numpy(),
+                "cls_prob": outputs.class_probs[0, rows].numpy(),
+                "attr_prob": outputs.attribute_probs[0, rows].numpy(),
+                "max_conf": outputs.selection_scores[0, :count].numpy(),
             }
         return results
     finally:

@@ -39,6 +39,7 @@ from extraction_helpers import (
     direct_outputs,
     make_image_folder,
     run_cli,
+    run_torchrun,
     save_test_model,
 )
 from huggingface_hub import DatasetCard
@@ -375,11 +376,7 @@ def test_torchrun_shards_merge_then_push(model_folder, files, reference, tmp_pat
     output = tmp_path / "features"
     args = extract_args(model_folder, output, "--format", "parquet", "--num-workers", "0", "--dataset", saved,
                         "--id-column", "name", "--push-to-hub", "org/features")  # fmt: skip
-    completed = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-         "-m", "butd_frcnn.cli", *map(str, args)],
-        env=cli_env({"HF_TOKEN": "hf_not_a_token"}), capture_output=True, text=True, check=False,
-    )  # fmt: skip
+    completed = run_torchrun(*args, env={"HF_TOKEN": "hf_not_a_token"})
     assert "Merged 2 shards: 4 images" in completed.stdout, completed.stderr
     assert completed.returncode != 0 and "offline mode is enabled" in completed.stderr
     assert_rows_equal(read_with_datasets(output), {image_id: reference[image_id] for image_id in list(good)[:4]})

@@ -24,6 +24,7 @@ from extraction_helpers import (
     plain_read_hdf5,
     plain_read_lxmert_tsv,
     run_cli,
+    run_torchrun,
     save_test_model,
 )
 from golden import GOLDEN
@@ -327,17 +328,9 @@ def test_torchrun_with_two_cpu_processes_equals_one_process(model_folder, images
     folder, _, bad = images
     single, _ = extracted("lxmert-tsv")
     merged = tmp_path / "torchrun" / "features.tsv"
-    completed = subprocess.run(
-        [
-            sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-            "-m", "butd_frcnn.cli",
-            *map(str, extract_args(model_folder, merged, "--format", "lxmert-tsv", "--num-workers", "1")), folder,
-        ],
-        env=cli_env(),
-        capture_output=True,
-        text=True,
-        check=False,
-    )  # fmt: skip
+    completed = run_torchrun(
+        *extract_args(model_folder, merged, "--format", "lxmert-tsv", "--num-workers", "1"), folder
+    )
     assert completed.returncode == 0, completed.stderr
     assert "Merged 2 shards" in completed.stdout
     assert len(list(merged.parent.glob("features.shard-*-of-00002.tsv"))) == 2

@@ -168,6 +168,12 @@ def test_selected_regions_equal_the_originals(name, suffix, runs):
     assert (out.attribute_ids[0, :count].numpy() - 1).tolist() == golden[f"attrs{suffix}"].tolist()
     np.testing.assert_allclose(out.object_scores[0, :count].numpy(), golden[f"objects_conf{suffix}"], atol=1e-5)
     np.testing.assert_allclose(out.attribute_scores[0, :count].numpy(), golden[f"attrs_conf{suffix}"], atol=1e-5)
+    # each region's row among the proposals (the original's `keep`; camera's two tied proposals come in the other
+    # order, so rows are compared by their boxes) and its max_conf: what UNITER's soft labels and conf are made of
+    rows, keep = out.proposal_indices[0, :count], golden[f"keep{suffix}"]
+    np.testing.assert_allclose(out.proposals[0, rows].numpy(), golden["rois"][keep, 1:], rtol=0, atol=BOX_ATOL)
+    np.testing.assert_allclose(out.selection_scores[0, :count].numpy(), golden["max_conf"][keep], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(out.class_probs[0, rows].numpy(), golden["cls_prob"][keep], rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", FLAT_IMAGES)

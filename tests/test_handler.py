@@ -43,6 +43,10 @@ as_base64 = "data:image/png;base64," + base64.b64encode(astronaut_bytes).decode(
 responses = {{
     "base64_36_features": endpoint({{"inputs": as_base64, "parameters": {{"boxes": "36", "return_features": True}}}}),
     "pil_threshold": endpoint({{"inputs": Image.open(camera), "parameters": {{"threshold": "0.3"}}}}),
+    "regions": endpoint(
+        {{"inputs": astronaut_bytes, "parameters": {{"regions": {regions!r}, "return_features": True}}}}
+    ),
+    "no_regions": endpoint({{"inputs": astronaut_bytes, "parameters": {{"regions": []}}}}),
 }}
 errors = {{}}
 for name, data in {{
@@ -55,6 +59,10 @@ for name, data in {{
     "bad_threshold": {{"inputs": astronaut_bytes, "parameters": {{"threshold": "high"}}}},
     "bad_flag": {{"inputs": astronaut_bytes, "parameters": {{"return_features": "yes please"}}}},
     "unknown_parameter": {{"inputs": astronaut_bytes, "parameters": {{"top_k": 5}}}},
+    "regions_and_boxes": {{"inputs": astronaut_bytes, "parameters": {{"regions": [[0, 0, 9, 9]], "boxes": "36"}}}},
+    "regions_shape": {{"inputs": astronaut_bytes, "parameters": {{"regions": [[0, 0, 9]]}}}},
+    "regions_order": {{"inputs": astronaut_bytes, "parameters": {{"regions": [[0, 0, 9, 9], [5, 5, 4, 9]]}}}},
+    "regions_outside": {{"inputs": astronaut_bytes, "parameters": {{"regions": [[600, 0, 700, 9]]}}}},
     "no_inputs": {{"image": astronaut_bytes}},
 }}.items():
     try:
@@ -71,16 +79,23 @@ print(json.dumps({{
 """
 
 
+REGIONS = [[10.0, 20.0, 200.0, 180.0], [120.5, 60.25, 400.0, 500.0], [0.0, 0.0, 511.0, 511.0]]
+
+
 @pytest.fixture(scope="module")
 def handler_run(hub_folder, tmp_path_factory):
     code = HANDLER_CALLS.format(
-        folder=str(hub_folder), astronaut=str(golden_image_path("astronaut")), camera=str(golden_image_path("camera"))
+        folder=str(hub_folder),
+        astronaut=str(golden_image_path("astronaut")),
+        camera=str(golden_image_path("camera")),
+        regions=REGIONS,
     )
     return run_without_package(code, tmp_path_factory.mktemp("handler"))
 
 
 def model_regions(hub_folder, image: str, **selection) -> tuple:
-    """The model's own output for one image (installed package), with its config for the names."""
+    """The model's own output for one image (installed package; `selection` may be `boxes=[...]`), with its config
+    for the names."""
     from butd_frcnn import ButdFrcnnImageProcessor, ButdFrcnnModel
 
     model = ButdFrcnnModel.from_pretrained(hub_folder).eval()
@@ -123,6 +138,16 @@ def test_pil_payload_with_a_threshold_and_no_features(handler_run, hub_folder):
     assert response["num_boxes"] != int(default_outputs.num_boxes[0]), "the threshold had no effect: a weak test"
 
 
+def test_given_regions_are_described_in_their_order(handler_run, hub_folder):
+    response = handler_run["responses"]["regions"]
+    assert set(response) == RESPONSE_KEYS | {"features"}
+    config, outputs = model_regions(hub_folder, "astronaut", boxes=[REGIONS])
+    assert response["num_boxes"] == len(REGIONS) and response["boxes"] == REGIONS
+    assert_response_is_the_selection(response, config, outputs, (512, 512))
+    torch.testing.assert_close(torch.tensor(response["features"]), outputs.region_features[0], rtol=0, atol=0)
+    assert handler_run["responses"]["no_regions"]["num_boxes"] == 0
+
+
 @pytest.mark.parametrize(
     "case, message",
     [
@@ -135,6 +160,13 @@ def test_pil_payload_with_a_threshold_and_no_features(handler_run, hub_folder):
         ("bad_threshold", "threshold must be a number"),
         ("bad_flag", "return_features must be true or false"),
         ("unknown_parameter", "unknown parameters ['top_k']"),
+        ("regions_and_boxes", "boxes and threshold choose among detected regions"),
+        ("regions_shape", "regions must be a list of [x1, y1, x2, y2] numbers"),
+        ("regions_order", "regions: boxes of image 0: box 1 [5.0, 5.0, 4.0, 9.0] has x2 < x1"),
+        (
+            "regions_outside",
+            "regions: boxes of image 0: box 0 [600.0, 0.0, 700.0, 9.0] has no pixel inside the 512 x 512",
+        ),
         ("no_inputs", '{"inputs": image'),
     ],
 )

@@ -116,12 +116,29 @@ def test_batch_pads_with_zeros_and_records_sizes(processor):
     assert torch.equal(batch["pixel_values"][1:, :, :1000, :400], alone)
 
 
-def test_casting_the_batch_keeps_scales_exact(processor):
-    batch = processor(np.zeros((30, 41, 3), np.uint8), return_tensors="pt")
+def test_casting_the_batch_keeps_scales_and_boxes_exact(processor):
+    box = [[0.5, 1.25, 30.123456, 20.987654]]
+    batch = processor(np.zeros((30, 41, 3), np.uint8), boxes=box, return_tensors="pt")
     scale = batch["scales"].clone()
     batch = batch.to(torch.bfloat16)
     assert batch["pixel_values"].dtype == torch.bfloat16
     assert batch["scales"].dtype == torch.float64 and torch.equal(batch["scales"], scale)
+    assert batch["boxes"][0].dtype == torch.float32 and torch.equal(batch["boxes"][0], torch.tensor(box))
+
+
+def test_given_boxes_travel_with_their_images(processor):
+    """One image takes its (K, 4) boxes, a list of images one (K_i, 4) per image (`[]` for none); the model checks
+    the values."""
+    image = np.zeros((30, 40, 3), np.uint8)
+    one = processor(image, boxes=[[1, 2, 3, 4], [5, 6, 7, 8]], return_tensors="pt")
+    assert [b.tolist() for b in one["boxes"]] == [[[1.0, 2.0, 3.0, 4.0], [5.0, 6.0, 7.0, 8.0]]]
+    two = processor([image, image], boxes=[[[1, 2, 3, 4]], []], return_tensors="np")
+    assert [b.shape for b in two["boxes"]] == [(1, 4), (0, 4)] and two["boxes"][0].dtype == np.float32
+    assert "boxes" not in processor(image, return_tensors="pt")
+    with pytest.raises(ValueError, match="boxes gives 1 entries for 2 images"):
+        processor([image, image], boxes=[[[1, 2, 3, 4]]])
+    with pytest.raises(ValueError, match="boxes of image 0: not an array"):
+        processor(image, boxes=[[1, 2, 3], [1, 2]])
 
 
 def test_numpy_return_type(processor):

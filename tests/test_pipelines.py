@@ -1,6 +1,11 @@
 """`post_process_object_detection` and the `object-detection` / `image-feature-extraction` pipelines on a converted
 TINY folder: with the package installed, and as remote code in a process that cannot import the package. Whatever
-the route, the detections must be the model's own selection."""
+the route, the detections must be the model's own selection, given regions get the model's own features, and
+creating a pipeline logs no error."""
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 import torch
@@ -8,6 +13,22 @@ from golden import golden_image_path
 from hub_support import run_without_package, save_tiny_hub_folder
 
 IMAGES = ("astronaut", "rocket")  # 22 and 13 selected regions: together, a padded batch
+GIVEN_BOXES = [[10.0, 20.0, 200.0, 180.0], [0.0, 0.0, 50.0, 40.0], [120.5, 60.25, 400.0, 500.0]]
+
+
+@contextmanager
+def transformers_errors() -> Iterator[list[logging.LogRecord]]:
+    """What transformers logs at error level meanwhile (its loggers do not propagate to the root: listen on its
+    library logger itself)."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(level=logging.ERROR)
+    handler.emit = records.append
+    logger = logging.getLogger("transformers")
+    logger.addHandler(handler)
+    try:
+        yield records
+    finally:
+        logger.removeHandler(handler)
 
 
 @pytest.fixture(scope="module")
@@ -126,6 +147,18 @@ def test_post_process_refuses_target_sizes_it_cannot_honour(reference):
 # ---------------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("task", ["object-detection", "image-feature-extraction"])
+def test_creating_a_pipeline_logs_no_error(hub_folder, task):
+    """The object-detection pipeline checks its model against transformers' table of detectors and logs an error
+    listing ~200 names for any other model: ours must be in it (see `declare_object_detection_support`)."""
+    from transformers import pipeline
+
+    with transformers_errors() as errors:
+        created = pipeline(task, model=str(hub_folder), trust_remote_code=False)
+    assert created.task == task
+    assert [record.getMessage()[:200] for record in errors] == []
+
+
 def test_object_detection_pipeline_installed(hub_folder, reference):
     from transformers import pipeline
 
@@ -144,6 +177,34 @@ def test_image_feature_extraction_pipeline_returns_the_region_features(hub_folde
     features = extractor(str(golden_image_path(IMAGES[1])), return_tensors=True)
     _, _, outputs = reference
     torch.testing.assert_close(features, outputs.region_features[1:2, :13], rtol=0, atol=0)
+
+
+def test_feature_extraction_pipeline_describes_given_boxes(hub_folder, reference):
+    """`boxes=` with our pipeline class, `image_processor_kwargs={"boxes": ...}` with the stock one: the model's own
+    features of exactly those regions, in that order."""
+    from transformers import pipeline
+
+    from butd_frcnn.pipeline_butd_frcnn import ButdFrcnnImageFeatureExtractionPipeline
+
+    model, processor, _ = reference
+    image = str(golden_image_path(IMAGES[0]))
+    expected = model(**processor(image, boxes=GIVEN_BOXES, return_tensors="pt")).region_features
+    assert expected.shape == (1, len(GIVEN_BOXES), 256)
+    assert torch.equal(expected, model(**processor(image, return_tensors="pt"), boxes=[GIVEN_BOXES]).region_features)
+    ours = pipeline(
+        "image-feature-extraction",
+        model=str(hub_folder),
+        trust_remote_code=False,
+        pipeline_class=ButdFrcnnImageFeatureExtractionPipeline,
+    )
+    assert torch.equal(ours(image, boxes=GIVEN_BOXES, return_tensors=True), expected)
+    stock = pipeline("image-feature-extraction", model=str(hub_folder), trust_remote_code=False)
+    given = stock(image, image_processor_kwargs={"boxes": GIVEN_BOXES}, return_tensors=True)
+    assert torch.equal(given, expected)
+    detected = ours(image, return_tensors=True)
+    assert detected.shape == (1, 22, 256), "without boxes, the selected regions"
+    with pytest.raises(ValueError, match="regions of one image"):
+        ours([image, image], boxes=GIVEN_BOXES)
 
 
 def test_attribute_pipeline_labels_read_attribute_object(hub_folder, reference):
@@ -172,19 +233,30 @@ def test_attribute_pipeline_labels_read_attribute_object(hub_folder, reference):
 
 REMOTE_PIPELINES = """
 import json
+import logging
 from transformers import pipeline
 from transformers.dynamic_module_utils import get_class_from_dynamic_module
 
+errors = []
+handler = logging.Handler(level=logging.ERROR)
+handler.emit = lambda record: errors.append(record.getMessage()[:200])
+logging.getLogger("transformers").addHandler(handler)
 folder, detection_image, feature_image = {folder!r}, {detection_image!r}, {feature_image!r}
 detector = pipeline("object-detection", model=folder, trust_remote_code=True)
 extractor = pipeline("image-feature-extraction", model=folder, trust_remote_code=True)
 pipeline_class = get_class_from_dynamic_module("pipeline_butd_frcnn.ButdFrcnnObjectDetectionPipeline", folder)
 attribute_detector = pipeline("object-detection", model=folder, trust_remote_code=True, pipeline_class=pipeline_class)
+feature_class = get_class_from_dynamic_module("pipeline_butd_frcnn.ButdFrcnnImageFeatureExtractionPipeline", folder)
+region_extractor = pipeline(
+    "image-feature-extraction", model=folder, trust_remote_code=True, pipeline_class=feature_class
+)
 print(json.dumps({{
     "modules": [type(detector.model).__module__, type(detector.image_processor).__module__, pipeline_class.__module__],
+    "errors": errors,
     "detections": detector(detection_image, threshold=0.0),
     "features": extractor(feature_image),
     "attribute_detections": attribute_detector(detection_image, threshold=0.5, attribute_in_label=True),
+    "given_features": region_extractor(detection_image, boxes={given_boxes!r}),
 }}))
 """
 
@@ -194,12 +266,17 @@ def test_pipelines_as_remote_code_without_the_package(hub_folder, reference, tmp
         folder=str(hub_folder),
         detection_image=str(golden_image_path(IMAGES[0])),
         feature_image=str(golden_image_path(IMAGES[1])),
+        given_boxes=GIVEN_BOXES,
     )
     result = run_without_package(code, tmp_path)
     assert all(module.startswith("transformers_modules.") for module in result["modules"]), result["modules"]
+    assert result["errors"] == [], "creating the pipelines logged an error"
     assert_same_detections(result["detections"], expected_detections(reference))
     assert_same_detections(
         result["attribute_detections"], expected_detections(reference, threshold=0.5), with_attributes=True
     )
     _, _, outputs = reference
     torch.testing.assert_close(torch.tensor(result["features"]), outputs.region_features[1:2, :13], rtol=0, atol=0)
+    model, processor, _ = reference
+    expected = model(**processor(str(golden_image_path(IMAGES[0])), boxes=GIVEN_BOXES, return_tensors="pt"))
+    torch.testing.assert_close(torch.tensor(result["given_features"]), expected.region_features, rtol=0, atol=0)

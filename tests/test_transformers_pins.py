@@ -13,10 +13,11 @@ from importlib import metadata
 from golden import REPO_ROOT
 from packaging.requirements import Requirement
 from transformers import PreTrainedModel
-from transformers.pipelines import ObjectDetectionPipeline
+from transformers.models.auto.modeling_auto import MODEL_FOR_OBJECT_DETECTION_MAPPING_NAMES
+from transformers.pipelines import ImageFeatureExtractionPipeline, ObjectDetectionPipeline
 
 from butd_frcnn import ButdFrcnnConfig, ButdFrcnnModel, ButdFrcnnPreTrainedModel
-from butd_frcnn.pipeline_butd_frcnn import ButdFrcnnObjectDetectionPipeline
+from butd_frcnn.pipeline_butd_frcnn import ButdFrcnnImageFeatureExtractionPipeline, ButdFrcnnObjectDetectionPipeline
 
 
 def pinned_transformers() -> Requirement:
@@ -57,6 +58,36 @@ def test_sanitize_parameters_hook_of_the_object_detection_pipeline():
     assert stock == ({"timeout": 5}, {}, {"threshold": 0.3})
     ours = pipeline._sanitize_parameters(threshold=0.3, attribute_in_label=True)
     assert ours == ({}, {}, {"threshold": 0.3, "attribute_in_label": True})
+
+
+def test_sanitize_parameters_hook_of_the_image_feature_extraction_pipeline():
+    """Ours adds `boxes` to the image processor's arguments and hands the rest to the stock one, which sends
+    `image_processor_kwargs` to the image processor and silently drops arguments it does not know."""
+    assert parameters(ImageFeatureExtractionPipeline._sanitize_parameters) == [
+        ("self", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+        ("image_processor_kwargs", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+        ("return_tensors", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+        ("pool", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+        ("kwargs", inspect.Parameter.VAR_KEYWORD),
+    ]
+    pipeline = ButdFrcnnImageFeatureExtractionPipeline.__new__(ButdFrcnnImageFeatureExtractionPipeline)
+    stock = ImageFeatureExtractionPipeline._sanitize_parameters(pipeline, boxes=[[0, 0, 1, 1]], return_tensors=True)
+    assert stock == ({}, {}, {"return_tensors": True}), "the stock pipeline drops boxes= (hence ours)"
+    ours = pipeline._sanitize_parameters(boxes=[[0, 0, 1, 1]], image_processor_kwargs={"do_resize": False})
+    assert ours == ({"do_resize": False, "boxes": [[0, 0, 1, 1]]}, {}, {})
+
+
+def test_the_object_detection_pipeline_checks_a_copy_of_its_model_table():
+    """Why `declare_object_detection_support` names the model in transformers' table of object detectors: the
+    pipeline checks the model against `MODEL_FOR_OBJECT_DETECTION_MAPPING_NAMES.copy()`, and the copy loses the
+    back-reference through which `check_model_type` finds the models registered with `AutoModelForObjectDetection`.
+    When this fails, transformers sees registered models again: drop the table entry (the quiet-pipeline tests in
+    test_pipelines.py then show that registration alone suffices)."""
+    source = inspect.getsource(ObjectDetectionPipeline.__init__)
+    assert "MODEL_FOR_OBJECT_DETECTION_MAPPING_NAMES.copy()" in source
+    assert hasattr(MODEL_FOR_OBJECT_DETECTION_MAPPING_NAMES, "_model_mapping")
+    assert not hasattr(MODEL_FOR_OBJECT_DETECTION_MAPPING_NAMES.copy(), "_model_mapping")
+    assert MODEL_FOR_OBJECT_DETECTION_MAPPING_NAMES["butd_frcnn"] == "ButdFrcnnModel"
 
 
 def test_auto_class_registration_attribute():

@@ -1,6 +1,7 @@
 """Pictures of the selected regions: the drawing functions on synthetic images, and `butd-frcnn show` as a real
 subprocess on a golden image."""
 
+import json
 import os
 import subprocess
 import sys
@@ -188,3 +189,34 @@ def test_show_command_default_output_and_errors(hub_folder, tmp_path, capsys, ca
     assert "cannot load the model" in caplog.text
     assert main(["show", str(missing), "--model", str(hub_folder), "--top-k", "0"]) == 2
     assert not list(tmp_path.glob("*.png")), "a failed run left a picture behind"
+
+
+GIVEN = [[40.0, 60.0, 300.0, 420.0], [200.0, 30.0, 480.0, 250.0], [10.0, 300.0, 150.0, 500.0]]
+
+
+def test_show_regions_draws_given_boxes(camera_regions):
+    path, model, processor, _ = camera_regions
+    picture = show_regions(path, model, processor, boxes=GIVEN)
+    assert_boxes_drawn(Image.open(path), picture, np.array(GIVEN))
+
+
+def test_show_command_draws_the_boxes_a_file_gives(camera_regions, hub_folder, tmp_path, capsys, caplog):
+    """`show IMAGE --boxes-from FILE`: the image's entry (by its file name's stem) drawn, captioned with what the
+    model says; an image the file does not name, or a box the model refuses, is an error that says so."""
+    from butd_frcnn.cli import main
+
+    path, model, processor, _ = camera_regions
+    box_file = tmp_path / "boxes.json"
+    box_file.write_text(json.dumps({"camera": GIVEN, "rocket": [[0, 0, 10, 10]]}))
+    output = tmp_path / "given.png"
+    assert main(["show", str(path), "--model", str(hub_folder), "--boxes-from", str(box_file), "-o", str(output)]) == 0
+    assert f"3 regions given, the best 3 drawn in {output}" in capsys.readouterr().out
+    with Image.open(output) as picture:
+        expected = show_regions(path, model, processor, boxes=GIVEN)
+        assert np.array_equal(np.asarray(picture.convert("RGB")), np.asarray(expected))
+    box_file.write_text(json.dumps({"rocket": [[0, 0, 10, 10]]}))
+    assert main(["show", str(path), "--model", str(hub_folder), "--boxes-from", str(box_file)]) == 1
+    assert "has no boxes for" in caplog.text and "(id 'camera')" in caplog.text
+    box_file.write_text(json.dumps({"camera": [[600, 0, 700, 10]]}))
+    assert main(["show", str(path), "--model", str(hub_folder), "--boxes-from", str(box_file)]) == 1
+    assert "box 0 [600.0, 0.0, 700.0, 10.0] has no pixel inside the 512 x 512 image" in caplog.text

@@ -11,7 +11,7 @@ import torch
 
 from .dataset_push import push_features, push_token
 from .decoding import DEFAULT_MAX_PIXELS
-from .extract import ExtractionSummary, ExtractOptions, default_num_workers, extract
+from .extract import PROBS_DTYPES, ExtractionSummary, ExtractOptions, default_num_workers, extract
 from .feature_format import DEFAULT_PARQUET_SHARD_MB
 from .formats import FORMATS, format_from_path
 from .inputs import ID_STYLES
@@ -50,9 +50,10 @@ def _shard(text: str) -> Shard:
 def add_parser(subparsers) -> None:
     extract_parser = subparsers.add_parser(
         "extract",
-        help="extract region features of images or a dataset into BUTD/LXMERT TSV, HDF5, npz or Parquet files",
+        help="extract region features of images or a dataset into BUTD/LXMERT TSV, HDF5, npz, UNITER npz or "
+        "Parquet files",
         description="Run the model over images (files, folders, list files, or a Hugging Face dataset) and write the "
-        "selected regions' boxes, features, objects and attributes. Resumable (--resume), shardable (--shard I/N, or "
+        "selected regions' (or given boxes') boxes, features, objects and attributes. Resumable (--resume), shardable (--shard I/N, or "
         "torchrun: one shard per rank, merged at the end); Parquet outputs can be pushed to the Hub as a dataset.",
     )
     extract_parser.add_argument("--model", required=True, help="converted model folder or Hugging Face Hub id")
@@ -85,7 +86,9 @@ def add_parser(subparsers) -> None:
     dataset.add_argument("--image-column", metavar="C", help="the column of images (default: the one Image column)")
     dataset.add_argument("--id-column", metavar="C", help="the column of image ids (default: the row number)")
     output = extract_parser.add_argument_group("output")
-    output.add_argument("--output", "-o", required=True, type=Path, help="output file (a folder for npz and parquet)")
+    output.add_argument(
+        "--output", "-o", required=True, type=Path, help="output file (a folder for npz, uniter-npz and parquet)"
+    )
     output.add_argument(
         "--format",
         choices=FORMATS,
@@ -108,16 +111,36 @@ def add_parser(subparsers) -> None:
         help=f"parquet: start a new shard file after this many MB of arrays (default {DEFAULT_PARQUET_SHARD_MB:g}); "
         "a crash loses at most the shard in progress",
     )
+    output.add_argument(
+        "--save-class-probs",
+        action="store_true",
+        help="also store each region's 1601 object and 401 attribute probabilities (cls_prob, attr_prob): hdf5, "
+        "npz, parquet, uniter-npz",
+    )
+    output.add_argument(
+        "--probs-dtype",
+        choices=PROBS_DTYPES,
+        help="dtype of the stored class distributions (and of uniter-npz's soft_labels): float32 (default), or "
+        "float16 for half the size",
+    )
     selection = extract_parser.add_argument_group("region selection")
     selection.add_argument(
         "--boxes",
         type=parse_boxes,
-        help="regions per image: N (e.g. 36) or MIN-MAX (e.g. 10-100, the model's default)",
+        help="regions per image: N (e.g. 36) or MIN-MAX (e.g. 10-100, the model's default); uniter-npz writes the "
+        "MAX best, sorted, for UNITER's converter to cut",
     )
     selection.add_argument(
         "--score-threshold",
         type=float,
         help="keep regions scoring at least this, within MIN-MAX (default: the model's, 0.2)",
+    )
+    selection.add_argument(
+        "--boxes-from",
+        metavar="FILE",
+        type=Path,
+        help="describe these boxes instead of detecting: JSON {image_id: [[x1, y1, x2, y2], ...]}, JSON lines, COCO "
+        "annotations (bbox [x, y, w, h]) or a feature file or folder of ours (see README)",
     )
     speed = extract_parser.add_argument_group("speed and decoding")
     speed.add_argument(
@@ -196,6 +219,9 @@ def _options(args, shard: Shard, device: str) -> ExtractOptions:
         checkpoint_images=args.hdf5_checkpoint,
         parquet_shard_mb=args.parquet_shard_mb,
         progress=not args.no_progress,
+        boxes_from=args.boxes_from,
+        save_class_probs=args.save_class_probs,
+        probs_dtype=args.probs_dtype or "float32",
     )
 
 
@@ -210,9 +236,14 @@ def _usage_problem(args, torchrun: bool) -> str | None:
         return f"{', '.join('--' + name.replace('_', '-') for name in dataset_only)} only go with --dataset"
     if torchrun and args.shard is not None:
         return "--shard and torchrun both split the work: use one of them"
+    if args.boxes_from is not None and (args.boxes is not None or args.score_threshold is not None):
+        return "--boxes and --score-threshold choose among detected regions; with --boxes-from every given box is one"
+    format = args.format or format_from_path(args.output)
+    if args.probs_dtype is not None and not args.save_class_probs and format != "uniter-npz":
+        return "--probs-dtype goes with --save-class-probs (or --format uniter-npz, for its soft_labels)"
     if not args.push_to_hub:
         return "--private and --token only go with --push-to-hub" if args.private or args.token else None
-    if (args.format or format_from_path(args.output)) != "parquet":
+    if format != "parquet":
         return "--push-to-hub uploads a Parquet output: add --format parquet"
     if args.shard is not None or (torchrun and args.no_merge):
         return "--push-to-hub needs the whole output: with --shard or --no-merge, merge the shards, then push"

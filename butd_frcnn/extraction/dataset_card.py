@@ -71,6 +71,20 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|")
 
 
+def _selection_line(manifest: RunManifest) -> str:
+    """Which regions the run describes: the given boxes of a box file, or how many detected ones."""
+    if manifest.boxes_from is not None:
+        return (
+            f"the boxes given by `{Path(manifest.boxes_from['path']).name}` (sha256 {manifest.boxes_from['sha256']})"
+        )
+    selection = manifest.selection
+    boxes_text = (
+        f"{selection['min_boxes']}" if selection["min_boxes"] == selection["max_boxes"]
+        else f"{selection['min_boxes']} to {selection['max_boxes']}"
+    )  # fmt: skip
+    return f"{boxes_text} regions per image, score threshold {selection['score_threshold']}"
+
+
 def render_dataset_card(output: Path, repo_id: str, command_line: str, model_revision: str | None) -> str:
     """The card of the finished Parquet output `output`, to be pushed as the dataset `repo_id`."""
     manifest = RunManifest.load(output)
@@ -80,11 +94,7 @@ def render_dataset_card(output: Path, repo_id: str, command_line: str, model_rev
         raise ExtractionError(f"{output}: holds no Parquet shard to push")
     images, boxes = shard_statistics(output)
     feature_width = schema_columns(shard_schema(output))["features"][1]
-    selection = manifest.selection
-    boxes_text = (
-        f"{selection['min_boxes']}" if selection["min_boxes"] == selection["max_boxes"]
-        else f"{selection['min_boxes']} to {selection['max_boxes']}"
-    )  # fmt: skip
+    selection_text = _selection_line(manifest)
     data = DatasetCardData(
         pretty_name=f"BUTD region features: {repo_id.split('/')[-1]}",
         tags=TAGS,
@@ -104,7 +114,7 @@ model's numbers.
 | images | {images} |
 | boxes | {boxes} ({boxes / max(images, 1):.1f} per image) |
 | model | {_model_line(manifest, model_revision)} |
-| selection | {boxes_text} regions per image, score threshold {selection["score_threshold"]}, {manifest.dtype} |
+| selection | {selection_text}, {manifest.dtype} |
 | source | {manifest.source or "image files"} |
 | command | `{command_line}` |
 

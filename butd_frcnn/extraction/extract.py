@@ -6,7 +6,8 @@ import os
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +15,12 @@ import torch
 from tqdm import tqdm
 
 from .batching import SizeBatcher, collate
+from .box_files import GivenBoxes, read_box_file
 from .dataset_input import DatasetSource
 from .decoding import DEFAULT_MAX_PIXELS, FailedImage, ImageDataset, PreparedImage, image_loader
 from .feature_format import DEFAULT_PARQUET_SHARD_MB, OutputFormat, WriterOptions
-from .formats import get_format, resolve_format
-from .inputs import FileSource, ImageSource
+from .formats import FORMATS, get_format, resolve_format
+from .inputs import FileSource, ImageEntry, ImageSource
 from .model_loading import load_model, resolve_device
 from .records import ExtractionError, records_from_model_output
 from .sharding import Shard
@@ -30,6 +32,9 @@ logger = logging.getLogger(__name__)
 # The original drops proposals under RPN_MIN_SIZE (16 px) in original pixels: an image with a side under 16 px keeps
 # none. Such a row would hold empty arrays, which LXMERT's and the original's readers cannot reshape.
 NO_REGIONS = "no region survives the proposal size filter (a side under 16 pixels?): nothing to write"
+PROBS_DTYPES = ("float32", "float16")
+# ids of box-file entries for images the run was not given, named in the summary
+UNLISTED_SHOWN = 10
 
 
 def default_num_workers() -> int:
@@ -64,6 +69,9 @@ class ExtractOptions:
     checkpoint_images: int = 1000
     parquet_shard_mb: float = DEFAULT_PARQUET_SHARD_MB
     progress: bool = True
+    boxes_from: str | Path | None = None
+    save_class_probs: bool = False
+    probs_dtype: str = "float32"
 
     def __post_init__(self):
         self.output = Path(self.output)
@@ -87,6 +95,8 @@ class ExtractionSummary:
     model_seconds: float = 0.0
     write_seconds: float = 0.0
     interrupted: bool = False
+    boxes_file: str = ""
+    unlisted_boxes: list[str] = field(default_factory=list)
 
     @property
     def not_attempted(self) -> int:
@@ -104,7 +114,14 @@ class ExtractionSummary:
 
     @classmethod
     def combine(cls, summaries: list["ExtractionSummary"], output: Path) -> "ExtractionSummary":
-        total = cls(output=output, errors_file=errors_path(output), listed=summaries[0].listed)
+        first = summaries[0]
+        total = cls(
+            output=output,
+            errors_file=errors_path(output),
+            listed=first.listed,
+            boxes_file=first.boxes_file,
+            unlisted_boxes=first.unlisted_boxes,
+        )
         for part in summaries:
             for name in ("assigned", "already_done", "extracted", "failed", "boxes"):
                 setattr(total, name, getattr(total, name) + getattr(part, name))
@@ -135,6 +152,13 @@ class ExtractionSummary:
             lines.append(f"  {self.failed} images could not be extracted: see {self.errors_file}")
         if self.not_attempted:
             lines.append("  rerun the same command with --resume to extract the rest")
+        if self.unlisted_boxes:
+            shown = ", ".join(self.unlisted_boxes[:UNLISTED_SHOWN])
+            more = ", ..." if len(self.unlisted_boxes) > UNLISTED_SHOWN else ""
+            lines.append(
+                f"  {len(self.unlisted_boxes)} images of {self.boxes_file} are not among the images given, so their "
+                f"boxes were not used: {shown}{more}"
+            )
         return "\n".join(lines)
 
 
@@ -175,6 +199,35 @@ def image_source(options: ExtractOptions) -> ImageSource:
     )
 
 
+def _boxes_with_entries(entries: Iterable[ImageEntry], given: GivenBoxes) -> Iterator[ImageEntry]:
+    """The entries, those that the box file gives no box marked as failures (never decoded, never written with zero
+    regions)."""
+    for entry in entries:
+        boxes = given.boxes.get(entry.image_id)
+        if entry.problem is None and (boxes is None or len(boxes) == 0):
+            why = "has no entry for this image" if boxes is None else "gives this image no box"
+            yield replace(entry, data=None, problem=f"the box file {given.path} {why}: nothing to write")
+        else:
+            yield entry
+
+
+def _settings_conflict(output: Path, previous: RunManifest, manifest: RunManifest) -> str:
+    """Why an output cannot be resumed with this run's settings, in words."""
+    remedy = "choose another --output, or --overwrite"
+    if previous.settings().get("boxes_sha256") != manifest.settings().get("boxes_sha256"):
+
+        def described(run: RunManifest) -> str:
+            if run.boxes_from is None:
+                return "detected regions"
+            return f"the boxes of {run.boxes_from['path']} (sha256 {run.boxes_from['sha256'][:16]}...)"
+
+        return (
+            f"{output} was written with {described(previous)}, this run gives {described(manifest)}: resume it "
+            f"with the box file it was written with, or {remedy}"
+        )
+    return f"{output} was written with {previous.settings()}, this run asks for {manifest.settings()}: {remedy}"
+
+
 def _prepare_output(format: OutputFormat, output: Path, options: ExtractOptions, manifest: RunManifest) -> None:
     """Refuse to clobber an output by accident, and to resume one written with other settings."""
     if format.exists(output):
@@ -190,10 +243,7 @@ def _prepare_output(format: OutputFormat, output: Path, options: ExtractOptions,
             if previous is None:
                 logger.warning("%s has no run manifest: cannot check that it was written with these settings", output)
             elif previous.settings() != manifest.settings():
-                raise ExtractionError(
-                    f"{output} was written with {previous.settings()}, this run asks for {manifest.settings()}: "
-                    "choose another --output, or --overwrite"
-                )
+                raise ExtractionError(_settings_conflict(output, previous, manifest))
             elif previous.model != manifest.model:
                 logger.warning(
                     "%s was written with the model %s, resumed with %s", output, previous.model, manifest.model
@@ -202,11 +252,29 @@ def _prepare_output(format: OutputFormat, output: Path, options: ExtractOptions,
 
 
 class _Pipeline:
-    """Runs batches through the model and hands the records to the writer, keeping the summary."""
+    """Runs batches through the model and hands the records to the writer, keeping the summary.
 
-    def __init__(self, model, selection: dict, writer, errors: ErrorLog, summary: ExtractionSummary, progress):
+    Args:
+        selection: the model's selection arguments (detection), or None with `given` boxes.
+        given: image id -> the boxes to describe instead of detecting (`--boxes-from`).
+        probs_dtype: keep each region's class distributions in this dtype (None: not kept).
+    """
+
+    def __init__(
+        self,
+        model,
+        selection: dict | None,
+        writer,
+        errors: ErrorLog,
+        summary: ExtractionSummary,
+        progress,
+        given: GivenBoxes | None = None,
+        probs_dtype: str | None = None,
+    ):
         self.model = model
         self.selection = selection
+        self.given = given
+        self.probs_dtype = probs_dtype
         self.writer = writer
         self.errors = errors
         self.summary = summary
@@ -222,6 +290,14 @@ class _Pipeline:
 
     def run(self, images: list[PreparedImage]) -> None:
         inputs = collate(images)
+        ids = [image.entry.image_id for image in images]
+        if self.given is None:
+            regions = self.selection
+        else:  # the original sizes are what the model checks that each box has a pixel inside its image against
+            regions = {
+                "boxes": [torch.from_numpy(self.given.boxes[image_id]) for image_id in ids],
+                "original_sizes": inputs["original_sizes"],
+            }
         start = time.perf_counter()
         try:
             with torch.inference_mode():  # the outputs only go to numpy: no autograd bookkeeping at all
@@ -229,11 +305,9 @@ class _Pipeline:
                     pixel_values=inputs["pixel_values"].to(self.device, self.dtype),
                     image_sizes=inputs["image_sizes"].to(self.device),
                     scales=inputs["scales"].to(self.device),
-                    **self.selection,
+                    **regions,
                 )
-            records = records_from_model_output(
-                outputs, [image.entry.image_id for image in images], inputs["original_sizes"]
-            )
+            records = records_from_model_output(outputs, ids, inputs["original_sizes"], self.probs_dtype)
         except Exception as error:  # noqa: BLE001 (a bad image must not take its batch, or the run, down with it)
             if len(images) > 1:
                 logger.warning("the model failed on a batch (%s); retrying its images one by one", error)
@@ -269,20 +343,14 @@ def extract(options: ExtractOptions) -> ExtractionSummary:
     format.require()
     if options.batch_size < 1:
         raise ExtractionError("--batch-size must be at least 1")
+    _check_region_options(options, format)
+    given = read_box_file(options.boxes_from, options.image_ids) if options.boxes_from is not None else None
     source = image_source(options)
     ids = source.image_ids()
     mine = options.shard.select(range(len(ids)))
     output = options.shard.output_path(options.output)
     model, processor = load_model(options.model, resolve_device(options.device), options.dtype)
-    selection = {
-        "min_boxes": options.min_boxes or model.config.min_boxes,
-        "max_boxes": options.max_boxes or model.config.max_boxes,
-        "score_threshold": model.config.score_threshold
-        if options.score_threshold is None
-        else options.score_threshold,
-    }
-    if not 0 < selection["min_boxes"] <= selection["max_boxes"]:
-        raise ExtractionError(f"--boxes needs 0 < MIN <= MAX, got {selection['min_boxes']}-{selection['max_boxes']}")
+    selection = {} if given is not None else _selection(options, model.config)
     manifest = RunManifest(
         format=format.name,
         model=options.model,
@@ -292,13 +360,18 @@ def extract(options: ExtractOptions) -> ExtractionSummary:
         shard_count=options.shard.count,
         source=source.describe(),
         image_ids=[ids[index] for index in mine],
+        boxes_from=None if given is None else given.source(),
+        class_probs=options.probs_dtype if options.save_class_probs else None,
     )
     _prepare_output(format, output, options, manifest)
     manifest.save(output)
+    attributes = {"model": options.model, **selection}
+    if given is not None:
+        attributes.update(boxes_from=str(given.path), boxes_sha256=given.digest)
     writer = format.open_writer(
         output,
         options.resume,
-        WriterOptions({"model": options.model, **selection}, options.checkpoint_images, options.parquet_shard_mb),
+        WriterOptions(attributes, options.checkpoint_images, options.parquet_shard_mb, manifest.class_probs),
     )
     done = set(writer.completed)
     todo = [index for index in mine if ids[index] not in done]
@@ -310,15 +383,34 @@ def extract(options: ExtractOptions) -> ExtractionSummary:
         assigned=len(mine),
         already_done=len(mine) - len(todo),
     )
+    if given is not None:
+        listed = set(ids)
+        summary.boxes_file = str(given.path)
+        summary.unlisted_boxes = [image_id for image_id in given.boxes if image_id not in listed]
     label = f"shard {options.shard}" if options.shard.count > 1 else "extract"
     progress = tqdm(total=len(todo), unit="img", desc=label, disable=not options.progress, dynamic_ncols=True)
-    pipeline = _Pipeline(model, selection, writer, errors, summary, progress)
+    if format.writes_max_boxes and selection:  # the reader cuts MIN-MAX itself from the MAX best, sorted
+        selection = {**selection, "min_boxes": selection["max_boxes"]}
+    keep_probs = options.save_class_probs or format.needs_class_probs
+    pipeline = _Pipeline(
+        model,
+        selection or None,
+        writer,
+        errors,
+        summary,
+        progress,
+        given,
+        options.probs_dtype if keep_probs else None,
+    )
     batcher = SizeBatcher(options.batch_size)
     summary.setup_seconds = time.perf_counter() - started
     try:
         with GracefulStop() as stop:
             dataset = ImageDataset(processor, options.max_pixels)
-            loader = iter(image_loader(dataset, source.images(todo), options.num_workers))
+            entries = source.images(todo)
+            if given is not None:
+                entries = _boxes_with_entries(entries, given)
+            loader = iter(image_loader(dataset, entries, options.num_workers))
             for item in loader:
                 if isinstance(item, FailedImage):
                     pipeline.fail(item)
@@ -344,3 +436,34 @@ def extract(options: ExtractOptions) -> ExtractionSummary:
         progress.close()
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _check_region_options(options: ExtractOptions, format: OutputFormat) -> None:
+    """Refuse region options that do not fit together or the format, before any work."""
+    if options.boxes_from is not None and (
+        options.min_boxes or options.max_boxes or options.score_threshold is not None
+    ):
+        raise ExtractionError(
+            "--boxes and --score-threshold choose among detected regions; with --boxes-from every given box is a "
+            "region: drop them"
+        )
+    if options.probs_dtype not in PROBS_DTYPES:
+        raise ExtractionError(f"--probs-dtype must be one of {', '.join(PROBS_DTYPES)}, got {options.probs_dtype!r}")
+    if options.save_class_probs and not format.stores_class_probs:
+        keeping = ", ".join(name for name, other in FORMATS.items() if other.stores_class_probs)
+        raise ExtractionError(
+            f"--save-class-probs: the {format.name} format has no room for class distributions (its fields are "
+            f"what existing readers of such files expect); use one of {keeping}"
+        )
+
+
+def _selection(options: ExtractOptions, config) -> dict:
+    """The region selection of a detection run: the options, else the model's."""
+    selection = {
+        "min_boxes": options.min_boxes or config.min_boxes,
+        "max_boxes": options.max_boxes or config.max_boxes,
+        "score_threshold": config.score_threshold if options.score_threshold is None else options.score_threshold,
+    }
+    if not 0 < selection["min_boxes"] <= selection["max_boxes"]:
+        raise ExtractionError(f"--boxes needs 0 < MIN <= MAX, got {selection['min_boxes']}-{selection['max_boxes']}")
+    return selection

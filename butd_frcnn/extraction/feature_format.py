@@ -1,6 +1,6 @@
 """What an output format is: one object that knows how its files are written, read, recognised, found on disk,
 scanned for the images they hold and merged. `formats.py` holds the table of them by name; each format lives in its
-own module (`tsv.py`, `hdf5.py`, `npz.py`, `parquet.py`), so a new format is one new module and one table entry."""
+own module (`tsv.py`, `hdf5.py`, `npz.py`, `parquet.py`, `uniter_npz.py`), so a new format is one new module and one table entry."""
 
 import shutil
 from collections.abc import Iterator
@@ -24,11 +24,14 @@ class WriterOptions:
             metadata).
         checkpoint_images: hdf5: new images after which the file is rewritten at the latest.
         parquet_shard_mb: parquet: the size (MB of arrays) at which a shard file is closed and the next begun.
+        probs_dtype: the dtype (`float32`, `float16`) of the records' class distributions (`cls_prob`,
+            `attr_prob`) when the run keeps them (`--save-class-probs`), else None.
     """
 
     attributes: dict = field(default_factory=dict)
     checkpoint_images: int = 1000
     parquet_shard_mb: float = DEFAULT_PARQUET_SHARD_MB
+    probs_dtype: str | None = None
 
 
 class FeatureWriter(Protocol):
@@ -86,11 +89,18 @@ class OutputFormat:
         name: what `--format` calls it.
         is_folder: whether an output is a folder (of per-image or per-shard files) rather than one file.
         suffixes: output-name endings that imply this format when `--format` is not given.
+        stores_class_probs: whether it has room for each region's class distributions (`--save-class-probs`).
+        needs_class_probs: whether every record must carry them (the format itself holds them).
+        writes_max_boxes: whether it holds the MAX best regions of a MIN-MAX selection, sorted by score, for its
+            reader to cut with its own threshold (UNITER's converter), rather than the selection itself.
     """
 
     name: str
     is_folder: bool = False
     suffixes: tuple[str, ...] = ()
+    stores_class_probs: bool = False
+    needs_class_probs: bool = False
+    writes_max_boxes: bool = False
 
     def require(self) -> None:
         """Raise an `ExtractionError` saying what to install if a library the format needs is missing."""

@@ -11,9 +11,12 @@ from .parquet import PARQUET_FORMAT
 from .records import ExtractionError, RegionRecord
 from .sidecars import RunManifest
 from .tsv import BUTD_TSV_FORMAT, LXMERT_TSV_FORMAT, detect_tsv_layout
+from .uniter_npz import UNITER_NPZ_FORMAT
 
+# in the order `detect_format` tries them: uniter-npz before npz, whose test (a folder of .npz files) it also passes
 FORMATS: dict[str, OutputFormat] = {
-    format.name: format for format in (BUTD_TSV_FORMAT, LXMERT_TSV_FORMAT, HDF5_FORMAT, NPZ_FORMAT, PARQUET_FORMAT)
+    format.name: format
+    for format in (BUTD_TSV_FORMAT, LXMERT_TSV_FORMAT, HDF5_FORMAT, UNITER_NPZ_FORMAT, NPZ_FORMAT, PARQUET_FORMAT)
 }
 
 

@@ -2,14 +2,14 @@
 
 Layout:
 - `/images/<image_id>/features` (float32, N x C), `boxes` (float32, N x 4), `objects`, `attrs` (int64, 0-based as
-  `records.py` says), `objects_conf`, `attrs_conf` (float32); the group's attributes `image_h`, `image_w`,
-  `num_boxes`;
+  `records.py` says), `objects_conf`, `attrs_conf` (float32); with `--save-class-probs`, `cls_prob` (N x 1601)
+  and `attr_prob` (N x 401), float32 or float16; the group's attributes `image_h`, `image_w`, `num_boxes`;
 - `/index`: the image ids (UTF-8 strings) in the order they were added;
 - file attributes: `format` ("butd-frcnn-hdf5"), `version`, and the selection settings of the run.
 
 HDF5 cannot survive a crash in the middle of a write (its metadata would be left inconsistent), so the file is never
 written in place: new images are appended to a spool (an LXMERT-layout TSV beside it, `<file>.spool`, which only
-ever grows by whole rows), and a checkpoint copies the file, adds the spooled images, syncs the copy and renames it
+ever grows by whole rows; two more fields per row when the class distributions are kept), and a checkpoint copies the file, adds the spooled images, syncs the copy and renames it
 over the file. After a crash the file is the last checkpoint, readable, and the spool holds the rest; resuming folds
 the spool in. Checkpoints come after `checkpoint_images` new images and, beyond that, whenever the spool has as many
 images as the file, so the copying costs at most about twice the final size.
@@ -26,8 +26,9 @@ import numpy as np
 
 from .durable import output_error, publish, temporary_path
 from .feature_format import FeatureSource, OutputFormat, WriterOptions, unique_ids
+from .npz import PROBS_KEYS, class_distributions
 from .records import ExtractionError, RegionRecord
-from .tsv import LXMERT_TSV, TsvWriter, read_tsv
+from .tsv import LXMERT_TSV, LxmertTsvLayout, TsvLayout, TsvWriter, decode_array, encode_array, read_tsv
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +48,30 @@ def require_h5py():
 
 def spool_path(path: Path) -> Path:
     return path.with_name(path.name + ".spool")
+
+
+class SpoolWithProbsLayout(LxmertTsvLayout):
+    """The spool's rows when the run keeps class distributions: an LXMERT row plus `cls_prob` and `attr_prob`."""
+
+    def __init__(self, probs_dtype: str):
+        self.dtype = np.dtype(probs_dtype).newbyteorder("<").str
+        self.name = f"lxmert-tsv with {probs_dtype} class distributions"
+        self.fields = (*LxmertTsvLayout.fields, *PROBS_KEYS)
+
+    def encode(self, record: RegionRecord) -> bytes:
+        probs = [encode_array(getattr(record, key), self.dtype) for key in PROBS_KEYS]
+        return b"\t".join([super().encode(record).rstrip(b"\r\n"), *probs]) + b"\r\n"
+
+    def decode(self, fields: list[bytes]) -> RegionRecord:
+        record = super().decode(fields[: len(LxmertTsvLayout.fields)])
+        probs = fields[len(LxmertTsvLayout.fields) :]
+        for key, field in zip(PROBS_KEYS, probs):
+            setattr(record, key, decode_array(field, self.dtype, record.num_boxes, -1, key))
+        return record
+
+
+def spool_layout(probs_dtype: str | None) -> TsvLayout:
+    return LXMERT_TSV if probs_dtype is None else SpoolWithProbsLayout(probs_dtype)
 
 
 def read_index(path: Path) -> list[str]:
@@ -72,6 +97,8 @@ def _add_records(file, records: list[RegionRecord]) -> None:
         group.create_dataset("objects_conf", data=np.asarray(record.objects_conf, dtype=np.float32))
         group.create_dataset("attrs", data=np.asarray(record.attrs, dtype=np.int64))
         group.create_dataset("attrs_conf", data=np.asarray(record.attrs_conf, dtype=np.float32))
+        for key, array in class_distributions(record).items():
+            group.create_dataset(key, data=array)
     if "index" not in file:
         file.create_dataset("index", shape=(0,), maxshape=(None,), dtype=h5py.string_dtype(), chunks=(4096,))
     index = file["index"]
@@ -124,9 +151,17 @@ class Hdf5Writer:
         attributes: file attributes to record (the run's settings).
         checkpoint_images: new images after which the file is rewritten at the latest (the interval grows with
             the file, see the module docstring).
+        probs_dtype: the dtype of the records' class distributions, if the run keeps them (the spool carries them).
     """
 
-    def __init__(self, path: str | os.PathLike, resume: bool, attributes: dict, checkpoint_images: int = 1000):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        resume: bool,
+        attributes: dict,
+        checkpoint_images: int = 1000,
+        probs_dtype: str | None = None,
+    ):
         require_h5py()
         self.path = Path(path)
         self.attributes = attributes
@@ -134,7 +169,7 @@ class Hdf5Writer:
         if not resume:
             self.path.unlink(missing_ok=True)
         self._committed: list[str] = read_index(self.path) if resume and self.path.exists() else []
-        self._spool = TsvWriter(spool_path(self.path), LXMERT_TSV, resume=resume)
+        self._spool = TsvWriter(spool_path(self.path), spool_layout(probs_dtype), resume=resume)
         self._spooled = len(self._spool.completed)
         if self._spooled:
             self.checkpoint()
@@ -160,7 +195,7 @@ class Hdf5Writer:
 
         def new_records() -> Iterator[RegionRecord]:
             """The spooled images the file lacks, streamed (the spool can be as large as the file)."""
-            for record in read_tsv(self._spool.path, LXMERT_TSV):
+            for record in read_tsv(self._spool.path, self._spool.layout):
                 if record.image_id not in committed:
                     committed.add(record.image_id)
                     added.append(record.image_id)
@@ -188,7 +223,7 @@ def _record(image_id: str, group) -> RegionRecord:
         image_id=image_id,
         image_h=int(group.attrs["image_h"]),
         image_w=int(group.attrs["image_w"]),
-        **{key: group[key][()] for key in ARRAY_KEYS},
+        **{key: group[key][()] for key in (*ARRAY_KEYS, *PROBS_KEYS) if key in group},
     )
 
 
@@ -232,6 +267,7 @@ class Hdf5Source(FeatureSource):
 class Hdf5Format(OutputFormat):
     name = "hdf5"
     suffixes = (".h5", ".hdf5", ".hdf")
+    stores_class_probs = True
 
     def require(self) -> None:
         require_h5py()
@@ -243,7 +279,7 @@ class Hdf5Format(OutputFormat):
             return file.read(len(SIGNATURE)) == SIGNATURE
 
     def open_writer(self, path: Path, resume: bool, options: WriterOptions) -> Hdf5Writer:
-        return Hdf5Writer(path, resume, options.attributes, options.checkpoint_images)
+        return Hdf5Writer(path, resume, options.attributes, options.checkpoint_images, options.probs_dtype)
 
     def read(self, path: Path, suffix: str | None = None) -> Iterator[RegionRecord]:
         return read_hdf5(path)

@@ -1,7 +1,8 @@
 """Per-image `.npz` feature files: one `<image_id>.npz` per image in a folder.
 
 Keys: image_id (str), image_h, image_w, num_boxes (int64), boxes (float32, N x 4), features (float32, N x C),
-objects, attrs (int64, 0-based as `records.py` says), objects_conf, attrs_conf (float32). Each file is written to a
+objects, attrs (int64, 0-based as `records.py` says), objects_conf, attrs_conf (float32); with
+`--save-class-probs`, cls_prob (N x 1601) and attr_prob (N x 401), float32 or float16. Each file is written to a
 hidden temporary name, synced and renamed, so a file under its final name is always complete.
 
 The reader also takes the golden-style files of the original's reference runs, whose keys carry a selection suffix
@@ -12,7 +13,7 @@ import io
 import logging
 import os
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,12 @@ logger = logging.getLogger(__name__)
 
 ARRAY_KEYS = ("boxes", "features", "objects", "objects_conf", "attrs", "attrs_conf")
 NPZ_KEYS = ("image_id", "image_h", "image_w", "num_boxes", *ARRAY_KEYS)
+PROBS_KEYS = ("cls_prob", "attr_prob")
+
+
+def class_distributions(record: RegionRecord) -> dict[str, np.ndarray]:
+    """The record's `cls_prob` and `attr_prob` as arrays to store, where it carries them (in their own dtype)."""
+    return {key: getattr(record, key) for key in PROBS_KEYS if getattr(record, key) is not None}
 
 
 def encode_npz(record: RegionRecord) -> bytes:
@@ -41,18 +48,19 @@ def encode_npz(record: RegionRecord) -> bytes:
         objects_conf=np.asarray(record.objects_conf, dtype=np.float32),
         attrs=np.asarray(record.attrs, dtype=np.int64),
         attrs_conf=np.asarray(record.attrs_conf, dtype=np.float32),
+        **class_distributions(record),
     )
     return buffer.getvalue()
 
 
-def _is_complete(path: Path) -> bool:
-    """Whether an npz holds every key (its zip directory, written last, is readable)."""
+def npz_keys(path: Path) -> set[str] | None:
+    """The keys of an npz file, from its zip directory (written last: None when it is unreadable, as in a file cut
+    short)."""
     try:
         with zipfile.ZipFile(path) as archive:
-            names = set(archive.namelist())
+            return {name.removesuffix(".npy") for name in archive.namelist()}
     except (OSError, zipfile.BadZipFile):
-        return False
-    return all(f"{key}.npy" in names for key in NPZ_KEYS)
+        return None
 
 
 class NpzWriter:
@@ -61,10 +69,19 @@ class NpzWriter:
     Args:
         folder: the output folder; created if missing.
         resume: keep the complete files already there (incomplete ones and temporaries are deleted).
+        encode: a record -> the file's bytes (the format's keys).
+        keys: the keys every complete file holds.
     """
 
-    def __init__(self, folder: str | os.PathLike, resume: bool):
+    def __init__(
+        self,
+        folder: str | os.PathLike,
+        resume: bool,
+        encode: Callable[[RegionRecord], bytes] = encode_npz,
+        keys: tuple[str, ...] = NPZ_KEYS,
+    ):
         self.path = Path(folder)
+        self.encode = encode
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as error:
@@ -75,14 +92,14 @@ class NpzWriter:
             if removed:
                 logger.warning("%s: removed %d half-written files of an interrupted run", self.path, removed)
             for path in sorted(self.path.glob("*.npz")):
-                if _is_complete(path):
+                if set(keys) <= (npz_keys(path) or set()):
                     self.completed.append(path.stem)
                 else:
                     logger.warning("%s: incomplete file removed; the image will be extracted again", path)
                     path.unlink()
 
     def write(self, record: RegionRecord) -> None:
-        atomic_write_bytes(self.path / f"{record.image_id}.npz", encode_npz(record), sync_directory=False)
+        atomic_write_bytes(self.path / f"{record.image_id}.npz", self.encode(record), sync_directory=False)
 
     def commit(self) -> None:
         try:
@@ -138,6 +155,8 @@ def read_npz_file(path: str | os.PathLike, suffix: str | None = None) -> RegionR
                 objects_conf=optional("objects_conf"),
                 attrs=optional("attrs"),
                 attrs_conf=optional("attrs_conf"),
+                cls_prob=optional("cls_prob"),
+                attr_prob=optional("attr_prob"),
             )
     except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
         raise ExtractionError(f"{path}: cannot read it as a feature file: {error}") from error
@@ -150,16 +169,23 @@ def read_npz_folder(folder: str | os.PathLike, suffix: str | None = None) -> Ite
 
 
 class NpzSource(FeatureSource):
-    """A folder of `<image_id>.npz` files: ours, or golden-style ones whose keys carry a selection `suffix`."""
+    """A folder of `<image_id>.npz` files: ours, or golden-style ones whose keys carry a selection `suffix`; `read`
+    reads one file of the folder's format."""
 
-    def __init__(self, path: Path, suffix: str | None):
+    def __init__(
+        self,
+        path: Path,
+        suffix: str | None,
+        read: Callable[[Path, str | None], RegionRecord] = read_npz_file,
+    ):
         self.path = path
         self.suffix = suffix
+        self.read = read
         self._files = {file.stem: file for file in sorted(path.glob("*.npz"))}
         self.ids = list(self._files)
 
     def get(self, image_id: str) -> RegionRecord:
-        record = read_npz_file(self._files[image_id], self.suffix)
+        record = self.read(self._files[image_id], self.suffix)
         record.image_id = image_id
         return record
 
@@ -167,6 +193,7 @@ class NpzSource(FeatureSource):
 class NpzFormat(OutputFormat):
     name = "npz"
     is_folder = True
+    stores_class_probs = True
 
     def recognises(self, path: Path) -> bool:
         return path.is_dir() and any(path.glob("*.npz"))

@@ -360,6 +360,7 @@ class ParquetWriter:
 class ParquetFormat(OutputFormat):
     name = "parquet"
     is_folder = True
+    stores_class_probs = True
 
     def require(self) -> None:
         require_pyarrow()

@@ -30,6 +30,8 @@ class RegionRecord:
         cls_prob: `(N, 1601)` probability of every object class per region (background first), float32 or
             float16, or None where a run does not keep it (what UNITER-style consumers read as soft labels).
         attr_prob: `(N, 401)` the same over the attributes ("no attribute" first), or None.
+        max_conf: `(N,)` float32 score the region selection ranked each region by (`generate_tsv.py`'s `max_conf`,
+            the model's `selection_scores`: UNITER's `conf`), or None where a format does not keep it.
     """
 
     image_id: str
@@ -43,6 +45,7 @@ class RegionRecord:
     attrs_conf: np.ndarray | None = None
     cls_prob: np.ndarray | None = None
     attr_prob: np.ndarray | None = None
+    max_conf: np.ndarray | None = None
 
     @property
     def num_boxes(self) -> int:
@@ -60,22 +63,30 @@ def _rows(tensor: torch.Tensor, index: int, count: int, dtype) -> np.ndarray:
     return np.ascontiguousarray(rows.numpy(), dtype=dtype)
 
 
-def records_from_model_output(outputs, image_ids: list[str], original_sizes: torch.Tensor) -> list[RegionRecord]:
-    """Split the model's padded batch outputs into one float32 / int64 record per image."""
+def records_from_model_output(
+    outputs, image_ids: list[str], original_sizes: torch.Tensor, probs_dtype: str | None = None
+) -> list[RegionRecord]:
+    """Split the model's padded batch outputs into one float32 / int64 record per image; with `probs_dtype`
+    (`float32` or `float16`), each region's class and attribute distributions too (rows `proposal_indices` of the
+    per-proposal `class_probs` / `attribute_probs`)."""
     records = []
     for index, (image_id, count) in enumerate(zip(image_ids, outputs.num_boxes.tolist())):
         height, width = (int(v) for v in original_sizes[index].tolist())
-        records.append(
-            RegionRecord(
-                image_id=image_id,
-                image_h=height,
-                image_w=width,
-                boxes=_rows(outputs.boxes, index, count, np.float32),
-                features=_rows(outputs.region_features, index, count, np.float32),
-                objects=_rows(outputs.object_ids, index, count, np.int64) - 1,
-                objects_conf=_rows(outputs.object_scores, index, count, np.float32),
-                attrs=_rows(outputs.attribute_ids, index, count, np.int64) - 1,
-                attrs_conf=_rows(outputs.attribute_scores, index, count, np.float32),
-            )
+        record = RegionRecord(
+            image_id=image_id,
+            image_h=height,
+            image_w=width,
+            boxes=_rows(outputs.boxes, index, count, np.float32),
+            features=_rows(outputs.region_features, index, count, np.float32),
+            objects=_rows(outputs.object_ids, index, count, np.int64) - 1,
+            objects_conf=_rows(outputs.object_scores, index, count, np.float32),
+            attrs=_rows(outputs.attribute_ids, index, count, np.int64) - 1,
+            attrs_conf=_rows(outputs.attribute_scores, index, count, np.float32),
+            max_conf=_rows(outputs.selection_scores, index, count, np.float32),
         )
+        if probs_dtype is not None:
+            rows = outputs.proposal_indices[index, :count]
+            record.cls_prob = _rows(outputs.class_probs[index, rows][None], 0, count, probs_dtype)
+            record.attr_prob = _rows(outputs.attribute_probs[index, rows][None], 0, count, probs_dtype)
+        records.append(record)
     return records

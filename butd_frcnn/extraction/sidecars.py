@@ -33,6 +33,8 @@ class RunManifest:
         shard_index, shard_count: which share of the listing this output holds (0, 1 for all of it).
         source: where the images came from, in words (files and folders, or a dataset and its split).
         image_ids: the ids of the images of this share.
+        boxes_from: with `--boxes-from`, the box file: its `path`, `kind` and `sha256` (of its ids and boxes).
+        class_probs: with `--save-class-probs`, the dtype the class distributions are stored in.
     """
 
     format: str
@@ -44,10 +46,19 @@ class RunManifest:
     source: str = ""
     image_ids: list[str] = field(default_factory=list)
     version: int = MANIFEST_VERSION
+    boxes_from: dict | None = None
+    class_probs: str | None = None
 
     def settings(self) -> dict:
-        """What must agree between the parts of one output (resumed runs, shards)."""
-        return {"format": self.format, "selection": self.selection, "dtype": self.dtype}
+        """What must agree between the parts of one output (resumed runs, shards): the boxes by their content (the
+        same boxes from a moved or rewritten file are the same work), the options added since version 1 only when
+        used (outputs written before them resume as they were)."""
+        settings = {"format": self.format, "selection": self.selection, "dtype": self.dtype}
+        if self.boxes_from is not None:
+            settings["boxes_sha256"] = self.boxes_from["sha256"]
+        if self.class_probs is not None:
+            settings["class_probs"] = self.class_probs
+        return settings
 
     def save(self, output: Path) -> None:
         atomic_write_bytes(manifest_path(output), json.dumps(asdict(self)).encode())

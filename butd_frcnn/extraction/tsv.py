@@ -29,11 +29,11 @@ logger = logging.getLogger(__name__)
 LINE_END = b"\r\n"
 
 
-def _encode(array: np.ndarray, dtype: str) -> bytes:
+def encode_array(array: np.ndarray, dtype: str) -> bytes:
     return base64.b64encode(np.ascontiguousarray(array, dtype=dtype).tobytes())
 
 
-def _decode(field: bytes, dtype: str, num_boxes: int, width: int | None, name: str) -> np.ndarray:
+def decode_array(field: bytes, dtype: str, num_boxes: int, width: int | None, name: str) -> np.ndarray:
     """Decode one base64 array field into `(num_boxes,)` or `(num_boxes, width)`; `width=-1` infers it."""
     try:
         raw = base64.b64decode(field, validate=True)
@@ -86,7 +86,9 @@ class ButdTsvLayout(TsvLayout):
 
     def encode(self, record: RegionRecord) -> bytes:
         head = f"{record.image_id}\t{record.image_w}\t{record.image_h}\t{record.num_boxes}\t".encode()
-        return b"\t".join([head[:-1], _encode(record.boxes, "<f4"), _encode(record.features, "<f4")]) + LINE_END
+        return (
+            b"\t".join([head[:-1], encode_array(record.boxes, "<f4"), encode_array(record.features, "<f4")]) + LINE_END
+        )
 
     def decode(self, fields: list[bytes]) -> RegionRecord:
         num_boxes = _integer(fields[3], "num_boxes")
@@ -94,8 +96,8 @@ class ButdTsvLayout(TsvLayout):
             image_id=fields[0].decode(),
             image_w=_integer(fields[1], "image_w"),
             image_h=_integer(fields[2], "image_h"),
-            boxes=_decode(fields[4], "<f4", num_boxes, 4, "boxes"),
-            features=_decode(fields[5], "<f4", num_boxes, -1, "features"),
+            boxes=decode_array(fields[4], "<f4", num_boxes, 4, "boxes"),
+            features=decode_array(fields[5], "<f4", num_boxes, -1, "features"),
         )
 
 
@@ -111,13 +113,13 @@ class LxmertTsvLayout(TsvLayout):
             raise ExtractionError(f"image {record.image_id}: lxmert-tsv needs object and attribute ids")
         parts = [
             f"{record.image_id}\t{record.image_h}\t{record.image_w}".encode(),
-            _encode(record.objects, "<i8"),
-            _encode(record.objects_conf, "<f4"),
-            _encode(record.attrs, "<i8"),
-            _encode(record.attrs_conf, "<f4"),
+            encode_array(record.objects, "<i8"),
+            encode_array(record.objects_conf, "<f4"),
+            encode_array(record.attrs, "<i8"),
+            encode_array(record.attrs_conf, "<f4"),
             str(record.num_boxes).encode(),
-            _encode(record.boxes, "<f4"),
-            _encode(record.features, "<f4"),
+            encode_array(record.boxes, "<f4"),
+            encode_array(record.features, "<f4"),
         ]
         return b"\t".join(parts) + LINE_END
 
@@ -127,12 +129,12 @@ class LxmertTsvLayout(TsvLayout):
             image_id=fields[0].decode(),
             image_h=_integer(fields[1], "img_h"),
             image_w=_integer(fields[2], "img_w"),
-            objects=_decode(fields[3], "<i8", num_boxes, None, "objects_id"),
-            objects_conf=_decode(fields[4], "<f4", num_boxes, None, "objects_conf"),
-            attrs=_decode(fields[5], "<i8", num_boxes, None, "attrs_id"),
-            attrs_conf=_decode(fields[6], "<f4", num_boxes, None, "attrs_conf"),
-            boxes=_decode(fields[8], "<f4", num_boxes, 4, "boxes"),
-            features=_decode(fields[9], "<f4", num_boxes, -1, "features"),
+            objects=decode_array(fields[3], "<i8", num_boxes, None, "objects_id"),
+            objects_conf=decode_array(fields[4], "<f4", num_boxes, None, "objects_conf"),
+            attrs=decode_array(fields[5], "<i8", num_boxes, None, "attrs_id"),
+            attrs_conf=decode_array(fields[6], "<f4", num_boxes, None, "attrs_conf"),
+            boxes=decode_array(fields[8], "<f4", num_boxes, 4, "boxes"),
+            features=decode_array(fields[9], "<f4", num_boxes, -1, "features"),
         )
 
 

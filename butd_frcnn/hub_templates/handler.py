@@ -12,8 +12,12 @@ Request `data`:
         threshold: score threshold of the region selection (a region is kept when its best class score after
             per-class NMS reaches it, within the boxes range); defaults to the model config's (0.2).
         return_features: also return the region features (one 2048-d list per region); defaults to false.
+        regions: regions to describe instead of detecting: a list of [x1, y1, x2, y2] in image pixels (inclusive:
+            width = x2 - x1 + 1), e.g. the boxes of a referring expression. The response then holds exactly these
+            regions, in this order (none for an empty list); `boxes` and `threshold`, which choose among detected
+            regions, do not go with it.
 
-Response, JSON-serialisable, one entry per selected region in the original's order:
+Response, JSON-serialisable, one entry per selected (or given) region in the original's order:
     image_size: {"height": H, "width": W}, the decoded image's size;
     num_boxes: N;
     boxes: N x [x1, y1, x2, y2] in image pixels (inclusive: width = x2 - x1 + 1);
@@ -50,17 +54,26 @@ class EndpointHandler:
         parameters = data.get("parameters") or {}
         if not isinstance(parameters, dict):
             raise ValueError(f"parameters must be an object, got {type(parameters).__name__}")
-        unknown = set(parameters) - {"boxes", "threshold", "return_features"}
+        unknown = set(parameters) - {"boxes", "threshold", "return_features", "regions"}
         if unknown:
-            raise ValueError(f"unknown parameters {sorted(unknown)}: use boxes, threshold, return_features")
+            raise ValueError(f"unknown parameters {sorted(unknown)}: use boxes, threshold, return_features, regions")
         config = self.model.config
         min_boxes, max_boxes = parse_boxes(parameters.get("boxes"), config.min_boxes, config.max_boxes)
         threshold = parse_threshold(parameters.get("threshold"), config.score_threshold)
         return_features = parse_flag(parameters.get("return_features"), "return_features")
+        given_regions = parse_regions(parameters.get("regions"))
+        if given_regions is not None and ("boxes" in parameters or "threshold" in parameters):
+            raise ValueError("regions are described as given: boxes and threshold choose among detected regions")
 
-        inputs = self.processor(image, return_tensors="pt").to(self.device)
-        with torch.inference_mode():
-            outputs = self.model(**inputs, min_boxes=min_boxes, max_boxes=max_boxes, score_threshold=threshold)
+        inputs = self.processor(image, boxes=given_regions, return_tensors="pt").to(self.device)
+        try:
+            with torch.inference_mode():
+                outputs = self.model(**inputs, min_boxes=min_boxes, max_boxes=max_boxes, score_threshold=threshold)
+        except ValueError as error:
+            if given_regions is None:
+                raise
+            # the model names the bad box ("boxes of image 0: box 1 [...] has x2 < x1")
+            raise ValueError(f"regions: {error}") from None
         regions = self.processor.post_process_object_detection(outputs, threshold=0.0)[0]
         height, width = inputs["original_sizes"][0].tolist()
         label_ids, attribute_ids = regions["labels"].tolist(), regions["attributes"].tolist()
@@ -123,6 +136,20 @@ def parse_boxes(boxes: Any, default_min: int, default_max: int) -> tuple[int, in
     if not 0 < min_boxes <= max_boxes:
         raise ValueError(f"boxes needs 0 < MIN <= MAX, got {boxes!r}")
     return min_boxes, max_boxes
+
+
+def parse_regions(regions: Any) -> list[list[float]] | None:
+    """Given regions: a list of [x1, y1, x2, y2] numbers (the model checks their values and names a bad one)."""
+    if regions is None:
+        return None
+    if not isinstance(regions, list) or not all(
+        isinstance(box, list)
+        and len(box) == 4
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box)
+        for box in regions
+    ):
+        raise ValueError(f"regions must be a list of [x1, y1, x2, y2] numbers, got {regions!r}"[:300])
+    return [[float(v) for v in box] for box in regions]
 
 
 def parse_threshold(threshold: Any, default: float) -> float:
