@@ -8,6 +8,7 @@ selection) lives in `ops_butd_frcnn.py`, whose docstring states the conventions 
 The state-dict names follow the detectron2 / transformers FRCNN layout so that other checkpoints map onto it.
 """
 
+import functools
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, logging
 from transformers.utils.generic import can_return_tuple
 
 from .configuration_butd_frcnn import ButdFrcnnConfig
@@ -39,6 +40,8 @@ from .ops_butd_frcnn import (
     select_regions,
     shift_anchors,
 )
+
+logger = logging.get_logger(__name__)
 
 # ---------------------------------------------------------------------------------------------------------------
 # Derived weights: computed from the parameters for speed, never saved
@@ -150,6 +153,67 @@ def drop_derived_weights(module: nn.Module, incompatible_keys: object = None) ->
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# oneDNN fused convolutions (CPU, without gradients)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@functools.cache
+def onednn_fused_convolutions() -> bool:
+    """Whether this torch runs oneDNN's fused convolutions with the signatures used here: checked once, on first use.
+
+    They are the private ops that torch.compile's CPU backend emits (`mkldnn._convolution_pointwise`, its in-place
+    `.binary` form, `mkldnn._reorder_convolution_weight`), plus `torch._C._select_conv_backend`, which says whether
+    `F.conv2d` itself would run oneDNN. Being private, they may be missing or different in another torch version
+    (this file also runs as Hub remote code): a small problem is run through them and compared with `F.conv2d`, and
+    any failure means the portable path (`F.conv2d` and in-place epilogues) everywhere.
+    """
+    mkldnn = torch.ops.mkldnn
+    try:
+        if not torch.backends.mkldnn.is_available():
+            return False
+        # fixed values, not random ones: the check must not consume the caller's random numbers
+        x = torch.linspace(-1, 1, 2 * 8 * 5 * 5).reshape(2, 8, 5, 5).contiguous(memory_format=torch.channels_last)
+        weight = torch.linspace(-0.5, 0.5, 8 * 8 * 3 * 3).reshape(8, 8, 3, 3)
+        weight = weight.contiguous(memory_format=torch.channels_last)
+        bias = torch.linspace(-0.1, 0.1, 8)
+        geometry = ([1, 1], [1, 1], [1, 1], 1)  # padding, stride, dilation, groups
+        torch._C._select_conv_backend(x, weight, bias, [1, 1], [1, 1], [1, 1], False, [0, 0], 1)
+        packed = mkldnn._reorder_convolution_weight(weight, *geometry[:3], 1, list(x.shape))
+        expected = F.conv2d(x, weight, bias, 1, 1, 1)
+        fused = mkldnn._convolution_pointwise(x, packed, bias, *geometry, "relu", [], "")
+        residual = torch.ones_like(expected)
+        mkldnn._convolution_pointwise_.binary(residual, x, packed, bias, *geometry, "add", 1.0, "relu", [], "")
+        return torch.allclose(fused, expected.relu(), atol=1e-5) and torch.allclose(
+            residual, (expected + 1).relu(), atol=1e-5
+        )
+    except (AttributeError, RuntimeError, TypeError, NotImplementedError):
+        return False
+
+
+def onednn_runs(x: torch.Tensor, conv: nn.Conv2d) -> bool:
+    """Whether `F.conv2d` would run `conv` on `x` through oneDNN, and the fused ops can run it instead.
+
+    `F.conv2d` sends small float32 problems (one image and a small map; 1x1 kernels on fewer than 16 images with one
+    thread) to PyTorch's own kernels, which round differently: the fused path runs exactly where oneDNN would, so
+    that no result depends on which path ran. Never with gradients (the fused ops have no backward), never while
+    torch.compile traces (it fuses by itself).
+    """
+    if torch.is_grad_enabled() or x.device.type != "cpu" or torch.compiler.is_compiling():
+        return False
+    if not onednn_fused_convolutions():
+        return False
+    backend = torch._C._select_conv_backend(
+        x, conv.weight, None, list(conv.stride), list(conv.padding), list(conv.dilation), False, [0, 0], conv.groups
+    )
+    return backend == torch._C._ConvBackend.Mkldnn
+
+
+def is_channels_last(x: torch.Tensor) -> bool:
+    """Whether `x` is laid out channels_last (and not also plainly contiguous, as 1x1 maps are)."""
+    return not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Layers
 # ---------------------------------------------------------------------------------------------------------------
 
@@ -184,11 +248,18 @@ class ButdFrcnnFrozenBatchNorm2d(nn.Module):
 
 class ButdFrcnnConv2d(nn.Conv2d):
     """A bias-free Caffe convolution followed by BatchNorm + Scale, run as one convolution with the affine map folded
-    into its weight and bias.
+    into its weight and bias; optionally followed by a residual sum and a ReLU, fused into it where oneDNN runs it.
 
     The folded pair lives in `derived_weights` (see [`ButdFrcnnDerivedWeights`] for when it is built and dropped);
     the checkpoint keeps Caffe's separate blobs. With gradients on, the fold is computed in the call, so that
     gradients reach the original parameters.
+
+    Without gradients on a CPU, where `F.conv2d` would run oneDNN, the convolution runs through oneDNN's fused ops
+    instead (`onednn_fused_convolutions`): the ReLU and the residual sum are applied by the convolution kernel as it
+    writes its output (post-ops) instead of in another pass over memory, and for channels_last inputs the weight is
+    reordered once into oneDNN's blocked layout ("prepacked", kept in `derived_weights`) instead of in every call.
+    Both give the same bits as the portable path (the same kernel, the same sums; tested). NCHW weights are not
+    prepacked: oneDNN would then pick its channels_last kernel, which rounds differently.
     """
 
     def __init__(
@@ -228,10 +299,44 @@ class ButdFrcnnConv2d(nn.Conv2d):
         key = ButdFrcnnDerivedKey("folded", dtype, memory_format)
         return self.derived_weights.get(key, self.fold_sources(), lambda: self.fold(dtype, memory_format))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+    def prepacked(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The folded weight in oneDNN's blocked layout for channels_last inputs like `x` (an opaque mkldnn tensor;
+        its layout does not depend on the number of images or regions), and the bias: built once, in place of the
+        channels_last fold."""
+
+        def build() -> tuple[torch.Tensor, torch.Tensor]:
+            weight, bias = self.fold(x.dtype, torch.channels_last)
+            geometry = (list(self.padding), list(self.stride), list(self.dilation), self.groups)
+            return torch.ops.mkldnn._reorder_convolution_weight(weight, *geometry, list(x.shape)), bias
+
+        key = ButdFrcnnDerivedKey("prepacked", x.dtype, torch.channels_last)
+        return self.derived_weights.get(key, self.fold_sources(), build)
+
+    def forward(self, x: torch.Tensor, relu: bool = False, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """The folded convolution of `x`, plus `residual` if given, then a ReLU if `relu`.
+
+        `residual` must be a tensor nothing else needs any more: the fused path writes the result into it.
+        """
+        channels_last = is_channels_last(x)
+        if onednn_runs(x, self):
+            if channels_last:
+                weight, bias = self.prepacked(x)
+            else:
+                weight, bias = self.folded(x.dtype)
+            geometry = (list(self.padding), list(self.stride), list(self.dilation), self.groups)
+            activation = "relu" if relu else "none"
+            if residual is None:
+                return torch.ops.mkldnn._convolution_pointwise(x, weight, bias, *geometry, activation, [], "")
+            return torch.ops.mkldnn._convolution_pointwise_.binary(
+                residual, x, weight, bias, *geometry, "add", 1.0, activation, [], ""
+            )
         weight, bias = self.folded(x.dtype, torch.channels_last if channels_last else torch.contiguous_format)
-        return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation)
+        # in place on the convolution's fresh output: bit-identical to the out-of-place ops, autograd-safe, and it
+        # saves a pass over memory (res5 is memory-bound between its convolutions)
+        out = F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation)
+        if residual is not None:
+            out = out.add_(residual)
+        return out.relu_() if relu else out
 
 
 class ButdFrcnnBottleneck(nn.Module):
@@ -259,13 +364,16 @@ class ButdFrcnnBottleneck(nn.Module):
         )
         self.conv3 = ButdFrcnnConv2d(bottleneck_channels, out_channels, 1, eps=eps, ends_residual_branch=True)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # In place on the convolutions' fresh outputs (bit-identical, autograd-safe): res5 is memory-bound between
-        # its convolutions, and the out-of-place ReLUs and sum took ~12% of its time.
-        shortcut = x if self.shortcut is None else self.shortcut(x)
-        out = self.conv1(x).relu_()
-        out = self.conv2(out).relu_()
-        return self.conv3(out).add_(shortcut).relu_()
+    def forward(self, x: torch.Tensor, may_overwrite_input: bool = False) -> torch.Tensor:
+        """`may_overwrite_input`: nothing else needs `x` after this block (the stage passes its own intermediate
+        maps), so that an identity shortcut can take the residual sum in place."""
+        if self.shortcut is not None:
+            shortcut = self.shortcut(x)
+        else:
+            shortcut = x if may_overwrite_input else x.clone()
+        out = self.conv1(x, relu=True)
+        out = self.conv2(out, relu=True)
+        return self.conv3(out, relu=True, residual=shortcut)
 
 
 class ButdFrcnnStage(nn.Sequential):
@@ -288,6 +396,12 @@ class ButdFrcnnStage(nn.Sequential):
         ]
         super().__init__(*blocks)
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for index, block in enumerate(self):
+            # the stage's input may be needed elsewhere (a returned feature map); the maps between blocks are not
+            x = block(x, may_overwrite_input=index > 0)
+        return x
+
 
 class ButdFrcnnStem(nn.Module):
     """conv1 7x7/2 + BatchNorm + Scale + ReLU, then a 3x3/2 max pool that rounds its output size up (Caffe)."""
@@ -298,7 +412,7 @@ class ButdFrcnnStem(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns conv1's activation (before pooling) and the pooled map."""
-        conv1 = self.conv1(x).relu_()
+        conv1 = self.conv1(x, relu=True)
         return conv1, F.max_pool2d(conv1, kernel_size=3, stride=2, padding=0, ceil_mode=True)
 
 
@@ -337,19 +451,43 @@ class ButdFrcnnBackbone(nn.Module):
 
 
 class ButdFrcnnAnchorGenerator(nn.Module):
-    """Holds the 12 cell anchors as a persistent buffer so that they travel with the weights."""
+    """Holds the 12 cell anchors as a persistent buffer so that they travel with the weights; the anchors and the box
+    arithmetic stay in float32 whatever the model's dtype."""
 
     def __init__(self, config: ButdFrcnnConfig):
         super().__init__()
         self.stride = config.feature_stride
+        self.base_size = config.anchor_base_size
+        self.ratios = list(config.anchor_ratios)
+        self.scales = list(config.anchor_scales)
         self.register_buffer("cell_anchors", self.default_cell_anchors(config), persistent=True)
 
     @staticmethod
     def default_cell_anchors(config: ButdFrcnnConfig) -> torch.Tensor:
         return generate_cell_anchors(config.anchor_base_size, config.anchor_ratios, config.anchor_scales)
 
+    def float32_cell_anchors(self) -> torch.Tensor:
+        """The cell anchors in float32.
+
+        Casting the model to half precision (`model.to(torch.bfloat16)`, `from_pretrained(..., dtype=...)`) casts
+        this buffer too, and bf16 cannot hold every anchor (375 rounds to 376, 263 to 264, 359 to 360): box decoding
+        would start from the wrong anchors. When the buffer is the config's anchors rounded that way, the exact anchors are
+        computed again from the config (they are a fixed function of it); other anchors are used as they are.
+        """
+        anchors = self.cell_anchors
+        if anchors.dtype in (torch.float32, torch.float64):
+            return anchors.float()
+        exact = generate_cell_anchors(self.base_size, self.ratios, self.scales).to(anchors.device)
+        if exact.shape == anchors.shape and torch.equal(exact.to(anchors.dtype), anchors):
+            return exact
+        logger.warning_once(
+            f"cell_anchors are held in {anchors.dtype} and are not the config's anchors: using them as they are, "
+            "rounded; keep the model in float32 for exact proposals"
+        )
+        return anchors.float()
+
     def forward(self, height: int, width: int) -> torch.Tensor:
-        return shift_anchors(self.cell_anchors, height, width, self.stride)
+        return shift_anchors(self.float32_cell_anchors(), height, width, self.stride)
 
 
 class ButdFrcnnRPNHead(nn.Module):
@@ -363,7 +501,7 @@ class ButdFrcnnRPNHead(nn.Module):
         self.anchor_deltas = nn.Conv2d(hidden_channels, 4 * num_anchors, 1)
 
     def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        hidden = F.relu(self.conv(features))
+        hidden = self.conv(features).relu_()
         return self.objectness_logits(hidden), self.anchor_deltas(hidden)
 
 
@@ -467,6 +605,22 @@ class ButdFrcnnAttributePredictor(nn.Module):
         return self.attr_score(F.relu(self.fc_attr(hidden)))
 
 
+def global_average_pool(x: torch.Tensor) -> torch.Tensor:
+    """The mean of each channel over its map: `(N, C, H, W)` -> `(N, C)`.
+
+    float32 keeps `mean`, whose sums are today's bits. In half precision, `mean` of a channels_last map casts it to
+    float32 through a strided copy (150 ms for 64 regions of res5, more than a convolution); a batched product with a
+    vector of ones sums the same values in float32 accumulators (one rounding of the sum to the half type, so within
+    one ulp of `mean`) at memory speed.
+    """
+    if x.dtype in (torch.float32, torch.float64):
+        return x.mean(dim=(2, 3))
+    count, channels, height, width = x.shape
+    rows = x.permute(0, 2, 3, 1).reshape(count, height * width, channels)  # a view for channels_last maps
+    sums = torch.bmm(x.new_ones((count, 1, height * width)), rows).squeeze(1)
+    return (sums.float() / (height * width)).to(x.dtype)
+
+
 class ButdFrcnnRoIHeads(nn.Module):
     """RoI pooling on res4, res5 at stride 1 with dilation, global average pooling (the region features), and the
     class, box and attribute predictors."""
@@ -510,7 +664,8 @@ class ButdFrcnnRoIHeads(nn.Module):
 
     def region_features(self, pooled: torch.Tensor) -> torch.Tensor:
         """res5 and the global average pool (`pool5_flat`), over the regions in memory-bounded chunks."""
-        outputs = [self.res5(chunk).mean(dim=(2, 3)) for chunk in chunks_without_singletons(pooled, self.chunk_size)]
+        chunks = chunks_without_singletons(pooled, self.chunk_size)
+        outputs = [global_average_pool(self.res5(chunk)) for chunk in chunks]
         return torch.cat(outputs) if outputs else pooled.new_zeros((0, self.res5[-1].conv3.out_channels))
 
     def forward(
