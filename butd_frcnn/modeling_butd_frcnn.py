@@ -8,6 +8,7 @@ selection) lives in `ops_butd_frcnn.py`, whose docstring states the conventions 
 The state-dict names follow the detectron2 / transformers FRCNN layout so that other checkpoints map onto it.
 """
 
+import contextlib
 import functools
 import weakref
 from collections.abc import Callable, Iterator, Sequence
@@ -22,8 +23,9 @@ from transformers import initialization as init
 from transformers.utils import ModelOutput, logging
 from transformers.utils.generic import can_return_tuple
 
-from .configuration_butd_frcnn import ButdFrcnnConfig
+from .configuration_butd_frcnn import PRECISIONS, ButdFrcnnConfig
 from .ops_butd_frcnn import (
+    ScreeningPlan,
     argmax_last,
     box_sizes_at_least,
     chunks_without_singletons,
@@ -37,7 +39,9 @@ from .ops_butd_frcnn import (
     per_class_nms_max_scores,
     roi_max_pool,
     scatter_feature_maps,
+    screening_plan,
     select_regions,
+    settle_screened,
     shift_anchors,
 )
 
@@ -339,6 +343,41 @@ class ButdFrcnnConv2d(nn.Conv2d):
         return out.relu_() if relu else out
 
 
+def weights_in(module: nn.Linear | nn.Conv2d, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The module's weight and bias in `dtype`: its own, or copies kept in its `derived_weights` (precision "bf16"
+    on float32 weights)."""
+    if module.weight.dtype == dtype:
+        return module.weight, module.bias
+    sources = (module.weight,) if module.bias is None else (module.weight, module.bias)
+    key = ButdFrcnnDerivedKey("cast", dtype)
+    copies = module.derived_weights.get(key, sources, lambda: tuple(source.to(dtype) for source in sources))
+    return copies[0], copies[1] if len(copies) > 1 else None
+
+
+class ButdFrcnnLinear(nn.Linear):
+    """`nn.Linear` computing in its input's dtype (a derived copy of its weights when it holds them in another)."""
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__(in_features, out_features)
+        self.derived_weights = ButdFrcnnDerivedWeights()
+        self.register_load_state_dict_post_hook(drop_derived_weights)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, *weights_in(self, x.dtype))
+
+
+class ButdFrcnnPlainConv2d(nn.Conv2d):
+    """`nn.Conv2d` (with bias, no BatchNorm: the RPN head) computing in its input's dtype, as `ButdFrcnnLinear`."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, padding: int = 0):
+        super().__init__(in_channels, out_channels, kernel_size, padding=padding)
+        self.derived_weights = ButdFrcnnDerivedWeights()
+        self.register_load_state_dict_post_hook(drop_derived_weights)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(x, *weights_in(self, x.dtype))
+
+
 class ButdFrcnnBottleneck(nn.Module):
     """Caffe ResNet bottleneck: the stride sits on the first 1x1 conv (and the projection shortcut)."""
 
@@ -496,9 +535,9 @@ class ButdFrcnnRPNHead(nn.Module):
 
     def __init__(self, in_channels: int, hidden_channels: int, num_anchors: int):
         super().__init__()
-        self.conv = nn.Conv2d(in_channels, hidden_channels, 3, padding=1)
-        self.objectness_logits = nn.Conv2d(hidden_channels, 2 * num_anchors, 1)
-        self.anchor_deltas = nn.Conv2d(hidden_channels, 4 * num_anchors, 1)
+        self.conv = ButdFrcnnPlainConv2d(in_channels, hidden_channels, 3, padding=1)
+        self.objectness_logits = ButdFrcnnPlainConv2d(hidden_channels, 2 * num_anchors, 1)
+        self.anchor_deltas = ButdFrcnnPlainConv2d(hidden_channels, 4 * num_anchors, 1)
 
     def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         hidden = self.conv(features).relu_()
@@ -583,8 +622,8 @@ class ButdFrcnnBoxPredictor(nn.Module):
 
     def __init__(self, in_features: int, num_classes: int):
         super().__init__()
-        self.cls_score = nn.Linear(in_features, num_classes)
-        self.bbox_pred = nn.Linear(in_features, 4 * num_classes)
+        self.cls_score = ButdFrcnnLinear(in_features, num_classes)
+        self.bbox_pred = ButdFrcnnLinear(in_features, 4 * num_classes)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.cls_score(x), self.bbox_pred(x)
@@ -597,8 +636,8 @@ class ButdFrcnnAttributePredictor(nn.Module):
     def __init__(self, in_features: int, num_classes: int, embedding_size: int, hidden_size: int, num_attributes: int):
         super().__init__()
         self.cls_embedding = nn.Embedding(num_classes, embedding_size)
-        self.fc_attr = nn.Linear(in_features + embedding_size, hidden_size)
-        self.attr_score = nn.Linear(hidden_size, num_attributes)
+        self.fc_attr = ButdFrcnnLinear(in_features + embedding_size, hidden_size)
+        self.attr_score = ButdFrcnnLinear(hidden_size, num_attributes)
 
     def forward(self, features: torch.Tensor, predicted_classes: torch.Tensor) -> torch.Tensor:
         hidden = torch.cat([features, self.cls_embedding(predicted_classes).to(features.dtype)], dim=1)
@@ -662,9 +701,10 @@ class ButdFrcnnRoIHeads(nn.Module):
         """
         return roi_max_pool(features[0], boxes, self.pool_size, self.spatial_scale)
 
-    def region_features(self, pooled: torch.Tensor) -> torch.Tensor:
-        """res5 and the global average pool (`pool5_flat`), over the regions in memory-bounded chunks."""
-        chunks = chunks_without_singletons(pooled, self.chunk_size)
+    def region_features(self, pooled: torch.Tensor, min_rows: int = 2) -> torch.Tensor:
+        """res5 and the global average pool (`pool5_flat`), over the regions in memory-bounded chunks (none smaller
+        than `min_rows` regions, unless all of them are)."""
+        chunks = chunks_without_singletons(pooled, self.chunk_size, min_rows)
         outputs = [global_average_pool(self.res5(chunk)) for chunk in chunks]
         return torch.cat(outputs) if outputs else pooled.new_zeros((0, self.res5[-1].conv3.out_channels))
 
@@ -681,7 +721,7 @@ class ButdFrcnnRoIHeads(nn.Module):
 
     def predict(self, region_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Class probabilities, box deltas and attribute probabilities of region features `(K, C)`."""
-        rows = region_features if region_features.shape[0] != 1 else torch.cat([region_features] * 2)
+        rows = at_least_two_rows(region_features)
         class_logits, box_deltas = self.box_predictor(rows)
         attribute_logits = self.attribute_predictor(rows, argmax_last(class_logits, dim=1))
         count = region_features.shape[0]
@@ -689,10 +729,183 @@ class ButdFrcnnRoIHeads(nn.Module):
         attribute_probs = torch.softmax(attribute_logits[:count].float(), dim=1)
         return class_probs, box_deltas[:count], attribute_probs
 
+    def class_probabilities(self, region_features: torch.Tensor) -> torch.Tensor:
+        """The class probabilities of `predict`, alone (a fifth of the heads' work), with the same bits."""
+        logits = self.box_predictor.cls_score(at_least_two_rows(region_features))
+        return torch.softmax(logits[: region_features.shape[0]].float(), dim=1)
+
+    def screened(
+        self,
+        features: torch.Tensor,
+        boxes: torch.Tensor,
+        plan: Callable[[torch.Tensor, torch.Tensor, float], ScreeningPlan],
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`forward` for precision "fp32-screened" (float32 weights and `features`): the outputs the selection
+        `plan` needs, exactly as `forward` computes them, for much less than `forward` where few regions are in
+        doubt.
+
+        res5 runs in bfloat16 on every region (bf16 copies of the folded weights), the class scores in float32 on
+        the result; then `settle_screened` asks `plan` which regions need their float32 scores, res5 runs in
+        float32 on those, and so on until the selection is certain. The class, box and attribute heads always run
+        on all regions at once, as in `forward`: BLAS picks other kernels for fewer rows (other bits).
+
+        Returns:
+            `forward`'s four outputs, float32 values on the settled regions and bf16-screened ones elsewhere, and
+            `settled` `(K,)` bool.
+        """
+        pooled = self.pool_regions(features, boxes)
+        region_features = self.region_features(pooled.to(torch.bfloat16)).float()
+        granularity = self.settlement_granularity(pooled)
+        settled = torch.zeros(pooled.shape[0], dtype=torch.bool, device=pooled.device)
+
+        def settle(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            nonlocal settled
+            for batch in self.settlement_batches(rows, settled, granularity):
+                region_features[batch] = self.region_features(pooled[batch], granularity or 2)
+                settled[batch] = True
+            return self.class_probabilities(region_features)[:, 1:], settled.clone()
+
+        result = settle_screened(self.class_probabilities(region_features)[:, 1:], settle, plan)
+        logger.debug(
+            "fp32-screened: %d of %d regions settled in %d rounds (margin %.3f)",
+            int(result.settled.sum()),
+            result.settled.numel(),
+            result.rounds,
+            result.margin,
+        )
+        if result.exact_ties:
+            logger.info(
+                "fp32-screened: %d exact float32 ties decide the selection; their order may differ from fp32's",
+                result.exact_ties,
+            )
+        return region_features, *self.predict(region_features), result.settled
+
+    def settlement_granularity(self, pooled: torch.Tensor) -> int | None:
+        """The fewest regions a float32 res5 call of the screened precision may take so that every region gets the
+        bits the full pass (`region_features` on all of them) gives it; `None` when only the full pass's own chunks
+        promise that.
+
+        oneDNN computes each region's output the same way whatever other regions share the call (2 to 300 of them;
+        tested), but `F.conv2d` leaves some problems to PyTorch's own kernels (1x1 convolutions of fewer than 16
+        regions on one thread), and on GPUs cuDNN picks kernels by shape: every call of the full pass and of the
+        settlement must then take oneDNN for every res5 convolution, or only whole chunks are recomputed.
+        """
+        if pooled.device.type != "cpu" or not onednn_fused_convolutions():
+            return None
+        inputs = convolution_inputs(self.res5, pooled.shape[1:])
+
+        def onednn(rows: int) -> bool:
+            return all(
+                torch._C._select_conv_backend(
+                    torch.empty((1, *shape), dtype=pooled.dtype).expand(rows, *shape),
+                    conv.weight,
+                    None,
+                    list(conv.stride),
+                    list(conv.padding),
+                    list(conv.dilation),
+                    False,
+                    [0, 0],
+                    conv.groups,
+                )
+                == torch._C._ConvBackend.Mkldnn
+                for conv, shape in inputs
+            )
+
+        if not all(onednn(chunk.shape[0]) for chunk in chunks_without_singletons(pooled, self.chunk_size)):
+            return None
+        for rows in range(2, self.chunk_size + 1):
+            if all(onednn(count) for count in range(rows, rows + self.chunk_size)):
+                return rows
+        return None
+
+    def settlement_batches(
+        self, rows: torch.Tensor, settled: torch.Tensor, granularity: int | None
+    ) -> list[torch.Tensor]:
+        """The regions to run through float32 res5 for `rows` (`(K,)` bool): one batch of at least `granularity`
+        regions (more unsettled ones taken along if needed), or without a granularity every chunk of the full pass
+        that holds one of `rows`, whole."""
+        count = rows.shape[0]
+        if granularity is None:
+            chunk_of = torch.cat(
+                [
+                    torch.full((len(chunk),), index, device=rows.device)
+                    for index, chunk in enumerate(chunks_without_singletons(torch.arange(count), self.chunk_size))
+                ]
+            )
+            return [(chunk_of == index).nonzero().flatten() for index in chunk_of[rows].unique().tolist()]
+        batch = rows.clone()
+        missing = min(granularity, count) - int(batch.sum())
+        if missing > 0:  # others along: unsettled ones first (they may be needed next), else settled ones again
+            candidates = torch.cat([(~batch & ~settled).nonzero().flatten(), (~batch & settled).nonzero().flatten()])
+            batch[candidates[:missing]] = True
+        return [batch.nonzero().flatten()]
+
+
+def at_least_two_rows(x: torch.Tensor) -> torch.Tensor:
+    """`x`, a single row doubled: BLAS runs one row through other kernels (other roundings) than several."""
+    return x if x.shape[0] != 1 else torch.cat([x] * 2)
+
+
+def convolution_inputs(stage: nn.Module, input_shape: Sequence[int]) -> list[tuple[nn.Conv2d, tuple[int, ...]]]:
+    """Every convolution of a ResNet stage with the `(C, H, W)` shape of its input, for an input of `input_shape`."""
+
+    def output_shape(conv: nn.Conv2d, shape: tuple[int, ...]) -> tuple[int, ...]:
+        sizes = [
+            (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+            for size, padding, dilation, kernel, stride in zip(
+                shape[1:], conv.padding, conv.dilation, conv.kernel_size, conv.stride
+            )
+        ]
+        return (conv.out_channels, *sizes)
+
+    inputs = []
+    shape = tuple(input_shape)
+    for block in stage:
+        inputs += [(conv, shape) for conv in (block.shortcut, block.conv1) if conv is not None]
+        inner = output_shape(block.conv1, shape)
+        inputs.append((block.conv2, inner))
+        inner = output_shape(block.conv2, inner)
+        inputs.append((block.conv3, inner))
+        shape = output_shape(block.conv3, inner)
+    return inputs
+
 
 # ---------------------------------------------------------------------------------------------------------------
 # Model
 # ---------------------------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def cuda_float32_math(device: torch.device, precision: str) -> Iterator[None]:
+    """On CUDA, float32 convolutions and matrix products in TF32 for precision "tf32", in full float32 otherwise,
+    for the duration of the forward only (the process-wide settings are restored after: they are the caller's).
+
+    PyTorch lets cuDNN run float32 convolutions in TF32 by default (about 1e-3 relative): "fp32" must not. For "fp32"
+    and "fp32-screened", cuDNN also picks its algorithms deterministically, by shape, so that a region gets the same
+    bits in every call. These flags are process-wide: do not run the model concurrently with other CUDA work that
+    needs other settings.
+    """
+    if device.type != "cuda":
+        yield
+        return
+    mode = "tf32" if precision == "tf32" else "ieee"
+    cudnn = torch.backends.cudnn
+    settings: list[tuple[object, str, object]] = []
+    if hasattr(getattr(cudnn, "conv", None), "fp32_precision"):  # torch >= 2.9: do not mix with the legacy flags
+        settings += [(torch.backends.cuda.matmul, "fp32_precision", mode), (cudnn.conv, "fp32_precision", mode)]
+    else:
+        tf32 = mode == "tf32"
+        settings += [(torch.backends.cuda.matmul, "allow_tf32", tf32), (cudnn, "allow_tf32", tf32)]
+    if precision in ("fp32", "fp32-screened"):
+        settings += [(cudnn, "benchmark", False), (cudnn, "deterministic", True)]
+    saved = [(owner, name, getattr(owner, name)) for owner, name, _ in settings]
+    try:
+        for owner, name, value in settings:
+            setattr(owner, name, value)
+        yield
+    finally:
+        for owner, name, value in saved:
+            setattr(owner, name, value)
 
 
 @dataclass
@@ -729,6 +942,10 @@ class ButdFrcnnModelOutput(ModelOutput):
         original_sizes (`torch.LongTensor` of shape `(batch_size, 2)`, *optional*):
             The `original_sizes` given to the forward, passed through: the `(height, width)` that `boxes` refer to,
             so that post-processing can map them onto other target sizes.
+        settled_proposals (`torch.BoolTensor` of shape `(batch_size, num_proposals)`, *optional*, precision
+            `"fp32-screened"` only): which proposals hold float32 values in `proposal_features`, `class_probs`,
+            `attribute_probs` and `box_deltas` (every selected region does); the others hold values computed from
+            the bfloat16 screening. Its mean says how much of the float32 work the screening saved.
     """
 
     region_features: torch.FloatTensor | None = None
@@ -747,6 +964,7 @@ class ButdFrcnnModelOutput(ModelOutput):
     box_deltas: torch.FloatTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     original_sizes: torch.LongTensor | None = None
+    settled_proposals: torch.BoolTensor | None = None
 
 
 class ButdFrcnnPreTrainedModel(PreTrainedModel):
@@ -871,8 +1089,14 @@ class ButdFrcnnModel(ButdFrcnnPreTrainedModel):
         if not 0 < min_boxes <= max_boxes:
             raise ValueError(f"need 0 < min_boxes <= max_boxes, got min_boxes={min_boxes}, max_boxes={max_boxes}")
 
+        pixel_values = pixel_values.to(self.compute_dtype())
         batch_size, _, height, width = pixel_values.shape
         device = pixel_values.device
+        if config.precision == "tf32" and device.type != "cuda":
+            raise ValueError(
+                f"precision 'tf32' is a CUDA mode (TensorFloat-32 matrix units), but the input is on {device}: "
+                "use 'fp32' or 'bf16' there"
+            )
         if image_sizes is None:
             image_sizes = torch.tensor([[height, width]] * batch_size)
         if scales is None:
@@ -884,23 +1108,24 @@ class ButdFrcnnModel(ButdFrcnnPreTrainedModel):
 
         per_image: list[dict[str, torch.Tensor] | None] = [None] * batch_size
         hidden_states = None
-        for (image_height, image_width), indices in group_by_size(image_sizes).items():
-            # images of one size run together, cropped to that size: padding never reaches the network
-            images = pixel_values[indices, :, :image_height, :image_width]
-            maps = self.backbone(images)
-            if output_hidden_states:
-                hidden_states = scatter_feature_maps(hidden_states, maps, indices, batch_size)
-            detections = self.detect_regions(
-                maps[-1],
-                image_height,
-                image_width,
-                scales[indices],
-                min_boxes=min_boxes,
-                max_boxes=max_boxes,
-                score_threshold=score_threshold,
-            )
-            for i, detection in zip(indices, detections):
-                per_image[i] = detection
+        with cuda_float32_math(device, config.precision):
+            for (image_height, image_width), indices in group_by_size(image_sizes).items():
+                # images of one size run together, cropped to that size: padding never reaches the network
+                images = pixel_values[indices, :, :image_height, :image_width]
+                maps = self.backbone(images)
+                if output_hidden_states:
+                    hidden_states = scatter_feature_maps(hidden_states, maps, indices, batch_size)
+                detections = self.detect_regions(
+                    maps[-1],
+                    image_height,
+                    image_width,
+                    scales[indices],
+                    min_boxes=min_boxes,
+                    max_boxes=max_boxes,
+                    score_threshold=score_threshold,
+                )
+                for i, detection in zip(indices, detections):
+                    per_image[i] = detection
 
         def stacked(key: str, pad: float = 0) -> torch.Tensor:
             return pad_and_stack([image[key] for image in per_image], pad)
@@ -922,7 +1147,23 @@ class ButdFrcnnModel(ButdFrcnnPreTrainedModel):
             box_deltas=stacked("box_deltas"),
             hidden_states=hidden_states,
             original_sizes=None if original_sizes is None else original_sizes.to(device),
+            settled_proposals=stacked("settled_proposals", False) if "settled_proposals" in per_image[0] else None,
         )
+
+    def compute_dtype(self) -> torch.dtype:
+        """The dtype the forward's layers compute in under `config.precision` (see [`ButdFrcnnConfig`]):
+        bfloat16 or float16 for "bf16" / "fp16", else the weights' own dtype (float32 unless the model was cast)."""
+        precision = self.config.precision
+        if precision not in PRECISIONS:
+            raise ValueError(f"config.precision={precision!r}: expected one of {PRECISIONS}")
+        if precision in ("bf16", "fp16"):
+            return torch.bfloat16 if precision == "bf16" else torch.float16
+        if precision in ("fp32-screened", "tf32") and self.dtype != torch.float32:
+            raise ValueError(
+                f"precision {precision!r} needs float32 weights, but the model holds {self.dtype}: load it without "
+                "`dtype=` (or `.to(torch.float32)`), or use precision 'bf16'"
+            )
+        return self.dtype
 
     def detect_regions(
         self,
@@ -941,10 +1182,27 @@ class ButdFrcnnModel(ButdFrcnnPreTrainedModel):
             Per image, a dict with every per-image field of [`ButdFrcnnModelOutput`] (unpadded).
         """
         proposals = self.proposal_generator(features, image_height, image_width, scales)
-        heads = [self.roi_heads(features[j : j + 1], boxes) for j, (boxes, _) in enumerate(proposals)]
+        original_boxes = [boxes / scale for (boxes, _), scale in zip(proposals, scales)]
+        settled = [None] * len(proposals)
+        if self.config.precision == "fp32-screened":
+            heads = []
+            for j, (boxes, _) in enumerate(proposals):
+                plan = functools.partial(
+                    screening_plan,
+                    original_boxes[j],
+                    score_threshold=score_threshold,
+                    min_boxes=min_boxes,
+                    max_boxes=max_boxes,
+                    nms_threshold=self.config.selection_nms_threshold,
+                    exact_ties=self.config.exact_tie_order,
+                )
+                *outputs, settled[j] = self.roi_heads.screened(features[j : j + 1], boxes, plan)
+                heads.append(tuple(outputs))
+        else:
+            heads = [self.roi_heads(features[j : j + 1], boxes) for j, (boxes, _) in enumerate(proposals)]
         all_features, all_class_probs, _, all_attribute_probs = zip(*heads)
         selections = self.select_batch(
-            [boxes / scale for (boxes, _), scale in zip(proposals, scales)],
+            original_boxes,
             all_features,
             all_class_probs,
             all_attribute_probs,
@@ -961,10 +1219,14 @@ class ButdFrcnnModel(ButdFrcnnPreTrainedModel):
                 "attribute_probs": attribute_probs,
                 "box_deltas": box_deltas,
                 **selection,
+                **({} if image_settled is None else {"settled_proposals": image_settled}),
             }
-            for (boxes, objectness), (region_features, class_probs, box_deltas, attribute_probs), selection in zip(
-                proposals, heads, selections
-            )
+            for (boxes, objectness), (
+                region_features,
+                class_probs,
+                box_deltas,
+                attribute_probs,
+            ), selection, image_settled in zip(proposals, heads, selections, settled)
         ]
 
     def select(

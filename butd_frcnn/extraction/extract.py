@@ -16,7 +16,7 @@ from .batching import SizeBatcher, collate
 from .decoding import DEFAULT_MAX_PIXELS, FailedImage, ImageDataset, PreparedImage, image_loader
 from .formats import format_from_path, open_writer, output_exists, remove_output
 from .inputs import list_images
-from .model_loading import load_model, resolve_device
+from .model_loading import canonical_precision, load_model, resolve_device
 from .records import ExtractionError, records_from_model_output
 from .sharding import Shard
 from .sidecars import ErrorLog, RunManifest, errors_path, manifest_path
@@ -47,7 +47,7 @@ class ExtractOptions:
     batch_size: int = 1
     num_workers: int = field(default_factory=default_num_workers)
     device: str = "cpu"
-    dtype: str = "float32"
+    dtype: str = "fp32"
     resume: bool = False
     overwrite: bool = False
     shard: Shard = field(default_factory=Shard)
@@ -194,7 +194,6 @@ class _Pipeline:
         self.summary = summary
         self.progress = progress
         self.device = next(model.parameters()).device
-        self.dtype = next(model.parameters()).dtype
 
     def fail(self, failure: FailedImage) -> None:
         self.errors.add(failure.entry, failure.reason)
@@ -208,7 +207,7 @@ class _Pipeline:
         try:
             with torch.inference_mode():  # the outputs only go to numpy: no autograd bookkeeping at all
                 outputs = self.model(
-                    pixel_values=inputs["pixel_values"].to(self.device, self.dtype),
+                    pixel_values=inputs["pixel_values"].to(self.device),  # the model casts to its precision
                     image_sizes=inputs["image_sizes"].to(self.device),
                     scales=inputs["scales"].to(self.device),
                     **self.selection,
@@ -267,7 +266,7 @@ def extract(options: ExtractOptions) -> ExtractionSummary:
         format=format,
         model=options.model,
         selection=selection,
-        dtype=options.dtype,
+        dtype=canonical_precision(options.dtype),
         shard_index=options.shard.index,
         shard_count=options.shard.count,
         image_ids=[entry.image_id for entry in mine],

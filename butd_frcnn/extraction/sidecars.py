@@ -8,6 +8,7 @@ from pathlib import Path
 
 from .durable import atomic_write_bytes, output_error
 from .inputs import ImageEntry
+from .model_loading import canonical_precision
 from .records import ExtractionError
 
 MANIFEST_VERSION = 1
@@ -29,7 +30,7 @@ class RunManifest:
         format: the output format.
         model: the model as given on the command line.
         selection: `min_boxes`, `max_boxes`, `score_threshold` of the run.
-        dtype: the model's dtype.
+        dtype: the model's precision (`ButdFrcnnConfig.precision`; older manifests: its dtype's name).
         shard_index, shard_count: which share of the listing this output holds (0, 1 for all of it).
         image_ids: the ids of the images of this share.
     """
@@ -45,7 +46,7 @@ class RunManifest:
 
     def settings(self) -> dict:
         """What must agree between the parts of one output (resumed runs, shards)."""
-        return {"format": self.format, "selection": self.selection, "dtype": self.dtype}
+        return {"format": self.format, "selection": self.selection, "dtype": canonical_precision(self.dtype)}
 
     def save(self, output: Path) -> None:
         atomic_write_bytes(manifest_path(output), json.dumps(asdict(self)).encode())
