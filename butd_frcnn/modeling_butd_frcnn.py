@@ -194,6 +194,27 @@ def onednn_fused_convolutions() -> bool:
         return False
 
 
+def convolution_backend(x: torch.Tensor, conv: nn.Conv2d) -> object:
+    """The backend `F.conv2d` picks for `conv` on `x` (oneDNN, PyTorch's own kernels, cuDNN...): where it picks
+    matters for the bits. Needs `onednn_fused_convolutions()` (which checks that this private query exists)."""
+    return torch._C._select_conv_backend(
+        x, conv.weight, None, list(conv.stride), list(conv.padding), list(conv.dilation), False, [0, 0], conv.groups
+    )
+
+
+def batch_changes_kernels(x: torch.Tensor, conv: nn.Conv2d) -> bool:
+    """Whether `F.conv2d` would run this batch of images through other kernels than each image alone.
+
+    PyTorch runs a small float32 problem of one image on its own kernels (e.g. a res4 map of 20480 values or fewer:
+    small images in a small network) and the same problem for two images on oneDNN, which rounds differently. The
+    layers whose batch holds images then run them one at a time, so that an image's results never depend on the
+    batch it came in. Known on CPUs only (cuDNN picks its algorithms by shape as well, out of sight).
+    """
+    if x.shape[0] < 2 or x.device.type != "cpu" or torch.compiler.is_compiling() or not onednn_fused_convolutions():
+        return False
+    return convolution_backend(x, conv) != convolution_backend(x[:1], conv)
+
+
 def onednn_runs(x: torch.Tensor, conv: nn.Conv2d) -> bool:
     """Whether `F.conv2d` would run `conv` on `x` through oneDNN, and the fused ops can run it instead.
 
@@ -204,12 +225,7 @@ def onednn_runs(x: torch.Tensor, conv: nn.Conv2d) -> bool:
     """
     if torch.is_grad_enabled() or x.device.type != "cpu" or torch.compiler.is_compiling():
         return False
-    if not onednn_fused_convolutions():
-        return False
-    backend = torch._C._select_conv_backend(
-        x, conv.weight, None, list(conv.stride), list(conv.padding), list(conv.dilation), False, [0, 0], conv.groups
-    )
-    return backend == torch._C._ConvBackend.Mkldnn
+    return onednn_fused_convolutions() and convolution_backend(x, conv) == torch._C._ConvBackend.Mkldnn
 
 
 def is_channels_last(x: torch.Tensor) -> bool:
@@ -281,6 +297,9 @@ class ButdFrcnnConv2d(nn.Conv2d):
         self.norm = ButdFrcnnFrozenBatchNorm2d(out_channels, eps, ends_residual_branch)
         self.derived_weights = ButdFrcnnDerivedWeights()
         self.register_load_state_dict_post_hook(drop_derived_weights)
+        # set by the backbone: its batch holds images, each to get the bits it gets alone (`batch_changes_kernels`);
+        # res5's batch holds regions, whose chunks are chosen to keep their bits (`chunks_without_singletons`)
+        self.images_in_batch = False
 
     def fold_sources(self) -> tuple[torch.Tensor, ...]:
         """The tensors the fold is computed from: the weight and the BatchNorm + Scale buffers."""
@@ -321,6 +340,9 @@ class ButdFrcnnConv2d(nn.Conv2d):
 
         `residual` must be a tensor nothing else needs any more: the fused path writes the result into it.
         """
+        if self.images_in_batch and batch_changes_kernels(x, self):
+            residuals = [None] * x.shape[0] if residual is None else residual.split(1)
+            return torch.cat([self(image, relu, rest) for image, rest in zip(x.split(1), residuals)])
         channels_last = is_channels_last(x)
         if onednn_runs(x, self):
             if channels_last:
@@ -375,6 +397,8 @@ class ButdFrcnnPlainConv2d(nn.Conv2d):
         self.register_load_state_dict_post_hook(drop_derived_weights)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if batch_changes_kernels(x, self):  # its batch holds images (the RPN head)
+            return torch.cat([self(image) for image in x.split(1)])
         return self._conv_forward(x, *weights_in(self, x.dtype))
 
 
@@ -475,6 +499,9 @@ class ButdFrcnnBackbone(nn.Module):
             )
             self.add_module(name, stage)
             in_channels = config.hidden_sizes[index]
+        for module in self.modules():
+            if isinstance(module, ButdFrcnnConv2d):
+                module.images_in_batch = True
 
     def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Returns the feature maps `(conv1 after its ReLU, res2, res3, res4)` of a batch of same-size images."""
@@ -796,17 +823,7 @@ class ButdFrcnnRoIHeads(nn.Module):
 
         def onednn(rows: int) -> bool:
             return all(
-                torch._C._select_conv_backend(
-                    torch.empty((1, *shape), dtype=pooled.dtype).expand(rows, *shape),
-                    conv.weight,
-                    None,
-                    list(conv.stride),
-                    list(conv.padding),
-                    list(conv.dilation),
-                    False,
-                    [0, 0],
-                    conv.groups,
-                )
+                convolution_backend(torch.empty((1, *shape), dtype=pooled.dtype).expand(rows, *shape), conv)
                 == torch._C._ConvBackend.Mkldnn
                 for conv, shape in inputs
             )

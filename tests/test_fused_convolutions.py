@@ -5,6 +5,7 @@ anchors stay float32 in a half-precision model."""
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from golden import REPO_ROOT, golden_image_path, tiny_config
@@ -18,6 +19,13 @@ FIELDS = ("proposals", "proposal_scores", "proposal_features", "class_probs", "a
           "region_features", "boxes", "object_ids", "object_scores", "attribute_ids", "attribute_scores")  # fmt: skip
 
 pytestmark = pytest.mark.skipif(not onednn_fused_convolutions(), reason="this torch has no oneDNN fused convolutions")
+
+
+def smooth_image(height: int, width: int, seed: int) -> np.ndarray:
+    """A photo-like uint8 RGB image (upsampled noise): the detector sees some structure."""
+    small = torch.rand((1, 3, height // 8, width // 8), generator=torch.Generator().manual_seed(seed)) * 255
+    image = torch.nn.functional.interpolate(small, size=(height, width), mode="bilinear", align_corners=False)
+    return image[0].permute(1, 2, 0).round().to(torch.uint8).numpy()
 
 
 def derived_variants(model) -> set[str]:
@@ -191,3 +199,30 @@ def test_other_half_precision_anchors_are_used_as_they_are():
     generator = model.proposal_generator.anchor_generator
     generator.cell_anchors.add_(2)  # not the config's anchors
     assert torch.equal(generator.float32_cell_anchors(), generator.cell_anchors.float())
+
+
+@pytest.mark.parametrize("size", [(64, 80), (480, 640)], ids=["small", "large"])
+def test_same_size_batches_give_each_image_its_own_bits(size, tiny_golden_model, monkeypatch):
+    """PyTorch runs a small float32 map of one image on its own kernels, and of two images on oneDNN (other
+    roundings): the backbone and the RPN head then run the images one at a time. Large maps take oneDNN either
+    way, and oneDNN gives each image the same bits in any batch."""
+    from butd_frcnn import ButdFrcnnImageProcessor
+
+    processor = ButdFrcnnImageProcessor(size={"shortest_edge": min(size), "longest_edge": max(size)})
+    images = [smooth_image(*size, seed) for seed in range(3)]
+    alone = [tiny_golden_model(**processor(image, return_tensors="pt")) for image in images]
+
+    def assert_each_alone(batched, exact=True):
+        same = True
+        for index, single in enumerate(alone):
+            count, proposals = int(single.num_boxes[0]), int(single.num_proposals[0])
+            for field, length in (("region_features", count), ("boxes", count), ("proposals", proposals),
+                                  ("class_probs", proposals), ("proposal_features", proposals)):  # fmt: skip
+                same &= torch.equal(getattr(batched, field)[index, :length], getattr(single, field)[0, :length])
+        assert same == exact
+
+    batch = processor(images, return_tensors="pt")
+    assert_each_alone(tiny_golden_model(**batch))
+    if size == (64, 80):  # the check matters: without it the batch differs
+        monkeypatch.setattr(modeling, "batch_changes_kernels", lambda x, conv: False)
+        assert_each_alone(tiny_golden_model(**batch), exact=False)

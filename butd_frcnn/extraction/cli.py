@@ -78,10 +78,9 @@ def add_parser(subparsers) -> None:
     extract_parser.add_argument(
         "--batch-size",
         type=int,
-        default=1,
-        help="images per forward pass (default 1: bit-identical to the model run "
-        "one image at a time). Only images of one resized size share a batch; larger batches are faster on a GPU but "
-        "the convolution kernels may round differently (see README)",
+        help="images of one resized size per forward pass (default: 4 on a CPU, where a batch gives every image "
+        "the bits it gets alone and runs the backbone faster; 1 on a GPU, where cuDNN may pick other kernels for "
+        "other batch sizes: larger batches are much faster there but may round differently, see the README)",
     )
     extract_parser.add_argument(
         "--num-workers", type=int, default=default_num_workers(), help="processes decoding images (0: in this one)"

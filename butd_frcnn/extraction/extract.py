@@ -29,6 +29,12 @@ logger = logging.getLogger(__name__)
 NO_REGIONS = "no region survives the proposal size filter (a side under 16 pixels?): nothing to write"
 
 
+DEFAULT_BATCH_SIZES = {"cpu": 4}
+"""Images per forward by device when not asked: on a CPU a batch gives each image the bits it gets alone (the model
+runs the images one at a time where PyTorch would give a batch other kernels) and is faster (its backbone's small
+maps use the cores better); elsewhere 1, bit-identical to one image at a time."""
+
+
 def default_num_workers() -> int:
     return min(8, max(1, (os.cpu_count() or 2) - 1))
 
@@ -44,7 +50,7 @@ class ExtractOptions:
     min_boxes: int | None = None
     max_boxes: int | None = None
     score_threshold: float | None = None
-    batch_size: int = 1
+    batch_size: int | None = None  # None: DEFAULT_BATCH_SIZES by device
     num_workers: int = field(default_factory=default_num_workers)
     device: str = "cpu"
     dtype: str = "fp32"
@@ -250,9 +256,11 @@ def extract(options: ExtractOptions) -> ExtractionSummary:
     mine = options.shard.select(entries)
     output = options.shard.output_path(options.output)
     format = resolve_format(options.format, options.output)
-    if options.batch_size < 1:
+    device = resolve_device(options.device)
+    batch_size = DEFAULT_BATCH_SIZES.get(device.type, 1) if options.batch_size is None else options.batch_size
+    if batch_size < 1:
         raise ExtractionError("--batch-size must be at least 1")
-    model, processor = load_model(options.model, resolve_device(options.device), options.dtype)
+    model, processor = load_model(options.model, device, options.dtype)
     selection = {
         "min_boxes": options.min_boxes or model.config.min_boxes,
         "max_boxes": options.max_boxes or model.config.max_boxes,
@@ -289,7 +297,7 @@ def extract(options: ExtractOptions) -> ExtractionSummary:
     label = f"shard {options.shard}" if options.shard.count > 1 else "extract"
     progress = tqdm(total=len(todo), unit="img", desc=label, disable=not options.progress, dynamic_ncols=True)
     pipeline = _Pipeline(model, selection, writer, errors, summary, progress)
-    batcher = SizeBatcher(options.batch_size)
+    batcher = SizeBatcher(batch_size)
     summary.setup_seconds = time.perf_counter() - started
     try:
         with GracefulStop() as stop:
