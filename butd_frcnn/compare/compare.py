@@ -4,9 +4,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from ..extraction.formats import open_source
 from ..extraction.inputs import image_id_from_path
 from ..extraction.records import ExtractionError
-from ..extraction.sources import open_source
 from .metrics import compare_images
 from .report import ComparisonReport
 

@@ -9,9 +9,11 @@ from pathlib import Path
 
 import torch
 
+from .dataset_push import push_features, push_token
 from .decoding import DEFAULT_MAX_PIXELS
 from .extract import ExtractionSummary, ExtractOptions, default_num_workers, extract
-from .formats import FORMATS
+from .feature_format import DEFAULT_PARQUET_SHARD_MB
+from .formats import FORMATS, format_from_path
 from .inputs import ID_STYLES
 from .merge import find_shards, merge_outputs
 from .model_loading import PRECISION_CHOICES
@@ -21,6 +23,7 @@ from .sharding import Shard, all_shard_paths
 logger = logging.getLogger(__name__)
 
 EXIT_INTERRUPTED = 130
+DATASET_OPTIONS = ("split", "config", "image_column", "id_column")
 # ranks of one torchrun wait for each other at the end; a resumed rank may have far less left than the others
 DISTRIBUTED_TIMEOUT = timedelta(days=7)
 
@@ -47,81 +50,118 @@ def _shard(text: str) -> Shard:
 def add_parser(subparsers) -> None:
     extract_parser = subparsers.add_parser(
         "extract",
-        help="extract region features of images into BUTD/LXMERT TSV, HDF5 or npz files",
-        description="Run the model over images and write the selected regions' boxes, features, objects and "
-        "attributes. Resumable (--resume), shardable (--shard I/N, or torchrun: one shard per rank, merged at the end).",
+        help="extract region features of images or a dataset into BUTD/LXMERT TSV, HDF5, npz or Parquet files",
+        description="Run the model over images (files, folders, list files, or a Hugging Face dataset) and write the "
+        "selected regions' boxes, features, objects and attributes. Resumable (--resume), shardable (--shard I/N, or "
+        "torchrun: one shard per rank, merged at the end); Parquet outputs can be pushed to the Hub as a dataset.",
     )
-    extract_parser.add_argument(
+    extract_parser.add_argument("--model", required=True, help="converted model folder or Hugging Face Hub id")
+    files = extract_parser.add_argument_group("images from files")
+    files.add_argument(
         "inputs",
-        nargs="+",
+        nargs="*",
         metavar="INPUT",
         help="image files, folders (recursive) or list files (.txt/.lst/.list: "
         "one `path` or `id<TAB>path` per line, relative to the list's folder)",
     )
-    extract_parser.add_argument("--model", required=True, help="converted model folder or Hugging Face Hub id")
-    extract_parser.add_argument("--output", "-o", required=True, type=Path, help="output file (folder for npz)")
-    extract_parser.add_argument(
-        "--format",
-        choices=FORMATS,
-        help="output format; default from the output's extension (.tsv: butd-tsv, .h5: hdf5)",
-    )
-    extract_parser.add_argument(
-        "--boxes",
-        type=parse_boxes,
-        help="regions per image: N (e.g. 36) or MIN-MAX (e.g. 10-100, the model's default)",
-    )
-    extract_parser.add_argument(
-        "--score-threshold",
-        type=float,
-        help="keep regions scoring at least this, within MIN-MAX (default: the model's, 0.2)",
-    )
-    extract_parser.add_argument(
-        "--batch-size",
-        type=int,
-        help="images of one resized size per forward pass (default: 4 on a CPU, where a batch gives every image "
-        "the bits it gets alone and runs the backbone faster; 1 on a GPU, where cuDNN may pick other kernels for "
-        "other batch sizes: larger batches are much faster there but may round differently, see the README)",
-    )
-    extract_parser.add_argument(
-        "--num-workers", type=int, default=default_num_workers(), help="processes decoding images (0: in this one)"
-    )
-    extract_parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
-    extract_parser.add_argument(
-        "--dtype",
-        choices=PRECISION_CHOICES,
-        default="fp32",
-        metavar="PRECISION",
-        help="how the model computes: fp32 (default; the original's numbers), bf16 (2-3x faster on CPUs with bf16 "
-        "units; near-tied regions may swap), fp16, fp32-screened (fp32's results; res5 screened in bf16 and redone "
-        "in fp32 where the selection is in doubt: pays where bf16 is much faster than fp32), tf32 (CUDA only). "
-        "float32, bfloat16, float16 are spellings of fp32, bf16, fp16. See ButdFrcnnConfig.precision and the README",
-    )
-    extract_parser.add_argument("--resume", action="store_true", help="keep what OUTPUT holds and add the rest")
-    extract_parser.add_argument("--overwrite", action="store_true", help="delete OUTPUT first")
-    extract_parser.add_argument("--shard", type=_shard, help="process share I of N (0-based) of the listing")
-    extract_parser.add_argument(
+    files.add_argument(
         "--image-ids",
         choices=ID_STYLES,
         default="stem",
         help="ids from file names: the name without extension "
         "(stem), or its last number (number: COCO_val2014_000000000042.jpg -> 42, as in the released TSVs)",
     )
-    extract_parser.add_argument(
-        "--max-pixels",
-        type=int,
-        default=DEFAULT_MAX_PIXELS,
-        help=f"skip larger images as decompression bombs (default {DEFAULT_MAX_PIXELS}, Pillow's; 0: no limit)",
+    dataset = extract_parser.add_argument_group(
+        "images from a dataset (instead of INPUT; needs pip install 'butd-frcnn[datasets]')"
     )
-    extract_parser.add_argument(
+    dataset.add_argument(
+        "--dataset",
+        metavar="NAME_OR_PATH",
+        help="a save_to_disk folder, a folder or glob of Parquet/Arrow files, an imagefolder folder, or a Hub "
+        "dataset id (streamed; offline, from the local cache)",
+    )
+    dataset.add_argument("--split", help="the split to extract (default: the only one)")
+    dataset.add_argument("--config", metavar="NAME", help="the dataset's configuration (Hub datasets with several)")
+    dataset.add_argument("--image-column", metavar="C", help="the column of images (default: the one Image column)")
+    dataset.add_argument("--id-column", metavar="C", help="the column of image ids (default: the row number)")
+    output = extract_parser.add_argument_group("output")
+    output.add_argument("--output", "-o", required=True, type=Path, help="output file (a folder for npz and parquet)")
+    output.add_argument(
+        "--format",
+        choices=FORMATS,
+        help="output format; default from the output's extension (.tsv: butd-tsv, .h5: hdf5)",
+    )
+    output.add_argument("--resume", action="store_true", help="keep what OUTPUT holds and add the rest")
+    output.add_argument("--overwrite", action="store_true", help="delete OUTPUT first")
+    output.add_argument(
         "--hdf5-checkpoint",
         type=int,
         default=1000,
         metavar="N",
         help="hdf5: rewrite the file with the new images every N images (the interval grows with the file)",
     )
-    extract_parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    extract_parser.add_argument("--no-merge", action="store_true", help="torchrun: leave the shards unmerged")
-    extract_parser.add_argument("--remove-shards", action="store_true", help="torchrun: delete shards once merged")
+    output.add_argument(
+        "--parquet-shard-mb",
+        type=float,
+        default=DEFAULT_PARQUET_SHARD_MB,
+        metavar="MB",
+        help=f"parquet: start a new shard file after this many MB of arrays (default {DEFAULT_PARQUET_SHARD_MB:g}); "
+        "a crash loses at most the shard in progress",
+    )
+    selection = extract_parser.add_argument_group("region selection")
+    selection.add_argument(
+        "--boxes",
+        type=parse_boxes,
+        help="regions per image: N (e.g. 36) or MIN-MAX (e.g. 10-100, the model's default)",
+    )
+    selection.add_argument(
+        "--score-threshold",
+        type=float,
+        help="keep regions scoring at least this, within MIN-MAX (default: the model's, 0.2)",
+    )
+    speed = extract_parser.add_argument_group("speed and decoding")
+    speed.add_argument(
+        "--batch-size",
+        type=int,
+        help="images of one resized size per forward pass (default: 4 on a CPU, where a batch gives every image "
+        "the bits it gets alone and runs the backbone faster; 1 on a GPU, where cuDNN may pick other kernels for "
+        "other batch sizes: larger batches are much faster there but may round differently, see the README)",
+    )
+    speed.add_argument(
+        "--num-workers", type=int, default=default_num_workers(), help="processes decoding images (0: in this one)"
+    )
+    speed.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
+    speed.add_argument(
+        "--dtype",
+        choices=PRECISION_CHOICES,
+        default="fp32",
+        metavar="PRECISION",
+        help="how the model computes (ButdFrcnnConfig.precision): fp32 (default; the original's numbers), bf16 "
+        "(about 2x faster on CPUs with bf16 units, more with AMX; near-tied regions may swap, features within "
+        "~1e-3), fp16, fp32-screened (fp32's selection and features bit for bit: res5 screened in bf16, redone in "
+        "fp32 for every proposal whose selection is in doubt; faster than fp32 only where bf16 is far faster and few "
+        "proposals are in doubt, slower on CPUs without AMX: see the README), tf32 (CUDA only). float32, bfloat16, "
+        "float16 are accepted spellings of fp32, bf16, fp16",
+    )
+    speed.add_argument(
+        "--max-pixels",
+        type=int,
+        default=DEFAULT_MAX_PIXELS,
+        help=f"skip larger images as decompression bombs (default {DEFAULT_MAX_PIXELS}, Pillow's; 0: no limit)",
+    )
+    speed.add_argument("--no-progress", action="store_true", help="no progress bar")
+    scale = extract_parser.add_argument_group("several processes or machines")
+    scale.add_argument("--shard", type=_shard, help="process share I of N (0-based) of the listing")
+    scale.add_argument("--no-merge", action="store_true", help="torchrun: leave the shards unmerged")
+    scale.add_argument("--remove-shards", action="store_true", help="torchrun: delete shards once merged")
+    hub = extract_parser.add_argument_group("share the features on the Hugging Face Hub (parquet)")
+    hub.add_argument(
+        "--push-to-hub",
+        metavar="ORG/NAME",
+        help="once the run is complete, upload the Parquet output as this dataset, with a dataset card",
+    )
+    hub.add_argument("--private", action="store_true", help="create the dataset repository as private")
+    hub.add_argument("--token", help="Hub token (default: HF_TOKEN or the `hf auth login` token)")
     extract_parser.set_defaults(func=run_extract)
 
     merge_parser = subparsers.add_parser(
@@ -142,9 +182,14 @@ def add_parser(subparsers) -> None:
 def _options(args, shard: Shard, device: str) -> ExtractOptions:
     min_boxes, max_boxes = args.boxes or (None, None)
     return ExtractOptions(
-        inputs=args.inputs,
         model=args.model,
         output=args.output,
+        inputs=args.inputs,
+        dataset=args.dataset,
+        split=args.split,
+        dataset_config=args.config,
+        image_column=args.image_column,
+        id_column=args.id_column,
         format=args.format,
         min_boxes=min_boxes,
         max_boxes=max_boxes,
@@ -159,24 +204,70 @@ def _options(args, shard: Shard, device: str) -> ExtractOptions:
         image_ids=args.image_ids,
         max_pixels=args.max_pixels,
         checkpoint_images=args.hdf5_checkpoint,
+        parquet_shard_mb=args.parquet_shard_mb,
         progress=not args.no_progress,
     )
 
 
+def _usage_problem(args, torchrun: bool) -> str | None:
+    """What is wrong with a combination of options, before anything is loaded."""
+    if args.inputs and args.dataset:
+        return "give the images as INPUT files, folders or list files, or as --dataset, not both"
+    if not args.inputs and not args.dataset:
+        return "nothing to extract: give INPUT files, folders or list files, or --dataset"
+    dataset_only = [name for name in DATASET_OPTIONS if getattr(args, name) is not None]
+    if dataset_only and not args.dataset:
+        return f"{', '.join('--' + name.replace('_', '-') for name in dataset_only)} only go with --dataset"
+    if torchrun and args.shard is not None:
+        return "--shard and torchrun both split the work: use one of them"
+    if not args.push_to_hub:
+        return "--private and --token only go with --push-to-hub" if args.private or args.token else None
+    if (args.format or format_from_path(args.output)) != "parquet":
+        return "--push-to-hub uploads a Parquet output: add --format parquet"
+    if args.shard is not None or (torchrun and args.no_merge):
+        return "--push-to-hub needs the whole output: with --shard or --no-merge, merge the shards, then push"
+    return None
+
+
 def run_extract(args) -> int:
     torchrun_shard = Shard.from_torchrun()
-    if torchrun_shard is None:
+    problem = _usage_problem(args, torchrun_shard is not None)
+    if problem:
+        logger.error("%s", problem)
+        return 2
+    if args.push_to_hub:
         try:
-            summary = extract(_options(args, args.shard or Shard(), args.device))
+            push_token(args.token)  # before the work: a missing login should not wait for the end of the run
         except ExtractionError as error:
             logger.error("%s", error)
             return 1
-        print(summary.report())
-        return EXIT_INTERRUPTED if summary.interrupted else 0
-    if args.shard is not None:
-        logger.error("--shard and torchrun both split the work: use one of them")
-        return 2
-    return _run_distributed(args, torchrun_shard)
+    if torchrun_shard is not None:
+        return _run_distributed(args, torchrun_shard)
+    try:
+        summary = extract(_options(args, args.shard or Shard(), args.device))
+    except ExtractionError as error:
+        logger.error("%s", error)
+        return 1
+    print(summary.report())
+    if summary.interrupted:
+        return EXIT_INTERRUPTED
+    return _push(args, summary.complete)
+
+
+def _push(args, complete: bool) -> int:
+    """Push the finished output when asked (the exit status of the run: 1 if the push failed)."""
+    if not args.push_to_hub:
+        return 0
+    if not complete:
+        print(f"  not pushed to {args.push_to_hub}: the run is incomplete; rerun it with --resume to finish and push")
+        return 0
+    try:
+        url = push_features(args.output, args.push_to_hub, private=args.private, token=args.token)
+    except ExtractionError as error:
+        logger.error("%s", error)
+        return 1
+    print(f"pushed to https://huggingface.co/datasets/{args.push_to_hub} ({url})")
+    return 0
 
 
 def _run_distributed(args, shard: Shard) -> int:
@@ -213,6 +304,7 @@ def _run_distributed(args, shard: Shard) -> int:
                     status = 1
                 else:
                     print(merged.report())
+                    status = _push(args, complete=True)
         dist.barrier()
         return status
     finally:

@@ -1,21 +1,58 @@
 """The decode-and-preprocess stage: runs in DataLoader worker processes and never dies on a bad image.
 
-Each item is either a `PreparedImage` (the resized, mean-subtracted pixels the model takes) or a `FailedImage`
-naming the file and the reason, which the main process writes to the errors file.
+The images come from an `ImageSource` iterated in the main process: each `ImageEntry` travels to a worker as the
+DataLoader's "index" (the sampler is the source itself), so the source is read lazily, as far ahead as the workers
+prefetch. Each item coming back is either a `PreparedImage` (the resized, mean-subtracted pixels the model takes) or
+a `FailedImage` naming the image and the reason, which the main process writes to the errors file.
 """
 
+import io
 import signal
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
+from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 
-from ..image_processing_butd_frcnn import ImageDecodeError, ImageTooLargeError, load_image_bgr
+from ..image_processing_butd_frcnn import (
+    ImageDecodeError,
+    ImageTooLargeError,
+    _pillow_bomb_check_off,
+    load_image_bgr,
+    pil_to_bgr,
+)
 from .inputs import ImageEntry
 
 # Pillow's own warning threshold (it refuses only twice as many); extraction refuses anything above it
 DEFAULT_MAX_PIXELS = 89_478_485
+
+
+def decode_image_bytes(
+    data: bytes, apply_exif_orientation: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> np.ndarray:
+    """Decode an encoded image held in memory exactly as `load_image_bgr` decodes a file holding the same bytes
+    (the same decoder, checks and conversion to OpenCV's BGR); errors say why, without a path."""
+    if not data:
+        raise ImageDecodeError("the image is empty (0 bytes)")
+    try:
+        with _pillow_bomb_check_off(), Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+            if max_pixels and width * height > max_pixels:
+                raise ImageTooLargeError(
+                    f"refused as a decompression bomb: {width} x {height} = {width * height} pixels is above the "
+                    f"limit of {max_pixels}"
+                )
+            image.load()
+            return pil_to_bgr(image, apply_exif_orientation)
+    except ImageDecodeError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageDecodeError(f"not an image Pillow can read ({len(data)} bytes)") from None
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ImageDecodeError(f"cannot decode: {error}") from error
 
 
 @dataclass
@@ -39,26 +76,28 @@ class FailedImage:
 
 
 class ImageDataset(Dataset):
-    """Decodes and preprocesses `entries` with `processor`; a failure becomes a `FailedImage`, never an exception."""
+    """A map-style dataset keyed by `ImageEntry`: decodes and preprocesses the entry's image with `processor`; a
+    failure becomes a `FailedImage`, never an exception."""
 
-    def __init__(self, entries: list[ImageEntry], processor, max_pixels: int):
-        self.entries = entries
+    def __init__(self, processor, max_pixels: int):
         self.processor = processor
         self.max_pixels = max_pixels
 
-    def __len__(self) -> int:
-        return len(self.entries)
-
-    def __getitem__(self, index: int) -> PreparedImage | FailedImage:
-        entry = self.entries[index]
+    def __getitem__(self, entry: ImageEntry) -> PreparedImage | FailedImage:
         start = time.perf_counter()
+        if entry.problem is not None:
+            return FailedImage(entry, f"{entry.path}: {entry.problem}")
+        exif = self.processor.apply_exif_orientation
         try:
-            bgr = load_image_bgr(entry.path, self.processor.apply_exif_orientation, max_pixels=self.max_pixels)
+            if entry.data is not None:
+                bgr = decode_image_bytes(entry.data, exif, max_pixels=self.max_pixels)
+            else:
+                bgr = load_image_bgr(entry.path, exif, max_pixels=self.max_pixels)
             inputs = self.processor(bgr, input_channel_order="bgr", return_tensors="pt")
-        except ImageTooLargeError as error:
-            return FailedImage(entry, f"{error}; raise --max-pixels to read it", time.perf_counter() - start)
         except ImageDecodeError as error:
             reason = str(error) if str(error).startswith(entry.path) else f"{entry.path}: {error}"
+            if isinstance(error, ImageTooLargeError):
+                reason += "; raise --max-pixels to read it"
             return FailedImage(entry, reason, time.perf_counter() - start)
         except Exception as error:  # noqa: BLE001 (one image must never stop the run; the reason goes to the errors file)
             return FailedImage(entry, f"{entry.path}: {type(error).__name__}: {error}", time.perf_counter() - start)
@@ -77,12 +116,15 @@ class ImageDataset(Dataset):
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
-def image_loader(dataset: ImageDataset, num_workers: int, prefetch_factor: int = 4) -> DataLoader:
-    """Items one at a time, in order; with `num_workers` > 0 they are decoded ahead in worker processes."""
+def image_loader(
+    dataset: ImageDataset, entries: Iterable[ImageEntry], num_workers: int, prefetch_factor: int = 4
+) -> DataLoader:
+    """The items of `entries`, one at a time, in order; with `num_workers` > 0 they are decoded ahead in worker
+    processes, at most `prefetch_factor` per worker."""
     return DataLoader(
         dataset,
         batch_size=None,
-        shuffle=False,
+        sampler=entries,
         num_workers=num_workers,
         worker_init_fn=dataset.worker_init if num_workers else None,
         prefetch_factor=prefetch_factor if num_workers else None,

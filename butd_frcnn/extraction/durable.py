@@ -2,6 +2,7 @@
 
 import errno
 import os
+import shutil
 from pathlib import Path
 
 from .records import ExtractionError
@@ -57,6 +58,18 @@ def atomic_write_bytes(path: Path, data: bytes, sync_directory: bool = True) -> 
         fsync_directory(path.parent)
 
 
+def publish(temporary: Path, path: Path) -> None:
+    """Give a file completely written under a temporary name its final name, durably: its data is synced before the
+    rename (a power cut cannot leave a renamed but empty file) and the rename after it."""
+    fd = os.open(temporary, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(temporary, path)
+    fsync_directory(path.parent)
+
+
 def temporary_path(path: Path) -> Path:
     """A hidden sibling name for a file being written (readers that glob `*.npz` or `*.tsv` never see it)."""
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -69,3 +82,24 @@ def remove_temporaries(folder: Path, name: str = "*") -> int:
         leftover.unlink(missing_ok=True)
         removed += 1
     return removed
+
+
+def link_into_new_folder(files: list[tuple[Path, str]], folder: Path) -> None:
+    """Create `folder` holding each `(source, name)` of `files` (hard-linked where possible, else copied): built
+    under a hidden name, synced and renamed, so the folder appears complete or not at all."""
+    temporary = temporary_path(folder)
+    try:
+        temporary.mkdir()
+        for source, name in files:
+            try:
+                os.link(source, temporary / name)
+            except OSError:
+                shutil.copy2(source, temporary / name)
+        fsync_directory(temporary)
+        os.replace(temporary, folder)
+        fsync_directory(folder.parent)
+    except OSError as error:
+        raise output_error(folder, error) from None
+    finally:
+        if temporary.exists():
+            shutil.rmtree(temporary)

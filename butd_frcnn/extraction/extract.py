@@ -8,14 +8,17 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm import tqdm
 
 from .batching import SizeBatcher, collate
+from .dataset_input import DatasetSource
 from .decoding import DEFAULT_MAX_PIXELS, FailedImage, ImageDataset, PreparedImage, image_loader
-from .formats import format_from_path, open_writer, output_exists, remove_output
-from .inputs import list_images
+from .feature_format import DEFAULT_PARQUET_SHARD_MB, OutputFormat, WriterOptions
+from .formats import get_format, resolve_format
+from .inputs import FileSource, ImageSource
 from .model_loading import canonical_precision, load_model, resolve_device
 from .records import ExtractionError, records_from_model_output
 from .sharding import Shard
@@ -43,9 +46,14 @@ def default_num_workers() -> int:
 class ExtractOptions:
     """What `butd-frcnn extract` was asked to do (see its `--help` for each option)."""
 
-    inputs: list[str]
     model: str
     output: Path
+    inputs: list[str] = field(default_factory=list)
+    dataset: Any = None  # a `--dataset` name or path, or a `datasets.Dataset` / `IterableDataset` (or a dict of them)
+    split: str | None = None
+    dataset_config: str | None = None
+    image_column: str | None = None
+    id_column: str | None = None
     format: str | None = None
     min_boxes: int | None = None
     max_boxes: int | None = None
@@ -60,7 +68,11 @@ class ExtractOptions:
     image_ids: str = "stem"
     max_pixels: int = DEFAULT_MAX_PIXELS
     checkpoint_images: int = 1000
+    parquet_shard_mb: float = DEFAULT_PARQUET_SHARD_MB
     progress: bool = True
+
+    def __post_init__(self):
+        self.output = Path(self.output)
 
 
 @dataclass
@@ -156,18 +168,24 @@ class GracefulStop:
         logger.warning("stopping after the current batch (Ctrl-C again to stop at once); --resume continues")
 
 
-def resolve_format(format: str | None, output: Path) -> str:
-    format = format or format_from_path(output)
-    if format is None:
-        raise ExtractionError(f"cannot tell the format from {output}: pass --format (butd-tsv, lxmert-tsv, hdf5, npz)")
-    return format
+def image_source(options: ExtractOptions) -> ImageSource:
+    """Where the run's images come from: image files and folders, or a dataset."""
+    if options.dataset is None:
+        if not options.inputs:
+            raise ExtractionError("nothing to extract: give image files, folders or list files, or --dataset")
+        return FileSource(options.inputs, options.image_ids)
+    if options.inputs:
+        raise ExtractionError("give either image files and folders or --dataset, not both")
+    return DatasetSource(
+        options.dataset, options.split, options.image_column, options.id_column, options.dataset_config
+    )
 
 
-def _prepare_output(format: str, output: Path, options: ExtractOptions, manifest: RunManifest) -> None:
+def _prepare_output(format: OutputFormat, output: Path, options: ExtractOptions, manifest: RunManifest) -> None:
     """Refuse to clobber an output by accident, and to resume one written with other settings."""
-    if output_exists(format, output):
+    if format.exists(output):
         if options.overwrite:
-            remove_output(format, output)
+            format.remove(output)
             manifest_path(output).unlink(missing_ok=True)
         elif not options.resume:
             raise ExtractionError(
@@ -252,14 +270,16 @@ def extract(options: ExtractOptions) -> ExtractionSummary:
         ExtractionError: a problem the user must fix (listing, model, output), before work starts where possible.
     """
     started = time.perf_counter()
-    entries = list_images(options.inputs, options.image_ids)
-    mine = options.shard.select(entries)
-    output = options.shard.output_path(options.output)
-    format = resolve_format(options.format, options.output)
+    format = get_format(resolve_format(options.format, options.output))
+    format.require()
     device = resolve_device(options.device)
     batch_size = DEFAULT_BATCH_SIZES.get(device.type, 1) if options.batch_size is None else options.batch_size
     if batch_size < 1:
         raise ExtractionError("--batch-size must be at least 1")
+    source = image_source(options)
+    ids = source.image_ids()
+    mine = options.shard.select(range(len(ids)))
+    output = options.shard.output_path(options.output)
     model, processor = load_model(options.model, device, options.dtype)
     selection = {
         "min_boxes": options.min_boxes or model.config.min_boxes,
@@ -271,26 +291,29 @@ def extract(options: ExtractOptions) -> ExtractionSummary:
     if not 0 < selection["min_boxes"] <= selection["max_boxes"]:
         raise ExtractionError(f"--boxes needs 0 < MIN <= MAX, got {selection['min_boxes']}-{selection['max_boxes']}")
     manifest = RunManifest(
-        format=format,
+        format=format.name,
         model=options.model,
         selection=selection,
         dtype=canonical_precision(options.dtype),
         shard_index=options.shard.index,
         shard_count=options.shard.count,
-        image_ids=[entry.image_id for entry in mine],
+        source=source.describe(),
+        image_ids=[ids[index] for index in mine],
     )
     _prepare_output(format, output, options, manifest)
     manifest.save(output)
-    writer = open_writer(
-        format, output, options.resume, {"model": options.model, **selection}, options.checkpoint_images
+    writer = format.open_writer(
+        output,
+        options.resume,
+        WriterOptions({"model": options.model, **selection}, options.checkpoint_images, options.parquet_shard_mb),
     )
     done = set(writer.completed)
-    todo = [entry for entry in mine if entry.image_id not in done]
+    todo = [index for index in mine if ids[index] not in done]
     errors = ErrorLog(errors_path(output))
     summary = ExtractionSummary(
         output=output,
         errors_file=errors.path,
-        listed=len(entries),
+        listed=len(ids),
         assigned=len(mine),
         already_done=len(mine) - len(todo),
     )
@@ -301,7 +324,8 @@ def extract(options: ExtractOptions) -> ExtractionSummary:
     summary.setup_seconds = time.perf_counter() - started
     try:
         with GracefulStop() as stop:
-            loader = iter(image_loader(ImageDataset(todo, processor, options.max_pixels), options.num_workers))
+            dataset = ImageDataset(processor, options.max_pixels)
+            loader = iter(image_loader(dataset, source.images(todo), options.num_workers))
             for item in loader:
                 if isinstance(item, FailedImage):
                     pipeline.fail(item)
@@ -316,7 +340,9 @@ def extract(options: ExtractOptions) -> ExtractionSummary:
                     pipeline.run(batch)
             del loader  # shuts the workers down
             summary.interrupted = stop.requested
-            writer.close()
+            closing = time.perf_counter()
+            writer.close()  # the last HDF5 checkpoint, the last Parquet shard
+            summary.write_seconds += time.perf_counter() - closing
     except BaseException:
         writer.abort()
         raise

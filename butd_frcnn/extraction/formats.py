@@ -1,75 +1,82 @@
-"""The output formats by name: which writer writes one, which reader reads one, how to recognise one."""
+"""The output formats by name (each one an `OutputFormat`, see `feature_format.py`), and what works on any of them:
+choosing one for an output path, recognising an existing output, reading it, random access, writers."""
 
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-from .hdf5 import Hdf5Writer, read_hdf5, spool_path
-from .npz import NpzWriter, read_npz_folder
+from .feature_format import FeatureSource, FeatureWriter, OutputFormat, WriterOptions
+from .hdf5 import HDF5_FORMAT
+from .npz import NPZ_FORMAT
+from .parquet import PARQUET_FORMAT
 from .records import ExtractionError, RegionRecord
-from .tsv import TSV_LAYOUTS, TsvWriter, detect_tsv_layout, read_tsv
+from .sidecars import RunManifest
+from .tsv import BUTD_TSV_FORMAT, LXMERT_TSV_FORMAT, detect_tsv_layout
 
-FORMATS = ("butd-tsv", "lxmert-tsv", "hdf5", "npz")
-HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
-HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+FORMATS: dict[str, OutputFormat] = {
+    format.name: format for format in (BUTD_TSV_FORMAT, LXMERT_TSV_FORMAT, HDF5_FORMAT, NPZ_FORMAT, PARQUET_FORMAT)
+}
+
+
+def get_format(name: str) -> OutputFormat:
+    try:
+        return FORMATS[name]
+    except KeyError:
+        raise ExtractionError(f"unknown format {name!r}; choose one of {', '.join(FORMATS)}") from None
 
 
 def format_from_path(path: Path) -> str | None:
-    """The format an output path implies: `.h5`/`.hdf5` -> hdf5, `.tsv` -> butd-tsv (the original's), none else."""
-    if path.suffix.lower() in HDF5_SUFFIXES:
-        return "hdf5"
-    if path.suffix.lower() == ".tsv":
-        return "butd-tsv"
+    """The format an output path implies (`.h5`/`.hdf5` -> hdf5, `.tsv` -> butd-tsv, the original's), or None."""
+    for format in FORMATS.values():
+        if path.suffix.lower() in format.suffixes:
+            return format.name
     return None
 
 
+def resolve_format(format: str | None, output: Path) -> str:
+    """The format asked for, else the one the output's name implies."""
+    format = format or format_from_path(output)
+    if format is None:
+        raise ExtractionError(f"cannot tell the format from {output}: pass --format ({', '.join(FORMATS)})")
+    get_format(format)
+    return format
+
+
 def detect_format(path: Path) -> str:
-    """The format of an existing feature file or folder."""
-    if path.is_dir():
-        return "npz"
-    if not path.is_file():
+    """The format of an existing feature file or folder: from its contents, else (an output that holds no image
+    yet) from the run manifest beside it."""
+    if not path.exists():
         raise ExtractionError(f"{path}: no such file or folder")
-    with open(path, "rb") as file:
-        if file.read(len(HDF5_SIGNATURE)) == HDF5_SIGNATURE:
-            return "hdf5"
-    return detect_tsv_layout(path).name
+    for format in FORMATS.values():
+        if format.recognises(path):
+            return format.name
+    manifest = RunManifest.load(path)
+    if manifest is not None and manifest.format in FORMATS:
+        return manifest.format
+    if path.is_file():
+        detect_tsv_layout(path)  # raises, saying what the first row looks like
+    raise ExtractionError(f"{path}: not a feature file or folder of any of the formats {', '.join(FORMATS)}")
 
 
-def open_writer(format: str, path: Path, resume: bool, attributes: dict, checkpoint_images: int):
-    """A writer with `completed` (ids already in the output), `write(record)`, `commit()` and `close()`."""
-    if format in TSV_LAYOUTS:
-        return TsvWriter(path, TSV_LAYOUTS[format], resume)
-    if format == "hdf5":
-        return Hdf5Writer(path, resume, attributes, checkpoint_images)
-    if format == "npz":
-        return NpzWriter(path, resume)
-    raise ExtractionError(f"unknown format {format!r}; choose one of {', '.join(FORMATS)}")
+def open_writer(
+    format: str,
+    path: Path,
+    resume: bool = False,
+    attributes: dict | None = None,
+    checkpoint_images: int = 1000,
+    **options,
+) -> FeatureWriter:
+    """A writer of `format` at `path` (see `FeatureWriter`); `options` are further `WriterOptions` fields."""
+    settings = WriterOptions(attributes=attributes or {}, checkpoint_images=checkpoint_images, **options)
+    return get_format(format).open_writer(Path(path), resume, settings)
 
 
 def read_features(path: Path, format: str | None = None, suffix: str | None = None) -> Iterator[RegionRecord]:
     """Every record of a feature file or folder of any supported format (detected unless given)."""
-    format = format or detect_format(path)
-    if format in TSV_LAYOUTS:
-        return read_tsv(path, TSV_LAYOUTS[format])
-    if format == "hdf5":
-        return read_hdf5(path)
-    if format == "npz":
-        return read_npz_folder(path, suffix)
-    raise ExtractionError(f"unknown format {format!r}; choose one of {', '.join(FORMATS)}")
+    path = Path(path)
+    return get_format(format or detect_format(path)).read(path, suffix)
 
 
-def output_paths(format: str, path: Path) -> list[Path]:
-    """The files and folders a writer of `format` creates at `path` (besides the sidecars)."""
-    return [path, spool_path(path)] if format == "hdf5" else [path]
-
-
-def output_exists(format: str, path: Path) -> bool:
-    return any(p.exists() for p in output_paths(format, path))
-
-
-def remove_output(format: str, path: Path) -> None:
-    for p in output_paths(format, path):
-        if p.is_dir():
-            shutil.rmtree(p)
-        else:
-            p.unlink(missing_ok=True)
+def open_source(path: Path, format: str | None = None, suffix: str | None = None) -> FeatureSource:
+    """Random access to a feature file or folder of any supported format (detected unless given)."""
+    path = Path(path)
+    return get_format(format or detect_format(path)).open_source(path, suffix)

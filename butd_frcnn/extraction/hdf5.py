@@ -19,11 +19,13 @@ import logging
 import os
 import shutil
 from collections.abc import Iterator
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
 
-from .durable import fsync_directory, output_error, temporary_path
+from .durable import output_error, publish, temporary_path
+from .feature_format import FeatureSource, OutputFormat, WriterOptions, unique_ids
 from .records import ExtractionError, RegionRecord
 from .tsv import LXMERT_TSV, TsvWriter, read_tsv
 
@@ -31,6 +33,8 @@ logger = logging.getLogger(__name__)
 
 FORMAT_NAME = "butd-frcnn-hdf5"
 FORMAT_VERSION = 1
+SIGNATURE = b"\x89HDF\r\n\x1a\n"
+ARRAY_KEYS = ("boxes", "features", "objects", "objects_conf", "attrs", "attrs_conf")
 
 
 def require_h5py():
@@ -95,13 +99,7 @@ def write_hdf5(path: Path, records: Iterator[RegionRecord], attributes: dict, ba
                     _add_records(file, batch)
                     batch = []
             _add_records(file, batch)
-        fd = os.open(temporary, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(temporary, path)
-        fsync_directory(path.parent)
+        publish(temporary, path)
     except OSError as error:
         temporary.unlink(missing_ok=True)
         raise output_error(path, error) from None
@@ -185,27 +183,84 @@ class Hdf5Writer:
         self._spool.abort()
 
 
+def _record(image_id: str, group) -> RegionRecord:
+    return RegionRecord(
+        image_id=image_id,
+        image_h=int(group.attrs["image_h"]),
+        image_w=int(group.attrs["image_w"]),
+        **{key: group[key][()] for key in ARRAY_KEYS},
+    )
+
+
+def _warn_if_spooled(path: Path, action: str) -> None:
+    spool = spool_path(path)
+    if spool.exists() and spool.stat().st_size:
+        logger.warning(
+            "%s: images in %s (an interrupted run) are %s; rerun it with --resume first", path, spool, action
+        )
+
+
 def read_hdf5(path: str | os.PathLike) -> Iterator[RegionRecord]:
     """The records of an HDF5 feature file in index order (images still in a spool beside it are not included)."""
     h5py = require_h5py()
     path = Path(path)
-    spool = spool_path(path)
-    if spool.exists() and spool.stat().st_size:
-        logger.warning("%s: more images wait in %s (an interrupted run): rerun it with --resume", path, spool.name)
+    _warn_if_spooled(path, "not read")
     try:
         with h5py.File(path, "r") as file:
             for image_id in file["index"].asstr()[()]:
-                group = file["images"][image_id]
-                yield RegionRecord(
-                    image_id=image_id,
-                    image_h=int(group.attrs["image_h"]),
-                    image_w=int(group.attrs["image_w"]),
-                    boxes=group["boxes"][()],
-                    features=group["features"][()],
-                    objects=group["objects"][()],
-                    objects_conf=group["objects_conf"][()],
-                    attrs=group["attrs"][()],
-                    attrs_conf=group["attrs_conf"][()],
-                )
+                yield _record(image_id, file["images"][image_id])
     except (OSError, KeyError) as error:
         raise ExtractionError(f"{path}: cannot read it as an HDF5 feature file: {error}") from error
+
+
+class Hdf5Source(FeatureSource):
+    def __init__(self, path: Path):
+        self.path = path
+        try:
+            self._file = require_h5py().File(path, "r")
+            self.ids = unique_ids(path, list(self._file["index"].asstr()[()]))
+        except (OSError, KeyError) as error:
+            raise ExtractionError(f"{path}: cannot read it as an HDF5 feature file: {error}") from error
+
+    def get(self, image_id: str) -> RegionRecord:
+        return _record(image_id, self._file["images"][image_id])
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class Hdf5Format(OutputFormat):
+    name = "hdf5"
+    suffixes = (".h5", ".hdf5", ".hdf")
+
+    def require(self) -> None:
+        require_h5py()
+
+    def recognises(self, path: Path) -> bool:
+        if not path.is_file():
+            return False
+        with open(path, "rb") as file:
+            return file.read(len(SIGNATURE)) == SIGNATURE
+
+    def open_writer(self, path: Path, resume: bool, options: WriterOptions) -> Hdf5Writer:
+        return Hdf5Writer(path, resume, options.attributes, options.checkpoint_images)
+
+    def read(self, path: Path, suffix: str | None = None) -> Iterator[RegionRecord]:
+        return read_hdf5(path)
+
+    def open_source(self, path: Path, suffix: str | None = None) -> Hdf5Source:
+        return Hdf5Source(path)
+
+    def stored_ids(self, path: Path) -> list[str]:
+        _warn_if_spooled(path, "not merged")
+        return read_index(path)
+
+    def merge(self, shards: list[Path], output: Path) -> None:
+        spool_path(output).unlink(missing_ok=True)
+        write_hdf5(output, chain.from_iterable(read_hdf5(path) for path in shards), read_attributes(shards[0]))
+
+    def paths(self, path: Path) -> list[Path]:
+        return [path, spool_path(path)]
+
+
+HDF5_FORMAT = Hdf5Format()

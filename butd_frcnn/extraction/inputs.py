@@ -1,4 +1,5 @@
-"""What to extract: image files, folders (recursive) and list files, each image with a unique id.
+"""What to extract: an `ImageSource` lists its images (each with a unique id) before any work, then hands them out
+lazily for the decoding workers. `FileSource` reads image files, folders (recursive) and list files.
 
 Every problem with the listing itself (a named input that does not exist, duplicate ids, ids that cannot be
 written) is an error before any work starts; problems with the images' contents are found later, per image.
@@ -8,6 +9,7 @@ import logging
 import os
 import re
 from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,12 +44,42 @@ IMAGE_SUFFIXES = frozenset(
 LIST_SUFFIXES = frozenset((".txt", ".lst", ".list"))
 ID_STYLES = ("stem", "number")
 _FORBIDDEN_IN_IDS = re.compile(r"[\t\r\n\"/\\\x00]")
+LIST_FILE_REMEDY = "Rename the files, or give other ids in a list file (id<TAB>path)."
 
 
 @dataclass(frozen=True)
 class ImageEntry:
+    """One image as it travels to a decoding worker.
+
+    Attributes:
+        image_id: its unique id.
+        path: the image file to read, or where `data` comes from (a dataset row); the errors file names it.
+        data: the encoded image (as a file holds it), when it does not come from a file.
+        problem: why there is no image to decode (a dataset row without one): the worker reports it as a failure.
+    """
+
     image_id: str
     path: str
+    data: bytes | None = None
+    problem: str | None = None
+
+
+class ImageSource:
+    """Where a run's images come from. `image_ids` lists every image once, in a fixed order (all processes of a
+    distributed run list the same), before any work; `images` then yields the chosen ones lazily, so that only the
+    images in flight are ever in memory."""
+
+    def image_ids(self) -> list[str]:
+        """Every image's id, in order; an `ExtractionError` if the listing is unusable (e.g. duplicate ids)."""
+        raise NotImplementedError
+
+    def images(self, indices: Iterable[int]) -> Iterator[ImageEntry]:
+        """The images at `indices` (positions in `image_ids`, ascending), one at a time."""
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        """What the images are, in words (for logs and dataset cards)."""
+        raise NotImplementedError
 
 
 def image_id_from_path(path: str, style: str) -> str:
@@ -113,27 +145,59 @@ def list_images(inputs: list[str], id_style: str = "stem") -> list[ImageEntry]:
             entries.append(ImageEntry(image_id_from_path(name, id_style), name))
         else:
             raise ExtractionError(f"{name}: no such file or folder")
-    check_image_ids(entries)
+    check_image_ids([entry.image_id for entry in entries], lambda index: entries[index].path)
     return entries
 
 
-def check_image_ids(entries: list[ImageEntry]) -> None:
-    """Ids must be unique and writable in every format (no tabs, line breaks, quotes or slashes, not hidden)."""
-    bad = [e for e in entries if not e.image_id or e.image_id.startswith(".") or _FORBIDDEN_IN_IDS.search(e.image_id)]
+def check_image_ids(ids: list[str], location: Callable[[int], str], remedy: str = LIST_FILE_REMEDY) -> None:
+    """Ids must be unique and writable in every format (no tabs, line breaks, quotes or slashes, not hidden).
+
+    Args:
+        ids: the listing's ids.
+        location: where the image at a position of `ids` comes from (a path), for the error message.
+        remedy: how the user can give other ids, for the error message.
+    """
+    bad = [index for index, image_id in enumerate(ids) if not _writable(image_id)]
     if bad:
-        listed = "; ".join(f"{e.image_id!r} ({e.path})" for e in bad[:10])
+        listed = "; ".join(f"{ids[index]!r} ({location(index)})" for index in bad[:10])
         raise ExtractionError(
             f"{len(bad)} image ids cannot be written (empty, starting with '.', or holding a tab, line break, quote "
-            f"or slash): {listed}. Give other ids in a list file (id<TAB>path)."
+            f"or slash): {listed}. {remedy}"
         )
-    paths_by_id: dict[str, list[str]] = defaultdict(list)
-    for entry in entries:
-        paths_by_id[entry.image_id].append(entry.path)
-    duplicates = {image_id: paths for image_id, paths in paths_by_id.items() if len(paths) > 1}
+    positions_by_id: dict[str, list[int]] = defaultdict(list)
+    for index, image_id in enumerate(ids):
+        positions_by_id[image_id].append(index)
+    duplicates = {image_id: found for image_id, found in positions_by_id.items() if len(found) > 1}
     if duplicates:
-        listed = "; ".join(f"{image_id!r}: {', '.join(paths)}" for image_id, paths in list(duplicates.items())[:10])
+        listed = "; ".join(
+            f"{image_id!r}: {', '.join(location(index) for index in found)}"
+            for image_id, found in list(duplicates.items())[:10]
+        )
         raise ExtractionError(
             f"{len(duplicates)} image ids are used by more than one image, so their features would overwrite each "
-            f"other: {listed}. Rename the files, or give unique ids in a list file (id<TAB>path)."
+            f"other: {listed}. {remedy}"
         )
-    logger.debug("listed %d images", len(entries))
+    logger.debug("listed %d images", len(ids))
+
+
+def _writable(image_id: str) -> bool:
+    return bool(image_id) and not image_id.startswith(".") and not _FORBIDDEN_IN_IDS.search(image_id)
+
+
+class FileSource(ImageSource):
+    """Image files, folders (recursive) and list files (see `list_images`)."""
+
+    def __init__(self, inputs: list[str], id_style: str = "stem"):
+        self.inputs = list(inputs)
+        self.id_style = id_style
+        self._entries: list[ImageEntry] = []
+
+    def image_ids(self) -> list[str]:
+        self._entries = list_images(self.inputs, self.id_style)
+        return [entry.image_id for entry in self._entries]
+
+    def images(self, indices: Iterable[int]) -> Iterator[ImageEntry]:
+        return (self._entries[index] for index in indices)
+
+    def describe(self) -> str:
+        return ", ".join(self.inputs)

@@ -6,19 +6,14 @@ original's per-GPU TSVs) have no manifest: then only duplicates can be checked, 
 """
 
 import logging
-import os
 import re
-import shutil
 from dataclasses import dataclass, field
 from itertools import chain
 from pathlib import Path
 
-from .durable import fsync_directory, output_error, temporary_path, write_all
-from .formats import detect_format, output_exists, remove_output
-from .hdf5 import read_attributes, read_hdf5, read_index, spool_path, write_hdf5
+from .formats import detect_format, get_format
 from .records import ExtractionError
 from .sidecars import RunManifest, errors_path, manifest_path, read_errors
-from .tsv import TSV_LAYOUTS
 
 logger = logging.getLogger(__name__)
 
@@ -49,29 +44,6 @@ def find_shards(output: Path) -> list[Path]:
     return sorted(path for path in output.parent.iterdir() if pattern.fullmatch(path.name))
 
 
-def _tsv_row_ids(path: Path) -> list[str]:
-    """The id field of every complete row (a half-written last row is left out with a warning)."""
-    ids = []
-    with open(path, "rb") as file:
-        for line in file:
-            if not line.endswith(b"\n"):
-                logger.warning("%s: leaving out a half-written last row", path)
-                break
-            ids.append(line.split(b"\t", 1)[0].decode())
-    return ids
-
-
-def _output_ids(format: str, path: Path) -> list[str]:
-    if format in TSV_LAYOUTS:
-        return _tsv_row_ids(path)
-    if format == "hdf5":
-        spool = spool_path(path)
-        if spool.exists() and spool.stat().st_size:
-            logger.warning("%s: images in %s (an interrupted run) are not merged; resume that run first", path, spool)
-        return read_index(path)
-    return sorted(p.stem for p in path.glob("*.npz"))
-
-
 def _expected_ids(shards: list[Path]) -> list[str] | None:
     """The listing the shards were cut from (in listing order), from their manifests; None without manifests."""
     manifests = [RunManifest.load(path) for path in shards]
@@ -99,52 +71,6 @@ def _expected_ids(shards: list[Path]) -> list[str] | None:
     return [by_index[position % count][position // count] for position in range(total)]
 
 
-def _merge_tsv(shards: list[Path], output: Path, format: str) -> None:
-    layout = TSV_LAYOUTS[format]
-    temporary = temporary_path(output)
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        for shard in shards:
-            with open(shard, "rb") as file:
-                for line in file:
-                    if not line.endswith(b"\n"):
-                        break
-                    try:
-                        layout.parse_line(line)
-                    except (ValueError, UnicodeDecodeError) as error:
-                        raise ExtractionError(f"{shard}: a broken row ({error}); resume that shard first") from None
-                    write_all(fd, line)
-        os.fsync(fd)
-        os.close(fd)
-        fd = -1
-        os.replace(temporary, output)
-    except OSError as error:
-        raise output_error(output, error) from None
-    finally:
-        if fd >= 0:
-            os.close(fd)
-        temporary.unlink(missing_ok=True)
-
-
-def _merge_npz(shards: list[Path], output: Path) -> None:
-    temporary = temporary_path(output)
-    try:
-        temporary.mkdir()
-        for shard in shards:
-            for path in shard.glob("*.npz"):
-                try:
-                    os.link(path, temporary / path.name)
-                except OSError:
-                    shutil.copy2(path, temporary / path.name)
-        fsync_directory(temporary)
-        os.replace(temporary, output)
-    except OSError as error:
-        raise output_error(output, error) from None
-    finally:
-        if temporary.exists():
-            shutil.rmtree(temporary)
-
-
 def merge_outputs(
     shards: list[Path],
     output: Path,
@@ -163,10 +89,10 @@ def merge_outputs(
     formats = {detect_format(path) for path in shards}
     if len(formats) > 1:
         raise ExtractionError(f"the shards have different formats: {sorted(formats)}")
-    format = formats.pop()
-    if output_exists(format, output) and not overwrite:
+    format = get_format(formats.pop())
+    if format.exists(output) and not overwrite:
         raise ExtractionError(f"{output} exists: pass --overwrite to replace it")
-    ids_per_shard = [_output_ids(format, path) for path in shards]
+    ids_per_shard = [format.stored_ids(path) for path in shards]
     seen: dict[str, Path] = {}
     duplicates = []
     for path, ids in zip(shards, ids_per_shard):
@@ -185,15 +111,7 @@ def merge_outputs(
             f"{len(missing)} images of the run are in no shard and no errors file: {', '.join(missing[:20])}. "
             "Resume the shards that lack them (--resume), or pass --allow-missing."
         )
-    if format in TSV_LAYOUTS:
-        _merge_tsv(shards, output, format)
-    elif format == "hdf5":
-        spool_path(output).unlink(missing_ok=True)
-        write_hdf5(output, chain.from_iterable(read_hdf5(path) for path in shards), read_attributes(shards[0]))
-    else:
-        if output.exists():
-            remove_output(format, output)
-        _merge_npz(shards, output)
+    format.merge(shards, output)
     first = RunManifest.load(shards[0])
     if first is not None:
         RunManifest(
@@ -206,7 +124,7 @@ def merge_outputs(
         errors_path(output).unlink(missing_ok=True)
     if remove_shards:
         for path in shards:
-            remove_output(format, path)
+            format.remove(path)
             manifest_path(path).unlink(missing_ok=True)
             errors_path(path).unlink(missing_ok=True)
     return MergeSummary(output, len(shards), len(seen), len(failed_ids), missing, expected is not None)

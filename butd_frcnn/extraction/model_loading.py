@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 from huggingface_hub import constants as hub_constants
+from huggingface_hub import try_to_load_from_cache
 from transformers import AutoImageProcessor, AutoModel
 from transformers.utils import logging as transformers_logging
 
@@ -47,7 +48,7 @@ def _check_local_folder(folder: Path) -> None:
         )
 
 
-def _looks_like_path(name: str) -> bool:
+def looks_like_path(name: str) -> bool:
     """A Hub id is `name` or `org/name`; anything else is meant as a local path."""
     return name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name
 
@@ -76,7 +77,7 @@ def load_model(name: str, device: torch.device, precision: str) -> tuple[ButdFrc
     if folder.exists():
         _check_local_folder(folder)
         source = str(folder)
-    elif _looks_like_path(name):
+    elif looks_like_path(name):
         raise ExtractionError(f"--model {name}: no such folder")
     else:
         source = name
@@ -103,3 +104,12 @@ def load_model(name: str, device: torch.device, precision: str) -> tuple[ButdFrc
         raise ExtractionError(f"--model {name}: its image processor is a {type(processor).__name__}")
     model.config.precision = canonical_precision(precision)
     return model.eval().to(device), processor
+
+
+def model_revision(name: str) -> str | None:
+    """The commit of a Hub model as this machine has it cached (what `load_model` loaded); None for a local folder
+    or a model that is not cached."""
+    if Path(name).expanduser().exists() or looks_like_path(name):
+        return None
+    config = try_to_load_from_cache(name, "config.json")
+    return Path(config).parent.name if isinstance(config, str) else None

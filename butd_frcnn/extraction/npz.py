@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .durable import atomic_write_bytes, fsync_directory, output_error, remove_temporaries
+from .durable import atomic_write_bytes, fsync_directory, link_into_new_folder, output_error, remove_temporaries
+from .feature_format import FeatureSource, OutputFormat, WriterOptions
 from .records import ExtractionError, RegionRecord
 
 logger = logging.getLogger(__name__)
@@ -146,3 +147,45 @@ def read_npz_folder(folder: str | os.PathLike, suffix: str | None = None) -> Ite
     """The records of every `*.npz` in `folder`, by file name."""
     for path in sorted(Path(folder).glob("*.npz")):
         yield read_npz_file(path, suffix)
+
+
+class NpzSource(FeatureSource):
+    """A folder of `<image_id>.npz` files: ours, or golden-style ones whose keys carry a selection `suffix`."""
+
+    def __init__(self, path: Path, suffix: str | None):
+        self.path = path
+        self.suffix = suffix
+        self._files = {file.stem: file for file in sorted(path.glob("*.npz"))}
+        self.ids = list(self._files)
+
+    def get(self, image_id: str) -> RegionRecord:
+        record = read_npz_file(self._files[image_id], self.suffix)
+        record.image_id = image_id
+        return record
+
+
+class NpzFormat(OutputFormat):
+    name = "npz"
+    is_folder = True
+
+    def recognises(self, path: Path) -> bool:
+        return path.is_dir() and any(path.glob("*.npz"))
+
+    def open_writer(self, path: Path, resume: bool, options: WriterOptions) -> NpzWriter:
+        return NpzWriter(path, resume)
+
+    def read(self, path: Path, suffix: str | None = None) -> Iterator[RegionRecord]:
+        return read_npz_folder(path, suffix)
+
+    def open_source(self, path: Path, suffix: str | None = None) -> NpzSource:
+        return NpzSource(path, suffix)
+
+    def stored_ids(self, path: Path) -> list[str]:
+        return sorted(p.stem for p in path.glob("*.npz"))
+
+    def merge(self, shards: list[Path], output: Path) -> None:
+        self.remove(output)
+        link_into_new_folder([(path, path.name) for shard in shards for path in shard.glob("*.npz")], output)
+
+
+NPZ_FORMAT = NpzFormat()

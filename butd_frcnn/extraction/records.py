@@ -27,6 +27,9 @@ class RegionRecord:
         features: `(N, C)` float32 region features (`pool5_flat`).
         objects, attrs: `(N,)` int64 0-based object / attribute indices, or None where a format lacks them.
         objects_conf, attrs_conf: `(N,)` float32 probabilities of those, or None.
+        cls_prob: `(N, 1601)` probability of every object class per region (background first), float32 or
+            float16, or None where a run does not keep it (what UNITER-style consumers read as soft labels).
+        attr_prob: `(N, 401)` the same over the attributes ("no attribute" first), or None.
     """
 
     image_id: str
@@ -38,6 +41,8 @@ class RegionRecord:
     objects_conf: np.ndarray | None = None
     attrs: np.ndarray | None = None
     attrs_conf: np.ndarray | None = None
+    cls_prob: np.ndarray | None = None
+    attr_prob: np.ndarray | None = None
 
     @property
     def num_boxes(self) -> int:

@@ -32,6 +32,7 @@ class RunManifest:
         selection: `min_boxes`, `max_boxes`, `score_threshold` of the run.
         dtype: the model's precision (`ButdFrcnnConfig.precision`; older manifests: its dtype's name).
         shard_index, shard_count: which share of the listing this output holds (0, 1 for all of it).
+        source: where the images came from, in words (files and folders, or a dataset and its split).
         image_ids: the ids of the images of this share.
     """
 
@@ -41,6 +42,7 @@ class RunManifest:
     dtype: str
     shard_index: int = 0
     shard_count: int = 1
+    source: str = ""
     image_ids: list[str] = field(default_factory=list)
     version: int = MANIFEST_VERSION
 

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .durable import output_error, write_all
+from .durable import output_error, temporary_path, write_all
+from .feature_format import FeatureSource, OutputFormat, WriterOptions
 from .records import ExtractionError, RegionRecord
 
 logger = logging.getLogger(__name__)
@@ -265,3 +266,110 @@ class TsvWriter:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+
+def complete_row_ids(path: Path) -> list[str]:
+    """The id field of every complete row (a half-written last row is left out with a warning)."""
+    ids = []
+    with open(path, "rb") as file:
+        for line in file:
+            if not line.endswith(b"\n"):
+                logger.warning("%s: leaving out a half-written last row", path)
+                break
+            ids.append(line.split(b"\t", 1)[0].decode())
+    return ids
+
+
+class TsvSource(FeatureSource):
+    """One pass notes where each complete row starts; `get` seeks there and parses that row."""
+
+    def __init__(self, path: Path, layout: TsvLayout):
+        self.path = path
+        self.layout = layout
+        self._offsets: dict[str, int] = {}
+        offset = 0
+        with open(path, "rb") as file:
+            for line in file:
+                if not line.endswith(b"\n"):
+                    logger.warning("%s: ignored a half-written last row", path)
+                    break
+                image_id = line.split(b"\t", 1)[0].decode()
+                if image_id in self._offsets:
+                    raise ExtractionError(f"{path}: image {image_id} has more than one row")
+                self._offsets[image_id] = offset
+                offset += len(line)
+        self.ids = list(self._offsets)
+        self._file = open(path, "rb")  # noqa: SIM115 (kept open for every `get`)
+
+    def get(self, image_id: str) -> RegionRecord:
+        self._file.seek(self._offsets[image_id])
+        try:
+            return self.layout.parse_line(self._file.readline())
+        except (ValueError, UnicodeDecodeError) as error:
+            raise ExtractionError(f"{self.path}: the row of image {image_id} is broken: {error}") from None
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def merge_tsv(shards: list[Path], output: Path, layout: TsvLayout) -> None:
+    """Concatenate the complete rows of `shards` (each checked to parse) into `output`, written atomically."""
+    temporary = temporary_path(output)
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        for shard in shards:
+            with open(shard, "rb") as file:
+                for line in file:
+                    if not line.endswith(b"\n"):
+                        break
+                    try:
+                        layout.parse_line(line)
+                    except (ValueError, UnicodeDecodeError) as error:
+                        raise ExtractionError(f"{shard}: a broken row ({error}); resume that shard first") from None
+                    write_all(fd, line)
+        os.fsync(fd)
+        os.close(fd)
+        fd = -1
+        os.replace(temporary, output)
+    except OSError as error:
+        raise output_error(output, error) from None
+    finally:
+        if fd >= 0:
+            os.close(fd)
+        temporary.unlink(missing_ok=True)
+
+
+def _first_row_fields(path: Path) -> int:
+    with open(path, "rb") as file:
+        return file.readline().count(b"\t") + 1
+
+
+class TsvFormat(OutputFormat):
+    """One TSV dialect as an output format: a file that only ever grows by whole rows."""
+
+    def __init__(self, layout: TsvLayout, suffixes: tuple[str, ...] = ()):
+        self.layout = layout
+        self.name = layout.name
+        self.suffixes = suffixes
+
+    def recognises(self, path: Path) -> bool:
+        return path.is_file() and _first_row_fields(path) == len(self.layout.fields)
+
+    def open_writer(self, path: Path, resume: bool, options: WriterOptions) -> TsvWriter:
+        return TsvWriter(path, self.layout, resume)
+
+    def read(self, path: Path, suffix: str | None = None) -> Iterator[RegionRecord]:
+        return read_tsv(path, self.layout)
+
+    def open_source(self, path: Path, suffix: str | None = None) -> TsvSource:
+        return TsvSource(path, self.layout)
+
+    def stored_ids(self, path: Path) -> list[str]:
+        return complete_row_ids(path)
+
+    def merge(self, shards: list[Path], output: Path) -> None:
+        merge_tsv(shards, output, self.layout)
+
+
+BUTD_TSV_FORMAT = TsvFormat(BUTD_TSV, suffixes=(".tsv",))  # the original's format, what a `.tsv` output means
+LXMERT_TSV_FORMAT = TsvFormat(LXMERT_TSV)
