@@ -7,6 +7,8 @@
 #
 #   bash benchmarks/run_issue11_measurements.sh                 # all cores
 #   THREADS=2 RUNS=3 OUT=issue11-results bash benchmarks/run_issue11_measurements.sh
+#   STEPS="agreement extraction" bash benchmarks/run_issue11_measurements.sh   # some steps only (model, memory,
+#                                                                              # agreement, extraction)
 #
 # Logs and JSON go to $OUT (default: issue11-measurements/); the load average is printed before every step, since
 # other work on the machine makes every absolute number slower (the paired ratios less so).
@@ -15,10 +17,12 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-issue11-measurements}
 RUNS=${RUNS:-3}
 THREADS=${THREADS:-$(nproc)}
+STEPS=${STEPS:-model memory agreement extraction}
 mkdir -p "$OUT"
 step() { echo; echo "=== $* (load average: $(cut -d' ' -f1-3 /proc/loadavg))"; }
+wanted() { [[ " $STEPS " == *" $1 "* ]]; }
 
-for precision in fp32 bf16; do
+wanted model && for precision in fp32 bf16; do
   for run in $(seq "$RUNS"); do
     step "benchmark_model.py --dtype $precision, run $run of $RUNS"
     python benchmarks/benchmark_model.py --sizes 600x800 --dtype "$precision" --repeats 3 --threads "$THREADS" \
@@ -26,19 +30,24 @@ for precision in fp32 bf16; do
   done
 done
 
-for precision in fp32 bf16 fp16 fp32-screened; do
+wanted memory && for precision in fp32 bf16 fp16 fp32-screened; do
   step "benchmark_model.py --memory --dtype $precision"
   python benchmarks/benchmark_model.py --memory --sizes 600x1000 --dtype "$precision" --threads "$THREADS" \
     | tee "$OUT/memory-$precision.log"
 done
 
-step "agreement.py --full (bf16 and fp32-screened against fp32 and the original)"
-python benchmarks/agreement.py --full --modes bf16 fp32-screened --threads "$THREADS" | tee "$OUT/agreement.log"
+if wanted agreement; then
+  step "agreement.py --full (bf16 and fp32-screened against fp32 and the original)"
+  python benchmarks/agreement.py --full --modes bf16 fp32-screened --threads "$THREADS" | tee "$OUT/agreement.log"
+fi
 
-step "benchmark_extraction.py (batches 1, 2, 4; fp32, bf16, fp32-screened)"
-python benchmarks/benchmark_extraction.py --no-tiny --full-images 8 --batch-sizes 1 2 4 \
-  --dtypes fp32 bf16 fp32-screened --threads "$THREADS" | tee "$OUT/extraction.log"
+if wanted extraction; then
+  step "benchmark_extraction.py (batches 1, 2, 4; fp32, bf16, fp32-screened)"
+  python benchmarks/benchmark_extraction.py --no-tiny --full-images "${EXTRACTION_IMAGES:-8}" --batch-sizes 1 2 4 \
+    --dtypes fp32 bf16 fp32-screened --threads "$THREADS" | tee "$OUT/extraction.log"
+fi
 
+wanted model || exit 0
 step "summary"
 python - "$OUT" "$RUNS" <<'EOF'
 import json, statistics, sys

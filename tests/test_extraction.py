@@ -400,30 +400,32 @@ def test_existing_outputs_are_kept_unless_resumed_with_the_same_settings_or_over
     assert all(row["boxes"].shape[0] <= 36 for row in plain_read_butd_tsv(output).values())
 
 
-def test_precisions_from_the_command_line(model_folder, images, reference, tmp_path):
-    """`--dtype fp32-screened` writes fp32's values bit for bit; the old spelling `bfloat16` means `bf16` (a run
-    resumes under either spelling); `tf32` on a CPU is refused before any work."""
+def test_every_precision_from_the_command_line(model_folder, images, reference, tmp_path):
+    """`extract --dtype` runs every precision through the real CLI: fp32 (spelt `float32` here) and fp32-screened
+    write fp32's values bit for bit; bf16 (spelt `bfloat16`) and fp16 compute in half precision, close to fp32; a run
+    resumes under either spelling; `tf32` on a CPU is refused before any work."""
     good = images[1]
     chosen = sorted(good)[:3]
     listing = tmp_path / "images.txt"
     listing.write_text("".join(f"{image_id}\t{good[image_id]}\n" for image_id in chosen))
-    screened = tmp_path / "screened.tsv"
-    run_cli(*extract_args(model_folder, screened, "--format", "lxmert-tsv", "--dtype", "fp32-screened"), listing)
-    assert_rows_equal(plain_read_lxmert_tsv(screened), expected_rows(reference, "lxmert-tsv", chosen), exact=True)
+    for dtype in ("float32", "fp32-screened"):
+        output = tmp_path / f"{dtype}.tsv"
+        run_cli(*extract_args(model_folder, output, "--format", "lxmert-tsv", "--dtype", dtype), listing)
+        assert_rows_equal(plain_read_lxmert_tsv(output), expected_rows(reference, "lxmert-tsv", chosen), exact=True)
 
-    half = tmp_path / "bf16.tsv"
-    extract_in_process(model_folder, half, [listing], dtype="bfloat16")
-    assert json.loads(Path(f"{half}.manifest.json").read_text())["dtype"] == "bf16"
-    resumed = run_cli(*extract_args(model_folder, half, "--dtype", "bf16", "--resume"), listing)
-    assert "already done 3" in resumed.stdout, resumed.stdout
-    rows = plain_read_butd_tsv(half)
-    assert sorted(rows) == chosen
-    for image_id in chosen:
-        cosine = (rows[image_id]["features"] * reference[image_id]["features"]).sum() / (
-            np.linalg.norm(rows[image_id]["features"]) * np.linalg.norm(reference[image_id]["features"])
-        )
-        assert cosine > 0.99, image_id
-    assert not all(np.array_equal(rows[i]["features"], reference[i]["features"]) for i in chosen), "not bf16"
+    for dtype, precision in (("bfloat16", "bf16"), ("fp16", "fp16")):
+        output = tmp_path / f"{precision}.tsv"
+        run_cli(*extract_args(model_folder, output, "--dtype", dtype), listing)
+        assert json.loads(Path(f"{output}.manifest.json").read_text())["dtype"] == precision
+        rows = plain_read_butd_tsv(output)
+        assert sorted(rows) == chosen
+        for image_id in chosen:
+            ours, theirs = rows[image_id]["features"], reference[image_id]["features"]
+            cosine = (ours * theirs).sum() / (np.linalg.norm(ours) * np.linalg.norm(theirs))
+            assert cosine > 0.99, (precision, image_id)
+        assert not all(np.array_equal(rows[i]["features"], reference[i]["features"]) for i in chosen), precision
+    resumed = extract_in_process(model_folder, tmp_path / "bf16.tsv", [listing], dtype="bf16", resume=True)
+    assert resumed.already_done == 3 and resumed.extracted == 0
 
     refused = run_cli(*extract_args(model_folder, tmp_path / "tf32.tsv", "--dtype", "tf32"), listing, check=False)
     assert refused.returncode == 1 and "CUDA" in refused.stderr

@@ -2,12 +2,14 @@
 fp32-screened equal to fp32 (end to end on the golden weights, and its planner on constructed cases, each rule
 pinned), the row-invariance facts the screening relies on, tf32's flags set only around the forward."""
 
+import json
 import math
 
 import pytest
 import torch
 from golden import golden_image_path, tiny_config
 from huggingface_hub.errors import StrictDataclassClassValidationError
+from transformers import AutoModel
 
 from butd_frcnn import ButdFrcnnConfig, ButdFrcnnModel
 from butd_frcnn import modeling_butd_frcnn as modeling
@@ -55,14 +57,19 @@ def assert_screened_equals_fp32(model, batch, **selection):
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def test_precision_is_a_config_field_and_a_from_pretrained_argument(tmp_path):
+def test_precision_is_a_config_field_and_a_from_pretrained_argument_kept_by_save_pretrained(tmp_path):
     assert ButdFrcnnConfig().precision == "fp32"
     with pytest.raises(StrictDataclassClassValidationError, match="precision='fast'"):
         ButdFrcnnConfig(precision="fast")
     torch.manual_seed(0)
-    ButdFrcnnModel(tiny_config()).save_pretrained(tmp_path)
-    model = ButdFrcnnModel.from_pretrained(tmp_path, precision="fp32-screened")
+    ButdFrcnnModel(tiny_config(precision="bf16")).save_pretrained(tmp_path / "bf16")
+    assert json.loads((tmp_path / "bf16" / "config.json").read_text())["precision"] == "bf16"
+    model = ButdFrcnnModel.from_pretrained(tmp_path / "bf16")
+    assert model.config.precision == "bf16" and model.dtype == torch.float32  # float32 weights, bf16 compute
+    model = ButdFrcnnModel.from_pretrained(tmp_path / "bf16", precision="fp32-screened")
     assert model.config.precision == "fp32-screened" and model.dtype == torch.float32
+    model.save_pretrained(tmp_path / "screened")
+    assert AutoModel.from_pretrained(tmp_path / "screened").config.precision == "fp32-screened"
 
 
 def test_invalid_combinations_are_refused(tiny_golden_model, processor):
