@@ -2,13 +2,14 @@
 # Every measurement of the README's Performance section (issue 11: precision modes), in sequence, on a quiet machine:
 # whole forward at 600x800 in fp32 and bf16 against the machine's own dense-convolution peak (paired ratios; RUNS
 # invocations of 3 paired forwards each, medians summarized at the end), the convolutions' share and res5's ratio,
-# peak memory of one 600x1000 image in every CPU precision, agreement of bf16 and fp32-screened with fp32 and with
-# the original (FULL golden network), and extraction images/s for batches of 1, 2 and 4.
+# peak memory of one 600x1000 image in every CPU precision, each precision's time against fp32's (interleaved),
+# agreement of bf16 and fp32-screened with fp32 and with the original (FULL golden network), and extraction images/s
+# for batches of 1, 2 and 4 (EXTRACTION_IMAGES images, default 8).
 #
 #   bash benchmarks/run_issue11_measurements.sh                 # all cores
 #   THREADS=2 RUNS=3 OUT=issue11-results bash benchmarks/run_issue11_measurements.sh
 #   STEPS="agreement extraction" bash benchmarks/run_issue11_measurements.sh   # some steps only (model, memory,
-#                                                                              # agreement, extraction)
+#                                                                              # speed, agreement, extraction)
 #
 # Logs and JSON go to $OUT (default: issue11-measurements/); the load average is printed before every step, since
 # other work on the machine makes every absolute number slower (the paired ratios less so).
@@ -17,7 +18,7 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-issue11-measurements}
 RUNS=${RUNS:-3}
 THREADS=${THREADS:-$(nproc)}
-STEPS=${STEPS:-model memory agreement extraction}
+STEPS=${STEPS:-model memory speed agreement extraction}
 mkdir -p "$OUT"
 step() { echo; echo "=== $* (load average: $(cut -d' ' -f1-3 /proc/loadavg))"; }
 wanted() { [[ " $STEPS " == *" $1 "* ]]; }
@@ -35,6 +36,11 @@ wanted memory && for precision in fp32 bf16 fp16 fp32-screened; do
   python benchmarks/benchmark_model.py --memory --sizes 600x1000 --dtype "$precision" --threads "$THREADS" \
     | tee "$OUT/memory-$precision.log"
 done
+
+if wanted speed; then
+  step "precision_speed.py (each precision's time against fp32's, interleaved, FULL golden network)"
+  python benchmarks/precision_speed.py --threads "$THREADS" --rounds "$RUNS" | tee "$OUT/precision-speed.log"
+fi
 
 if wanted agreement; then
   step "agreement.py --full (bf16 and fp32-screened against fp32 and the original)"

@@ -125,7 +125,7 @@ def add_parser(subparsers) -> None:
         type=int,
         help="images of one resized size per forward pass (default: 4 on a CPU, where a batch gives every image "
         "the bits it gets alone and runs the backbone faster; 1 on a GPU, where cuDNN may pick other kernels for "
-        "other batch sizes: larger batches are much faster there but may round differently, see the README)",
+        "other batch sizes, so larger batches may round differently there: see the README)",
     )
     speed.add_argument(
         "--num-workers", type=int, default=default_num_workers(), help="processes decoding images (0: in this one)"
@@ -137,8 +137,8 @@ def add_parser(subparsers) -> None:
         default="fp32",
         metavar="PRECISION",
         help="how the model computes (ButdFrcnnConfig.precision): fp32 (default; the original's numbers), bf16 "
-        "(about 2x faster on CPUs with bf16 units, more with AMX; near-tied regions may swap, features within "
-        "~1e-3), fp16, fp32-screened (fp32's selection and features bit for bit: res5 screened in bf16, redone in "
+        "(about 2x faster on CPUs with bf16 units, more with AMX; near-tied regions may swap, mean feature "
+        "cosine ~0.9999), fp16, fp32-screened (fp32's selection and features bit for bit: res5 screened in bf16, redone in "
         "fp32 for every proposal whose selection is in doubt; faster than fp32 only where bf16 is far faster and few "
         "proposals are in doubt, slower on CPUs without AMX: see the README), tf32 (CUDA only). float32, bfloat16, "
         "float16 are accepted spellings of fp32, bf16, fp16",
