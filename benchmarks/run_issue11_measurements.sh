@@ -4,12 +4,14 @@
 # invocations of 3 paired forwards each, medians summarized at the end), the convolutions' share and res5's ratio,
 # peak memory of one 600x1000 image in every CPU precision, each precision's time against fp32's (interleaved),
 # agreement of bf16 and fp32-screened with fp32 and with the original (FULL golden network), and extraction images/s
-# for batches of 1, 2 and 4 (EXTRACTION_IMAGES images, default 8).
+# for batches of 1, 2 and 4 (EXTRACTION_IMAGES images, default 8), and a batch of 4 against one image at a time
+# (interleaved).
 #
 #   bash benchmarks/run_issue11_measurements.sh                 # all cores
 #   THREADS=2 RUNS=3 OUT=issue11-results bash benchmarks/run_issue11_measurements.sh
 #   STEPS="agreement extraction" bash benchmarks/run_issue11_measurements.sh   # some steps only (model, memory,
-#                                                                              # speed, agreement, extraction)
+#                                                                              # speed, agreement, extraction,
+#                                                                              # batches)
 #
 # Logs and JSON go to $OUT (default: issue11-measurements/); the load average is printed before every step, since
 # other work on the machine makes every absolute number slower (the paired ratios less so).
@@ -18,7 +20,7 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-issue11-measurements}
 RUNS=${RUNS:-3}
 THREADS=${THREADS:-$(nproc)}
-STEPS=${STEPS:-model memory speed agreement extraction}
+STEPS=${STEPS:-model memory speed agreement extraction batches}
 mkdir -p "$OUT"
 step() { echo; echo "=== $* (load average: $(cut -d' ' -f1-3 /proc/loadavg))"; }
 wanted() { [[ " $STEPS " == *" $1 "* ]]; }
@@ -51,6 +53,11 @@ if wanted extraction; then
   step "benchmark_extraction.py (batches 1, 2, 4; fp32, bf16, fp32-screened)"
   python benchmarks/benchmark_extraction.py --no-tiny --full-images "${EXTRACTION_IMAGES:-8}" --batch-sizes 1 2 4 \
     --dtypes fp32 bf16 fp32-screened --threads "$THREADS" | tee "$OUT/extraction.log"
+fi
+
+if wanted batches; then
+  step "batch_speed.py (a batch of 4 same-size images against one at a time, interleaved)"
+  python benchmarks/batch_speed.py --threads "$THREADS" --rounds "$RUNS" | tee "$OUT/batch-speed.log"
 fi
 
 wanted model || exit 0
