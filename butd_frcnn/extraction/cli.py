@@ -124,7 +124,7 @@ def add_parser(subparsers) -> None:
         "--batch-size",
         type=int,
         help="images of one resized size per forward pass (default: 4 on a CPU, where a batch gives every image "
-        "the bits it gets alone and runs the backbone faster; 1 on a GPU, where cuDNN may pick other kernels for "
+        "the bits it gets alone and fp32 runs ~1.1x faster; 1 on a GPU, where cuDNN may pick other kernels for "
         "other batch sizes, so larger batches may round differently there: see the README)",
     )
     speed.add_argument(
