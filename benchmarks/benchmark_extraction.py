@@ -1,10 +1,11 @@
 """Images per second of `butd-frcnn extract` on this machine, and where the time goes.
 
 Two models: the golden TINY network (its seed-0 weights, converted) and the full-size default configuration
-(ResNet-101, random weights: the same amount of computation as the real model). For each batch size, the tool runs
-in-process over generated 640x480 photos-like JPEGs (all one size, so batches fill) into a BUTD TSV, and the script
-prints the throughput once running (model loading left out) and the time per image spent decoding (summed over the
-worker processes, so it overlaps the model), in the model, and writing.
+(ResNet-101, random weights: the same amount of computation as the real model). For each precision (`--dtype` of
+`butd-frcnn extract`) and batch size, the tool runs in-process over generated 640x480 photos-like JPEGs (all one size,
+so batches fill; resized to 600x800) into a BUTD TSV, and the script prints the throughput once running (model loading
+left out), the time per image spent decoding (summed over the worker processes, so it overlaps the model), in the
+model, and writing, and whether the file is byte for byte the one batch 1 wrote.
 
 `--inputs` compares, with the TINY model, the same JPEGs read as files and as a `datasets` dataset (a Parquet file
 with an Image column), written to a TSV and to Parquet, and the input side alone (listing, reading, decoding and
@@ -14,7 +15,8 @@ process's peak memory and of the share of the running time spent writing (the Pa
 writer's).
 
 Usage: python benchmarks/benchmark_extraction.py [--tiny-images 16] [--full-images 4] [--batch-sizes 1 2 4]
-       [--workers 1] [--device cpu] [--threads N] [--no-full] [--inputs [--input-images 40] [--repeats 3]]
+       [--dtypes fp32 bf16 fp32-screened] [--workers 1] [--device cpu] [--threads N] [--no-full] [--no-tiny]
+       [--inputs [--input-images 40] [--repeats 3]]
 """
 
 import argparse
@@ -35,6 +37,7 @@ GOLDEN = REPO_ROOT.parent / "shared" / "golden"
 sys.path.insert(0, str(REPO_ROOT))
 
 from butd_frcnn import ButdFrcnnConfig, ButdFrcnnImageProcessor, ButdFrcnnModel
+from butd_frcnn.configuration_butd_frcnn import PRECISIONS
 from butd_frcnn.conversion.caffemodel import read_caffemodel
 from butd_frcnn.conversion.weights import caffe_to_state_dict, config_from_caffe
 from butd_frcnn.extraction import ExtractionSummary, ExtractOptions, extract
@@ -72,29 +75,34 @@ def full_model(folder: Path) -> Path:
     return save(ButdFrcnnModel(ButdFrcnnConfig()).eval(), folder)
 
 
-def measure(name: str, model: Path, images: Path, batch_sizes: list[int], args, workdir: Path) -> None:
-    for batch_size in batch_sizes:
-        output = workdir / f"{name}-{batch_size}.tsv"
-        summary = extract(
-            ExtractOptions(
-                inputs=[str(images)],
-                model=str(model),
-                output=output,
-                batch_size=batch_size,
-                num_workers=args.workers,
-                device=args.device,
-                overwrite=True,
-                progress=False,
+def measure(name: str, model: Path, images: Path, args, workdir: Path) -> None:
+    for dtype in args.dtypes:
+        first = None
+        for batch_size in args.batch_sizes:
+            output = workdir / f"{name}-{dtype}-{batch_size}.tsv"
+            summary = extract(
+                ExtractOptions(
+                    inputs=[str(images)],
+                    model=str(model),
+                    output=output,
+                    batch_size=batch_size,
+                    num_workers=args.workers,
+                    device=args.device,
+                    dtype=dtype,
+                    overwrite=True,
+                    progress=False,
+                )
             )
-        )
-        count = max(summary.extracted, 1)
-        print(
-            f"{name:<6} batch {batch_size}: {summary.images_per_second:7.3f} images/s over {summary.extracted} images | "
-            f"per image: decoding {1000 * summary.decode_seconds / count:7.1f} ms (in workers), "
-            f"model {1000 * summary.model_seconds / count:8.1f} ms, writing {1000 * summary.write_seconds / count:5.1f} ms"
-            f" | setup {summary.setup_seconds:.1f} s",
-            flush=True,
-        )
+            first = first or output.read_bytes()
+            count = max(summary.extracted, 1)
+            print(
+                f"{name:<6} {dtype:<13} batch {batch_size}: {summary.images_per_second:7.3f} images/s over "
+                f"{summary.extracted} images | per image: decoding {1000 * summary.decode_seconds / count:7.1f} ms "
+                f"(in workers), model {1000 * summary.model_seconds / count:8.1f} ms, writing "
+                f"{1000 * summary.write_seconds / count:5.1f} ms | setup {summary.setup_seconds:.1f} s | "
+                f"{'same bytes as batch ' + str(args.batch_sizes[0]) if output.read_bytes() == first else 'DIFFERS'}",
+                flush=True,
+            )
 
 
 # the input and output variants of `--inputs`: (source, format); no format: reading and decoding alone, no model
@@ -205,10 +213,12 @@ def main() -> None:
     parser.add_argument("--tiny-images", type=int, default=16)
     parser.add_argument("--full-images", type=int, default=4)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--dtypes", nargs="+", choices=PRECISIONS, default=["fp32"], help="precisions to run")
     parser.add_argument("--workers", type=int, default=1, help="decoding worker processes")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--no-full", action="store_true", help="skip the full-size model (slow on a CPU)")
+    parser.add_argument("--no-tiny", action="store_true", help="skip the TINY network")
     parser.add_argument("--inputs", action="store_true", help="only: files against a dataset, TSV against Parquet")
     parser.add_argument("--input-images", type=int, default=40, help="--inputs: images per run")
     parser.add_argument("--repeats", type=int, default=3, help="--inputs: runs of each variant")
@@ -224,11 +234,12 @@ def main() -> None:
             images = make_images(workdir / "input-images", args.input_images)
             compare_inputs(tiny_model(workdir / "tiny"), images, args, workdir)
             return
-        measure("tiny", tiny_model(workdir / "tiny"), make_images(workdir / "tiny-images", args.tiny_images),
-                args.batch_sizes, args, workdir)  # fmt: skip
+        if not args.no_tiny:
+            measure("tiny", tiny_model(workdir / "tiny"), make_images(workdir / "tiny-images", args.tiny_images),
+                    args, workdir)  # fmt: skip
         if not args.no_full:
             measure("full", full_model(workdir / "full"), make_images(workdir / "full-images", args.full_images),
-                    args.batch_sizes, args, workdir)  # fmt: skip
+                    args, workdir)  # fmt: skip
 
 
 if __name__ == "__main__":

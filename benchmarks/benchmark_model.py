@@ -9,7 +9,8 @@ network's, so that "achieved / peak" is comparable across machines: against the 
 with the fastest convolution timed right before and after each forward (for machines whose speed drifts).
 
     python benchmarks/benchmark_model.py                       # CPU, fp32, all threads, 600x800 and 600x1000
-    python benchmarks/benchmark_model.py --dtype bf16          # the same in bf16
+    python benchmarks/benchmark_model.py --dtype bf16          # the same in bf16 (any ButdFrcnnConfig.precision)
+    python benchmarks/benchmark_model.py --dtype fp32-screened --versus fp32   # and its time against fp32's, paired
     python benchmarks/benchmark_model.py --memory              # peak memory of one forward (fresh process), and
                                                                # what the derived (folded) weights cost
     python benchmarks/benchmark_model.py --gradients           # the model called with gradients on (time, --memory)
@@ -17,11 +18,13 @@ with the fastest convolution timed right before and after each forward (for mach
     python benchmarks/benchmark_model.py --compile             # torch.compile'd backbone and res5
     python benchmarks/benchmark_model.py --given-boxes         # model(..., boxes=) with 10, 36, 100, 300 boxes
                                                                # against the detection forward, interleaved
-    python benchmarks/benchmark_model.py --device cuda --batch-sizes 1 8 32 --modes fp32 tf32 bf16
+    python benchmarks/benchmark_model.py --device cuda --batch-sizes 1 8 32 --modes fp32 tf32 bf16 fp32-screened
 
 Stages: preprocess (decoded uint8 image -> resized, mean-subtracted tensor), backbone (conv1..res4), RPN + proposals
 (RPN head, decoding, NMS), RoI pooling, res5 (+ average pooling), heads (class, box, attribute predictors and
-softmaxes), selection (1600-class NMS and top-k).
+softmaxes), selection (1600-class NMS and top-k). With fp32-screened, "res5" is the whole screened RoI head (pooling,
+both res5 passes, the heads and the planning). Besides the stages: the share of the forward's time spent inside the
+convolution kernels (from torch.profiler), and res5's speed against the reference convolution timed around it.
 """
 
 import argparse
@@ -45,8 +48,11 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from butd_frcnn import ButdFrcnnConfig, ButdFrcnnImageProcessor, ButdFrcnnModel
+from butd_frcnn.configuration_butd_frcnn import PRECISIONS
+from butd_frcnn.ops_butd_frcnn import screening_plan
 
-DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+CONVOLUTION_OPS = ("mkldnn::_convolution_pointwise", "mkldnn::_convolution_pointwise_", "aten::mkldnn_convolution",
+                   "aten::_slow_conv2d_forward", "aten::thnn_conv2d")  # fmt: skip
 STAGES = ("preprocess", "backbone", "rpn_proposals", "roi_pool", "res5", "heads", "selection")
 
 
@@ -169,7 +175,7 @@ def synthetic_image(height: int, width: int, seed: int = 0) -> np.ndarray:
     return smooth[0].permute(1, 2, 0).round().to(torch.uint8).numpy()
 
 
-def staged_forward(model, processor, image, device, dtype, counter, timings, flops):
+def staged_forward(model, processor, image, device, counter, timings, flops):
     """The forward's stages, called one by one as `ButdFrcnnModel.forward` calls them, each timed and counted."""
 
     @contextlib.contextmanager
@@ -181,9 +187,10 @@ def staged_forward(model, processor, image, device, dtype, counter, timings, flo
         timings[name] += time.perf_counter() - start
         flops[name] += counter.take()
 
+    config = model.config
     with stage("preprocess"):
         batch = processor(image, return_tensors="pt")
-        pixel_values = batch["pixel_values"].to(device, dtype)
+        pixel_values = batch["pixel_values"].to(device, model.compute_dtype())
     scales = batch["scales"].to(device=device, dtype=torch.float32)
     height, width = pixel_values.shape[2:]
     with stage("backbone"):
@@ -191,13 +198,25 @@ def staged_forward(model, processor, image, device, dtype, counter, timings, flo
     with stage("rpn_proposals"):
         boxes, _ = model.proposal_generator(features, height, width, scales)[0]
     heads = model.roi_heads
-    with stage("roi_pool"):
-        pooled = heads.pool_regions(features, boxes)
-    with stage("res5"):
-        region_features = heads.region_features(pooled)
-    with stage("heads"):
-        class_probs, _, attribute_probs = heads.predict(region_features)
-    config = model.config
+    if config.precision == "fp32-screened":
+        plan = functools.partial(
+            screening_plan,
+            boxes / scales[0],
+            score_threshold=config.score_threshold,
+            min_boxes=config.min_boxes,
+            max_boxes=config.max_boxes,
+            nms_threshold=config.selection_nms_threshold,
+            exact_ties=config.exact_tie_order,
+        )
+        with stage("res5"):
+            region_features, class_probs, _, attribute_probs, _ = heads.screened(features, boxes, plan)
+    else:
+        with stage("roi_pool"):
+            pooled = heads.pool_regions(features, boxes)
+        with stage("res5"):
+            region_features = heads.region_features(pooled)
+        with stage("heads"):
+            class_probs, _, attribute_probs = heads.predict(region_features)
     with stage("selection"):
         selected = model.select(
             boxes / scales[0],
@@ -212,33 +231,61 @@ def staged_forward(model, processor, image, device, dtype, counter, timings, flo
     return boxes.shape[0], selected["boxes"].shape[0]
 
 
-def benchmark_size(model, processor, size, device, dtype, repeats, reference_gflops):
-    """Per-stage (seconds, FLOP), the whole forward's seconds, the isolated convolutions' seconds, the reference
-    convolution's GFLOP/s measured just before each whole forward, and counts."""
+def convolution_share(fn) -> float:
+    """The share of `fn`'s wall time spent inside convolution kernels (self time of the convolution ops)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        start = time.perf_counter()
+        fn()
+        wall = time.perf_counter() - start
+    inside = sum(event.self_cpu_time_total for event in prof.key_averages() if event.key in CONVOLUTION_OPS)
+    return inside / 1e6 / wall
+
+
+def whole_forward_fn(model, processor, image, device, precision=None):
+    """`model(**batch)` as users call it (preprocessing included), under `precision` (default: the model's)."""
+
+    def run():
+        batch = processor(image, return_tensors="pt")
+        saved = model.config.precision
+        model.config.precision = precision or saved
+        try:
+            model(**batch.to(device)).boxes.cpu()
+        finally:
+            model.config.precision = saved
+
+    return run
+
+
+def benchmark_size(model, processor, size, device, repeats, reference_gflops, versus=None):
+    """Per-stage (seconds, FLOP), the whole forward's paired runs, the isolated convolutions' seconds, res5's
+    paired rates, the convolutions' share of the forward, the paired time ratio against `versus`, and counts."""
     image = synthetic_image(*size)
     counter = FlopCounter(model)
-    staged_forward(model, processor, image, device, dtype, counter, defaultdict(float), defaultdict(int))  # warm-up
+    staged_forward(model, processor, image, device, counter, defaultdict(float), defaultdict(int))  # warm-up
     counter.take()
     counter.convolutions.clear()
-    runs = []
+    runs, res5_paired = [], []
     for _ in range(repeats):
         timings, flops = defaultdict(float), defaultdict(int)
-        proposals, selected = staged_forward(model, processor, image, device, dtype, counter, timings, flops)
+        before = reference_gflops()
+        proposals, selected = staged_forward(model, processor, image, device, counter, timings, flops)
         runs.append((timings, flops))
+        res5_paired.append((flops["res5"] / timings["res5"] / 1e9, max(before, reference_gflops())))
     counter.remove()
     # best of the repeats, stage by stage: the machine's speed drifts, and the best run is the least disturbed
     stages = {name: (min(t[name] for t, _ in runs), runs[0][1][name]) for name in STAGES}
     isolated = isolated_convolution_seconds(counter.convolutions, device) / repeats
 
-    def whole_forward():
-        batch = processor(image, return_tensors="pt")
-        batch["pixel_values"] = batch["pixel_values"].to(dtype)
-        model(**batch.to(device)).boxes.cpu()
-
+    whole_forward = whole_forward_fn(model, processor, image, device)
+    other = whole_forward_fn(model, processor, image, device, versus) if versus else None
+    if other:
+        other()  # warm up its derived weights
     # already warm: the staged runs went through the same kernels. Each forward is paired with the reference
     # convolution timed just before and just after it (the faster of the two: conservative), so that their ratio
     # compares the two under the same machine conditions.
-    references, seconds = [reference_gflops()], []
+    references, seconds, ratios = [reference_gflops()], [], []
     for _ in range(repeats):
         synchronize(device)
         start = time.perf_counter()
@@ -246,29 +293,39 @@ def benchmark_size(model, processor, size, device, dtype, repeats, reference_gfl
         synchronize(device)
         seconds.append(time.perf_counter() - start)
         references.append(reference_gflops())
+        if other:
+            start = time.perf_counter()
+            other()
+            synchronize(device)
+            ratios.append(seconds[-1] / (time.perf_counter() - start))
     paired = [(max(references[i], references[i + 1]), seconds[i]) for i in range(repeats)]  # (GFLOP/s, seconds)
-    return stages, paired, isolated, proposals, selected
+    share = convolution_share(whole_forward) if device.type == "cpu" else float("nan")
+    return stages, paired, isolated, res5_paired, share, sorted(ratios), proposals, selected
 
 
-def print_cpu_report(args, model, processor, device, dtype):
+def print_cpu_report(args, model, processor, device):
     """Measures the machine's peak before and after the model runs, then prints everything.
 
     This VM's speed drifts by up to 2x over minutes, so the ratio to the peak is given two ways: against the best
     peak of the whole run (conservative: the forward's best run may fall in a slow spell), and paired, each whole
     forward against the fastest convolution timed just before and after it.
     """
+    dtype = model.compute_dtype()
     peaks_before = machine_conv_peak(device, dtype)
     reference_name = max(peaks_before, key=peaks_before.get)
     reference = functools.partial(conv_gflops, *reference_name, device, dtype, repeats=3)
     results = {
-        size: benchmark_size(model, processor, size, device, dtype, args.repeats, reference) for size in args.sizes
+        size: benchmark_size(model, processor, size, device, args.repeats, reference, args.versus)
+        for size in args.sizes
     }
     peaks_after = machine_conv_peak(device, dtype)
     peaks = {key: max(peaks_before[key], peaks_after[key]) for key in peaks_before}
     peak = max(peaks.values())
     gradients = "on" if torch.is_grad_enabled() else "off (inference mode)"
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}, dtype {dtype}, gradients {gradients}"
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}, precision "
+        f"{model.config.precision} (computing in {dtype}), gradients {gradients}, load average "
+        f"{os.getloadavg()[0]:.1f}"
     )
     print("machine dense-conv GFLOP/s (same dtype; measured before / after the model, best of 5 each):")
     for name, layout in peaks:
@@ -277,11 +334,12 @@ def print_cpu_report(args, model, processor, device, dtype):
     print(f"  peak {peak:.1f} GFLOP/s")
     report = {
         "threads": torch.get_num_threads(),
+        "precision": model.config.precision,
         "dtype": str(dtype),
         "machine_peak_gflops": {" ".join(key): value for key, value in peaks.items()},
         "sizes": {},
     }
-    for size, (stages, paired, isolated, proposals, selected) in results.items():
+    for size, (stages, paired, isolated, res5_paired, share, ratios, proposals, selected) in results.items():
         staged_total = sum(seconds for seconds, _ in stages.values())
         total_flops = sum(f for _, f in stages.values())
         print(f"\n{size[0]}x{size[1]}: {proposals} proposals, {selected} regions selected (best of {args.repeats})")
@@ -310,6 +368,19 @@ def print_cpu_report(args, model, processor, device, dtype):
             f"  its convolutions, each run alone in the same shapes and layouts: {isolated:.2f} s "
             f"({total_flops / isolated / 1e9:.1f} GFLOP/s): the forward runs at {isolated / forward_seconds:.1%} of that"
         )
+        res5_ratios = sorted(rate / reference for rate, reference in res5_paired)
+        print(
+            "  res5 against the reference convolution timed around it: "
+            + ", ".join(f"{rate:.0f}/{reference:.0f}" for rate, reference in res5_paired)
+            + f" GFLOP/s = {res5_ratios[len(res5_ratios) // 2]:.1%} (median)"
+        )
+        print(f"  time inside the convolution kernels (torch.profiler): {share:.1%}; outside: {1 - share:.1%}")
+        if ratios:
+            print(
+                f"  time against precision {args.versus}, each forward paired with one of it: "
+                + ", ".join(f"{ratio:.2f}" for ratio in ratios)
+                + f" (median {ratios[len(ratios) // 2]:.2f}; below 1: faster)"
+            )
         report["sizes"][f"{size[0]}x{size[1]}"] = {
             "stages": {name: {"seconds": s, "gflop": f / 1e9} for name, (s, f) in stages.items()},
             "forward_seconds": forward_seconds,
@@ -318,6 +389,9 @@ def print_cpu_report(args, model, processor, device, dtype):
             "gflop": total_flops / 1e9,
             "fraction_of_peak": overall / peak,
             "paired_fraction_of_peak_median": paired_ratios[len(paired_ratios) // 2],
+            "res5_paired_fraction_median": res5_ratios[len(res5_ratios) // 2],
+            "convolution_share": share,
+            "time_ratio_versus": ratios,
         }
     return report
 
@@ -327,15 +401,14 @@ def print_cpu_report(args, model, processor, device, dtype):
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def print_given_boxes_report(args, model, processor, device, dtype) -> dict:
+def print_given_boxes_report(args, model, processor, device) -> dict:
     """The forward on K given boxes (no RPN, no selection; the boxes are the detection run's first K proposals, in
     original pixels) against the detection forward (300 proposals) on the same image, all timed interleaved, best of
     `--repeats` each: on a machine whose speed drifts, only their ratios mean something. K = 0 is the cost of
     everything but the RoI heads (preprocessing is done once, outside the timings)."""
     size = args.sizes[0]
-    batch = processor(synthetic_image(*size), return_tensors="pt")
-    batch["pixel_values"] = batch["pixel_values"].to(dtype)
-    batch = batch.to(device)
+    dtype = model.compute_dtype()
+    batch = processor(synthetic_image(*size), return_tensors="pt").to(device)  # the model casts to its precision
     detected = model(**batch)
     available = int(detected.num_proposals[0])
     proposals = detected.proposals[0, :available] / batch["scales"][0].float()
@@ -412,15 +485,14 @@ def print_gpu_report(args, config, processor, device):
     single = processor(image, return_tensors="pt")
     report = {}
     print(f"torch {torch.__version__}, {torch.cuda.get_device_name(device)}, {args.sizes[0][0]}x{args.sizes[0][1]}")
-    print(f"  {'mode':6s} {'batch':>5s} {'images/s':>9s} {'GPU busy':>9s}")
+    print(f"  {'mode':13s} {'batch':>5s} {'images/s':>9s} {'GPU busy':>9s}")
     for mode in args.modes:
-        torch.backends.cuda.matmul.allow_tf32 = mode == "tf32"
-        torch.backends.cudnn.allow_tf32 = mode == "tf32"
         torch.manual_seed(0)
-        model = compiled(ButdFrcnnModel(config).eval().to(device=device, dtype=DTYPES[mode]), args.compile)
+        model = compiled(ButdFrcnnModel(config).eval().to(device=device), args.compile)
+        model.config.precision = mode  # TF32 or IEEE float32 is set by the model around its forward
         for batch_size in args.batch_sizes:
             batch = {
-                "pixel_values": single["pixel_values"].repeat(batch_size, 1, 1, 1).to(device, DTYPES[mode]),
+                "pixel_values": single["pixel_values"].repeat(batch_size, 1, 1, 1).to(device),
                 "image_sizes": single["image_sizes"].repeat(batch_size, 1),
                 "scales": single["scales"].repeat(batch_size),
             }
@@ -431,7 +503,7 @@ def print_gpu_report(args, config, processor, device):
 
             seconds = _time(run, device, args.repeats)
             busy = gpu_busy_fraction(run)
-            print(f"  {mode:6s} {batch_size:5d} {batch_size / seconds:9.1f} {busy:9.1%}")
+            print(f"  {mode:13s} {batch_size:5d} {batch_size / seconds:9.1f} {busy:9.1%}")
             report[f"{mode}/{batch_size}"] = {"images_per_second": batch_size / seconds, "gpu_busy": busy}
         del model
         torch.cuda.empty_cache()
@@ -445,13 +517,12 @@ def print_gpu_report(args, config, processor, device):
 
 def peak_memory_child(args) -> None:
     """Runs in a fresh process: the process's peak resident memory after building the model, then after one forward."""
-    config = ButdFrcnnConfig(**chunk_override(args))
+    config = ButdFrcnnConfig(**chunk_override(args), precision=args.dtype)
     torch.manual_seed(0)
-    model = ButdFrcnnModel(config).eval().to(dtype=DTYPES[args.dtype])
+    model = ButdFrcnnModel(config).eval()
     processor = ButdFrcnnImageProcessor()
     image = synthetic_image(*args.sizes[-1])
     batch = processor(image, return_tensors="pt")
-    batch["pixel_values"] = batch["pixel_values"].to(DTYPES[args.dtype])
     loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     with forward_mode(args):
         model(**batch)
@@ -482,8 +553,8 @@ def print_memory_report(args) -> dict:
         f"Python, torch and weights included)"
     )
     print(
-        f"derived weights kept by the model after it (BatchNorm folded into the convolutions, "
-        f"`model.derived_weights_nbytes()`): {result['derived_weights_mib']:.0f} MiB, beside "
+        f"derived weights kept by the model after it (BatchNorm folded into the convolutions, prepacked, "
+        f"half-precision copies; `model.derived_weights_nbytes()`): {result['derived_weights_mib']:.0f} MiB, beside "
         f"{result['weights_mib']:.0f} MiB of parameters and buffers; `model.clear_derived_weights()` frees them"
     )
     return result
@@ -515,12 +586,17 @@ def parse_size(text: str) -> tuple[int, int]:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32", help="CPU runs")
+    parser.add_argument(
+        "--dtype", choices=PRECISIONS, default="fp32", help="the model's precision (ButdFrcnnConfig.precision)"
+    )
+    parser.add_argument("--versus", choices=PRECISIONS, help="also time each whole forward against this precision")
     parser.add_argument("--sizes", type=parse_size, nargs="+", default=[(600, 800), (600, 1000)])
     parser.add_argument("--repeats", type=int, default=3, help="runs per size; the best is reported")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32], help="GPU runs")
-    parser.add_argument("--modes", nargs="+", choices=tuple(DTYPES), default=["fp32", "tf32", "bf16"], help="GPU runs")
+    parser.add_argument(
+        "--modes", nargs="+", choices=PRECISIONS, default=["fp32", "tf32", "bf16", "fp32-screened"], help="GPU runs"
+    )
     parser.add_argument("--compile", action="store_true", help="torch.compile the backbone and res5")
     parser.add_argument("--chunk-size", type=int, help="regions per res5 chunk (default: the config's)")
     parser.add_argument("--memory", action="store_true", help="only the peak memory (in a fresh process)")
@@ -553,13 +629,14 @@ def main(argv=None):
             report = print_gpu_report(args, config, processor, device)
         else:
             torch.manual_seed(0)
-            model = compiled(ButdFrcnnModel(config).eval().to(dtype=DTYPES[args.dtype]), args.compile)
+            config.precision = args.dtype
+            model = compiled(ButdFrcnnModel(config).eval(), args.compile)
             with forward_mode(args):
                 if args.given_boxes is not None:
                     args.given_boxes = args.given_boxes or [10, 36, 100, 300]
-                    report = print_given_boxes_report(args, model, processor, device, DTYPES[args.dtype])
+                    report = print_given_boxes_report(args, model, processor, device)
                 else:
-                    report = print_cpu_report(args, model, processor, device, DTYPES[args.dtype])
+                    report = print_cpu_report(args, model, processor, device)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
 

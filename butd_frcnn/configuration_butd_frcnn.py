@@ -12,6 +12,9 @@ BACKGROUND_LABEL = "__background__"
 NO_ATTRIBUTE_LABEL = "__no_attribute__"
 
 
+PRECISIONS = ("fp32", "bf16", "fp16", "fp32-screened", "tf32")
+
+
 def placeholder_id2label(num_labels: int) -> dict[int, str]:
     """Class names for a model whose vocabulary is not known (index 0 is the background class)."""
     return {0: BACKGROUND_LABEL, **{i: f"class_{i}" for i in range(1, num_labels)}}
@@ -75,6 +78,31 @@ class ButdFrcnnConfig(PreTrainedConfig):
             again on the CPU, as the original did. `False` keeps the device's stable order (lower index first),
             which differs from the original only where scores tie exactly.
 
+    Precision:
+        precision (`str`, defaults to `"fp32"`): how the forward computes. Also a `from_pretrained` argument
+            (`ButdFrcnnModel.from_pretrained(path, precision="bf16")`) and `butd-frcnn extract --dtype`. One of:
+
+            - `"fp32"`: float32 throughout, the original's numbers (see the README's parity section). A model
+              whose weights were cast to another dtype (`model.to(torch.bfloat16)`, `from_pretrained(...,
+              dtype=...)`) computes in that dtype, as any PyTorch module; on CUDA, convolutions and matrix
+              products run in full float32 (no TF32) during the forward.
+            - `"bf16"`: every layer in bfloat16 (float32 weights are used through bfloat16 copies, kept as derived
+              weights), anchors, box arithmetic, softmaxes and the selection in float32: 2-3x faster on CPUs with
+              bf16 units; the selection then differs from fp32's where two regions score within bf16's rounding
+              (measured by `benchmarks/agreement.py`).
+            - `"fp16"`: the same in float16 (fast only where the hardware has float16 units).
+            - `"fp32-screened"`: fp32's results (the same regions, in the same order, with the same features,
+              classes, attributes and scores), the region head screened in bfloat16: the backbone and proposals
+              run in float32; res5 runs in bfloat16 on every proposal, then again in float32 on the proposals
+              whose exact scores can change the selection (and on the selected ones), round by round until the
+              selection is certain. The output's `settled_proposals` says which proposals hold float32 values.
+              Exact, except where two regions' float32 scores tie exactly (the same allowed difference as against
+              the original). It saves time where bf16 is much faster than float32 and few proposals are in doubt
+              (trained weights' peaked class scores, CPUs with AMX, GPUs); with flat scores it settles most
+              proposals and is slower than fp32. Regions given by the caller (not proposals) get plain fp32.
+            - `"tf32"` (CUDA only): float32 tensors, convolutions and matrix products in TensorFloat-32 during the
+              forward (set around the model's own operations only, restored after). A CPU has no TF32: an error.
+
     Example:
     ```python
     >>> from butd_frcnn import ButdFrcnnConfig, ButdFrcnnModel
@@ -118,6 +146,8 @@ class ButdFrcnnConfig(PreTrainedConfig):
     selection_nms_threshold: float = 0.3
     exact_tie_order: bool = True
 
+    precision: str = "fp32"
+
     def __post_init__(self, **kwargs):
         for name in ("depths", "hidden_sizes", "bottleneck_sizes", "stage_strides", "stage_dilations"):
             setattr(self, name, [int(v) for v in getattr(self, name)])
@@ -140,6 +170,10 @@ class ButdFrcnnConfig(PreTrainedConfig):
     @property
     def id2attribute(self) -> dict[int, str]:
         return dict(enumerate(self.attribute_names))
+
+    def validate_precision(self):
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"ButdFrcnnConfig: precision={self.precision!r}, expected one of {PRECISIONS}")
 
     def validate_architecture(self):
         """Reject inconsistent numbers early, with the field names in the message."""

@@ -8,6 +8,8 @@ selection) lives in `ops_butd_frcnn.py`, whose docstring states the conventions 
 The state-dict names follow the detectron2 / transformers FRCNN layout so that other checkpoints map onto it.
 """
 
+import contextlib
+import functools
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -19,11 +21,12 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.models.auto.modeling_auto import MODEL_FOR_OBJECT_DETECTION_MAPPING_NAMES
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, logging
 from transformers.utils.generic import can_return_tuple
 
-from .configuration_butd_frcnn import ButdFrcnnConfig
+from .configuration_butd_frcnn import PRECISIONS, ButdFrcnnConfig
 from .ops_butd_frcnn import (
+    ScreeningPlan,
     argmax_last,
     box_sizes_at_least,
     chunks_without_singletons,
@@ -37,9 +40,13 @@ from .ops_butd_frcnn import (
     per_class_nms_max_scores,
     roi_max_pool,
     scatter_feature_maps,
+    screening_plan,
     select_regions,
+    settle_screened,
     shift_anchors,
 )
+
+logger = logging.get_logger(__name__)
 
 # ---------------------------------------------------------------------------------------------------------------
 # Derived weights: computed from the parameters for speed, never saved
@@ -151,6 +158,83 @@ def drop_derived_weights(module: nn.Module, incompatible_keys: object = None) ->
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# oneDNN fused convolutions (CPU, without gradients)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@functools.cache
+def onednn_fused_convolutions() -> bool:
+    """Whether this torch runs oneDNN's fused convolutions with the signatures used here: checked once, on first use.
+
+    They are the private ops that torch.compile's CPU backend emits (`mkldnn._convolution_pointwise`, its in-place
+    `.binary` form, `mkldnn._reorder_convolution_weight`), plus `torch._C._select_conv_backend`, which says whether
+    `F.conv2d` itself would run oneDNN. Being private, they may be missing or different in another torch version
+    (this file also runs as Hub remote code): a small problem is run through them and compared with `F.conv2d`, and
+    any failure means the portable path (`F.conv2d` and in-place epilogues) everywhere.
+    """
+    mkldnn = torch.ops.mkldnn
+    try:
+        if not torch.backends.mkldnn.is_available():
+            return False
+        # fixed values, not random ones: the check must not consume the caller's random numbers
+        x = torch.linspace(-1, 1, 2 * 8 * 5 * 5).reshape(2, 8, 5, 5).contiguous(memory_format=torch.channels_last)
+        weight = torch.linspace(-0.5, 0.5, 8 * 8 * 3 * 3).reshape(8, 8, 3, 3)
+        weight = weight.contiguous(memory_format=torch.channels_last)
+        bias = torch.linspace(-0.1, 0.1, 8)
+        geometry = ([1, 1], [1, 1], [1, 1], 1)  # padding, stride, dilation, groups
+        torch._C._select_conv_backend(x, weight, bias, [1, 1], [1, 1], [1, 1], False, [0, 0], 1)
+        packed = mkldnn._reorder_convolution_weight(weight, *geometry[:3], 1, list(x.shape))
+        expected = F.conv2d(x, weight, bias, 1, 1, 1)
+        fused = mkldnn._convolution_pointwise(x, packed, bias, *geometry, "relu", [], "")
+        residual = torch.ones_like(expected)
+        mkldnn._convolution_pointwise_.binary(residual, x, packed, bias, *geometry, "add", 1.0, "relu", [], "")
+        return torch.allclose(fused, expected.relu(), atol=1e-5) and torch.allclose(
+            residual, (expected + 1).relu(), atol=1e-5
+        )
+    except (AttributeError, RuntimeError, TypeError, NotImplementedError):
+        return False
+
+
+def convolution_backend(x: torch.Tensor, conv: nn.Conv2d) -> object:
+    """The backend `F.conv2d` picks for `conv` on `x` (oneDNN, PyTorch's own kernels, cuDNN...): where it picks
+    matters for the bits. Needs `onednn_fused_convolutions()` (which checks that this private query exists)."""
+    return torch._C._select_conv_backend(
+        x, conv.weight, None, list(conv.stride), list(conv.padding), list(conv.dilation), False, [0, 0], conv.groups
+    )
+
+
+def batch_changes_kernels(x: torch.Tensor, conv: nn.Conv2d) -> bool:
+    """Whether `F.conv2d` would run this batch of images through other kernels than each image alone.
+
+    PyTorch runs a small float32 problem of one image on its own kernels (e.g. a res4 map of 20480 values or fewer:
+    small images in a small network) and the same problem for two images on oneDNN, which rounds differently. The
+    layers whose batch holds images then run them one at a time, so that an image's results never depend on the
+    batch it came in. Known on CPUs only (cuDNN picks its algorithms by shape as well, out of sight).
+    """
+    if x.shape[0] < 2 or x.device.type != "cpu" or torch.compiler.is_compiling() or not onednn_fused_convolutions():
+        return False
+    return convolution_backend(x, conv) != convolution_backend(x[:1], conv)
+
+
+def onednn_runs(x: torch.Tensor, conv: nn.Conv2d) -> bool:
+    """Whether `F.conv2d` would run `conv` on `x` through oneDNN, and the fused ops can run it instead.
+
+    `F.conv2d` sends small float32 problems (one image and a small map; 1x1 kernels on fewer than 16 images with one
+    thread) to PyTorch's own kernels, which round differently: the fused path runs exactly where oneDNN would, so
+    that no result depends on which path ran. Never with gradients (the fused ops have no backward), never while
+    torch.compile traces (it fuses by itself).
+    """
+    if torch.is_grad_enabled() or x.device.type != "cpu" or torch.compiler.is_compiling():
+        return False
+    return onednn_fused_convolutions() and convolution_backend(x, conv) == torch._C._ConvBackend.Mkldnn
+
+
+def is_channels_last(x: torch.Tensor) -> bool:
+    """Whether `x` is laid out channels_last (and not also plainly contiguous, as 1x1 maps are)."""
+    return not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Layers
 # ---------------------------------------------------------------------------------------------------------------
 
@@ -185,11 +269,18 @@ class ButdFrcnnFrozenBatchNorm2d(nn.Module):
 
 class ButdFrcnnConv2d(nn.Conv2d):
     """A bias-free Caffe convolution followed by BatchNorm + Scale, run as one convolution with the affine map folded
-    into its weight and bias.
+    into its weight and bias; optionally followed by a residual sum and a ReLU, fused into it where oneDNN runs it.
 
     The folded pair lives in `derived_weights` (see [`ButdFrcnnDerivedWeights`] for when it is built and dropped);
     the checkpoint keeps Caffe's separate blobs. With gradients on, the fold is computed in the call, so that
     gradients reach the original parameters.
+
+    Without gradients on a CPU, where `F.conv2d` would run oneDNN, the convolution runs through oneDNN's fused ops
+    instead (`onednn_fused_convolutions`): the ReLU and the residual sum are applied by the convolution kernel as it
+    writes its output (post-ops) instead of in another pass over memory, and for channels_last inputs the weight is
+    reordered once into oneDNN's blocked layout ("prepacked", kept in `derived_weights`) instead of in every call.
+    Both give the same bits as the portable path (the same kernel, the same sums; tested). NCHW weights are not
+    prepacked: oneDNN would then pick its channels_last kernel, which rounds differently.
     """
 
     def __init__(
@@ -207,6 +298,9 @@ class ButdFrcnnConv2d(nn.Conv2d):
         self.norm = ButdFrcnnFrozenBatchNorm2d(out_channels, eps, ends_residual_branch)
         self.derived_weights = ButdFrcnnDerivedWeights()
         self.register_load_state_dict_post_hook(drop_derived_weights)
+        # set by the backbone: its batch holds images, each to get the bits it gets alone (`batch_changes_kernels`);
+        # res5's batch holds regions, whose chunks are chosen to keep their bits (`chunks_without_singletons`)
+        self.images_in_batch = False
 
     def fold_sources(self) -> tuple[torch.Tensor, ...]:
         """The tensors the fold is computed from: the weight and the BatchNorm + Scale buffers."""
@@ -229,10 +323,84 @@ class ButdFrcnnConv2d(nn.Conv2d):
         key = ButdFrcnnDerivedKey("folded", dtype, memory_format)
         return self.derived_weights.get(key, self.fold_sources(), lambda: self.fold(dtype, memory_format))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+    def prepacked(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The folded weight in oneDNN's blocked layout for channels_last inputs like `x` (an opaque mkldnn tensor;
+        its layout does not depend on the number of images or regions), and the bias: built once, in place of the
+        channels_last fold."""
+
+        def build() -> tuple[torch.Tensor, torch.Tensor]:
+            weight, bias = self.fold(x.dtype, torch.channels_last)
+            geometry = (list(self.padding), list(self.stride), list(self.dilation), self.groups)
+            return torch.ops.mkldnn._reorder_convolution_weight(weight, *geometry, list(x.shape)), bias
+
+        key = ButdFrcnnDerivedKey("prepacked", x.dtype, torch.channels_last)
+        return self.derived_weights.get(key, self.fold_sources(), build)
+
+    def forward(self, x: torch.Tensor, relu: bool = False, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """The folded convolution of `x`, plus `residual` if given, then a ReLU if `relu`.
+
+        `residual` must be a tensor nothing else needs any more: the fused path writes the result into it.
+        """
+        if self.images_in_batch and batch_changes_kernels(x, self):
+            residuals = [None] * x.shape[0] if residual is None else residual.split(1)
+            return torch.cat([self(image, relu, rest) for image, rest in zip(x.split(1), residuals)])
+        channels_last = is_channels_last(x)
+        if onednn_runs(x, self):
+            if channels_last:
+                weight, bias = self.prepacked(x)
+            else:
+                weight, bias = self.folded(x.dtype)
+            geometry = (list(self.padding), list(self.stride), list(self.dilation), self.groups)
+            activation = "relu" if relu else "none"
+            if residual is None:
+                return torch.ops.mkldnn._convolution_pointwise(x, weight, bias, *geometry, activation, [], "")
+            return torch.ops.mkldnn._convolution_pointwise_.binary(
+                residual, x, weight, bias, *geometry, "add", 1.0, activation, [], ""
+            )
         weight, bias = self.folded(x.dtype, torch.channels_last if channels_last else torch.contiguous_format)
-        return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation)
+        # in place on the convolution's fresh output: bit-identical to the out-of-place ops, autograd-safe, and it
+        # saves a pass over memory (res5 is memory-bound between its convolutions)
+        out = F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation)
+        if residual is not None:
+            out = out.add_(residual)
+        return out.relu_() if relu else out
+
+
+def weights_in(module: nn.Linear | nn.Conv2d, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The module's weight and bias in `dtype`: its own, or copies kept in its `derived_weights` (precision "bf16"
+    on float32 weights)."""
+    if module.weight.dtype == dtype:
+        return module.weight, module.bias
+    sources = (module.weight,) if module.bias is None else (module.weight, module.bias)
+    key = ButdFrcnnDerivedKey("cast", dtype)
+    copies = module.derived_weights.get(key, sources, lambda: tuple(source.to(dtype) for source in sources))
+    return copies[0], copies[1] if len(copies) > 1 else None
+
+
+class ButdFrcnnLinear(nn.Linear):
+    """`nn.Linear` computing in its input's dtype (a derived copy of its weights when it holds them in another)."""
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__(in_features, out_features)
+        self.derived_weights = ButdFrcnnDerivedWeights()
+        self.register_load_state_dict_post_hook(drop_derived_weights)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, *weights_in(self, x.dtype))
+
+
+class ButdFrcnnPlainConv2d(nn.Conv2d):
+    """`nn.Conv2d` (with bias, no BatchNorm: the RPN head) computing in its input's dtype, as `ButdFrcnnLinear`."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, padding: int = 0):
+        super().__init__(in_channels, out_channels, kernel_size, padding=padding)
+        self.derived_weights = ButdFrcnnDerivedWeights()
+        self.register_load_state_dict_post_hook(drop_derived_weights)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if batch_changes_kernels(x, self):  # its batch holds images (the RPN head)
+            return torch.cat([self(image) for image in x.split(1)])
+        return self._conv_forward(x, *weights_in(self, x.dtype))
 
 
 class ButdFrcnnBottleneck(nn.Module):
@@ -260,13 +428,16 @@ class ButdFrcnnBottleneck(nn.Module):
         )
         self.conv3 = ButdFrcnnConv2d(bottleneck_channels, out_channels, 1, eps=eps, ends_residual_branch=True)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # In place on the convolutions' fresh outputs (bit-identical, autograd-safe): res5 is memory-bound between
-        # its convolutions, and the out-of-place ReLUs and sum took ~12% of its time.
-        shortcut = x if self.shortcut is None else self.shortcut(x)
-        out = self.conv1(x).relu_()
-        out = self.conv2(out).relu_()
-        return self.conv3(out).add_(shortcut).relu_()
+    def forward(self, x: torch.Tensor, may_overwrite_input: bool = False) -> torch.Tensor:
+        """`may_overwrite_input`: nothing else needs `x` after this block (the stage passes its own intermediate
+        maps), so that an identity shortcut can take the residual sum in place."""
+        if self.shortcut is not None:
+            shortcut = self.shortcut(x)
+        else:
+            shortcut = x if may_overwrite_input else x.clone()
+        out = self.conv1(x, relu=True)
+        out = self.conv2(out, relu=True)
+        return self.conv3(out, relu=True, residual=shortcut)
 
 
 class ButdFrcnnStage(nn.Sequential):
@@ -289,6 +460,12 @@ class ButdFrcnnStage(nn.Sequential):
         ]
         super().__init__(*blocks)
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for index, block in enumerate(self):
+            # the stage's input may be needed elsewhere (a returned feature map); the maps between blocks are not
+            x = block(x, may_overwrite_input=index > 0)
+        return x
+
 
 class ButdFrcnnStem(nn.Module):
     """conv1 7x7/2 + BatchNorm + Scale + ReLU, then a 3x3/2 max pool that rounds its output size up (Caffe)."""
@@ -299,7 +476,7 @@ class ButdFrcnnStem(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns conv1's activation (before pooling) and the pooled map."""
-        conv1 = self.conv1(x).relu_()
+        conv1 = self.conv1(x, relu=True)
         return conv1, F.max_pool2d(conv1, kernel_size=3, stride=2, padding=0, ceil_mode=True)
 
 
@@ -323,6 +500,9 @@ class ButdFrcnnBackbone(nn.Module):
             )
             self.add_module(name, stage)
             in_channels = config.hidden_sizes[index]
+        for module in self.modules():
+            if isinstance(module, ButdFrcnnConv2d):
+                module.images_in_batch = True
 
     def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Returns the feature maps `(conv1 after its ReLU, res2, res3, res4)` of a batch of same-size images."""
@@ -338,19 +518,43 @@ class ButdFrcnnBackbone(nn.Module):
 
 
 class ButdFrcnnAnchorGenerator(nn.Module):
-    """Holds the 12 cell anchors as a persistent buffer so that they travel with the weights."""
+    """Holds the 12 cell anchors as a persistent buffer so that they travel with the weights; the anchors and the box
+    arithmetic stay in float32 whatever the model's dtype."""
 
     def __init__(self, config: ButdFrcnnConfig):
         super().__init__()
         self.stride = config.feature_stride
+        self.base_size = config.anchor_base_size
+        self.ratios = list(config.anchor_ratios)
+        self.scales = list(config.anchor_scales)
         self.register_buffer("cell_anchors", self.default_cell_anchors(config), persistent=True)
 
     @staticmethod
     def default_cell_anchors(config: ButdFrcnnConfig) -> torch.Tensor:
         return generate_cell_anchors(config.anchor_base_size, config.anchor_ratios, config.anchor_scales)
 
+    def float32_cell_anchors(self) -> torch.Tensor:
+        """The cell anchors in float32.
+
+        Casting the model to half precision (`model.to(torch.bfloat16)`, `from_pretrained(..., dtype=...)`) casts
+        this buffer too, and bf16 cannot hold every anchor (375 rounds to 376, 263 to 264, 359 to 360): box decoding
+        would start from the wrong anchors. When the buffer is the config's anchors rounded that way, the exact anchors are
+        computed again from the config (they are a fixed function of it); other anchors are used as they are.
+        """
+        anchors = self.cell_anchors
+        if anchors.dtype in (torch.float32, torch.float64):
+            return anchors.float()
+        exact = generate_cell_anchors(self.base_size, self.ratios, self.scales).to(anchors.device)
+        if exact.shape == anchors.shape and torch.equal(exact.to(anchors.dtype), anchors):
+            return exact
+        logger.warning_once(
+            f"cell_anchors are held in {anchors.dtype} and are not the config's anchors: using them as they are, "
+            "rounded; keep the model in float32 for exact proposals"
+        )
+        return anchors.float()
+
     def forward(self, height: int, width: int) -> torch.Tensor:
-        return shift_anchors(self.cell_anchors, height, width, self.stride)
+        return shift_anchors(self.float32_cell_anchors(), height, width, self.stride)
 
 
 class ButdFrcnnRPNHead(nn.Module):
@@ -359,12 +563,12 @@ class ButdFrcnnRPNHead(nn.Module):
 
     def __init__(self, in_channels: int, hidden_channels: int, num_anchors: int):
         super().__init__()
-        self.conv = nn.Conv2d(in_channels, hidden_channels, 3, padding=1)
-        self.objectness_logits = nn.Conv2d(hidden_channels, 2 * num_anchors, 1)
-        self.anchor_deltas = nn.Conv2d(hidden_channels, 4 * num_anchors, 1)
+        self.conv = ButdFrcnnPlainConv2d(in_channels, hidden_channels, 3, padding=1)
+        self.objectness_logits = ButdFrcnnPlainConv2d(hidden_channels, 2 * num_anchors, 1)
+        self.anchor_deltas = ButdFrcnnPlainConv2d(hidden_channels, 4 * num_anchors, 1)
 
     def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        hidden = F.relu(self.conv(features))
+        hidden = self.conv(features).relu_()
         return self.objectness_logits(hidden), self.anchor_deltas(hidden)
 
 
@@ -446,8 +650,8 @@ class ButdFrcnnBoxPredictor(nn.Module):
 
     def __init__(self, in_features: int, num_classes: int):
         super().__init__()
-        self.cls_score = nn.Linear(in_features, num_classes)
-        self.bbox_pred = nn.Linear(in_features, 4 * num_classes)
+        self.cls_score = ButdFrcnnLinear(in_features, num_classes)
+        self.bbox_pred = ButdFrcnnLinear(in_features, 4 * num_classes)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.cls_score(x), self.bbox_pred(x)
@@ -460,12 +664,28 @@ class ButdFrcnnAttributePredictor(nn.Module):
     def __init__(self, in_features: int, num_classes: int, embedding_size: int, hidden_size: int, num_attributes: int):
         super().__init__()
         self.cls_embedding = nn.Embedding(num_classes, embedding_size)
-        self.fc_attr = nn.Linear(in_features + embedding_size, hidden_size)
-        self.attr_score = nn.Linear(hidden_size, num_attributes)
+        self.fc_attr = ButdFrcnnLinear(in_features + embedding_size, hidden_size)
+        self.attr_score = ButdFrcnnLinear(hidden_size, num_attributes)
 
     def forward(self, features: torch.Tensor, predicted_classes: torch.Tensor) -> torch.Tensor:
         hidden = torch.cat([features, self.cls_embedding(predicted_classes).to(features.dtype)], dim=1)
         return self.attr_score(F.relu(self.fc_attr(hidden)))
+
+
+def global_average_pool(x: torch.Tensor) -> torch.Tensor:
+    """The mean of each channel over its map: `(N, C, H, W)` -> `(N, C)`.
+
+    float32 keeps `mean`, whose sums are today's bits. In half precision, `mean` of a channels_last map casts it to
+    float32 through a strided copy (150 ms for 64 regions of res5, more than a convolution); a batched product with a
+    vector of ones sums the same values in float32 accumulators (one rounding of the sum to the half type, so within
+    one ulp of `mean`) at memory speed.
+    """
+    if x.dtype in (torch.float32, torch.float64):
+        return x.mean(dim=(2, 3))
+    count, channels, height, width = x.shape
+    rows = x.permute(0, 2, 3, 1).reshape(count, height * width, channels)  # a view for channels_last maps
+    sums = torch.bmm(x.new_ones((count, 1, height * width)), rows).squeeze(1)
+    return (sums.float() / (height * width)).to(x.dtype)
 
 
 class ButdFrcnnRoIHeads(nn.Module):
@@ -509,9 +729,11 @@ class ButdFrcnnRoIHeads(nn.Module):
         """
         return roi_max_pool(features[0], boxes, self.pool_size, self.spatial_scale)
 
-    def region_features(self, pooled: torch.Tensor) -> torch.Tensor:
-        """res5 and the global average pool (`pool5_flat`), over the regions in memory-bounded chunks."""
-        outputs = [self.res5(chunk).mean(dim=(2, 3)) for chunk in chunks_without_singletons(pooled, self.chunk_size)]
+    def region_features(self, pooled: torch.Tensor, min_rows: int = 2) -> torch.Tensor:
+        """res5 and the global average pool (`pool5_flat`), over the regions in memory-bounded chunks (none smaller
+        than `min_rows` regions, unless all of them are)."""
+        chunks = chunks_without_singletons(pooled, self.chunk_size, min_rows)
+        outputs = [global_average_pool(self.res5(chunk)) for chunk in chunks]
         return torch.cat(outputs) if outputs else pooled.new_zeros((0, self.res5[-1].conv3.out_channels))
 
     def forward(
@@ -527,7 +749,7 @@ class ButdFrcnnRoIHeads(nn.Module):
 
     def predict(self, region_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Class probabilities, box deltas and attribute probabilities of region features `(K, C)`."""
-        rows = region_features if region_features.shape[0] != 1 else torch.cat([region_features] * 2)
+        rows = at_least_two_rows(region_features)
         class_logits, box_deltas = self.box_predictor(rows)
         attribute_logits = self.attribute_predictor(rows, argmax_last(class_logits, dim=1))
         count = region_features.shape[0]
@@ -535,10 +757,173 @@ class ButdFrcnnRoIHeads(nn.Module):
         attribute_probs = torch.softmax(attribute_logits[:count].float(), dim=1)
         return class_probs, box_deltas[:count], attribute_probs
 
+    def class_probabilities(self, region_features: torch.Tensor) -> torch.Tensor:
+        """The class probabilities of `predict`, alone (a fifth of the heads' work), with the same bits."""
+        logits = self.box_predictor.cls_score(at_least_two_rows(region_features))
+        return torch.softmax(logits[: region_features.shape[0]].float(), dim=1)
+
+    def screened(
+        self,
+        features: torch.Tensor,
+        boxes: torch.Tensor,
+        plan: Callable[[torch.Tensor, torch.Tensor, float], ScreeningPlan],
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`forward` for precision "fp32-screened" (float32 weights and `features`): the outputs the selection
+        `plan` needs, exactly as `forward` computes them, for much less than `forward` where few regions are in
+        doubt.
+
+        res5 runs in bfloat16 on every region (bf16 copies of the folded weights), the class scores in float32 on
+        the result; then `settle_screened` asks `plan` which regions need their float32 scores, res5 runs in
+        float32 on those, and so on until the selection is certain. The class, box and attribute heads always run
+        on all regions at once, as in `forward`: BLAS picks other kernels for fewer rows (other bits).
+
+        Returns:
+            `forward`'s four outputs, float32 values on the settled regions and bf16-screened ones elsewhere, and
+            `settled` `(K,)` bool.
+        """
+        pooled = self.pool_regions(features, boxes)
+        region_features = self.region_features(pooled.to(torch.bfloat16)).float()
+        granularity = self.settlement_granularity(pooled)
+        settled = torch.zeros(pooled.shape[0], dtype=torch.bool, device=pooled.device)
+
+        def settle(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            nonlocal settled
+            for batch in self.settlement_batches(rows, settled, granularity):
+                region_features[batch] = self.region_features(pooled[batch], granularity or 2)
+                settled[batch] = True
+            return self.class_probabilities(region_features)[:, 1:], settled.clone()
+
+        result = settle_screened(self.class_probabilities(region_features)[:, 1:], settle, plan)
+        logger.debug(
+            "fp32-screened: %d of %d regions settled in %d rounds (margin %.3f)",
+            int(result.settled.sum()),
+            result.settled.numel(),
+            result.rounds,
+            result.margin,
+        )
+        if result.exact_ties:
+            logger.info(
+                "fp32-screened: %d exact float32 ties decide the selection; their order may differ from fp32's",
+                result.exact_ties,
+            )
+        return region_features, *self.predict(region_features), result.settled
+
+    def settlement_granularity(self, pooled: torch.Tensor) -> int | None:
+        """The fewest regions a float32 res5 call of the screened precision may take so that every region gets the
+        bits the full pass (`region_features` on all of them) gives it; `None` when only the full pass's own chunks
+        promise that.
+
+        oneDNN computes each region's output the same way whatever other regions share the call (2 to 300 of them;
+        tested), but `F.conv2d` leaves some problems to PyTorch's own kernels (1x1 convolutions of fewer than 16
+        regions on one thread), and on GPUs cuDNN picks kernels by shape: every call of the full pass and of the
+        settlement must then take oneDNN for every res5 convolution, or only whole chunks are recomputed.
+        """
+        if pooled.device.type != "cpu" or not onednn_fused_convolutions():
+            return None
+        inputs = convolution_inputs(self.res5, pooled.shape[1:])
+
+        def onednn(rows: int) -> bool:
+            return all(
+                convolution_backend(torch.empty((1, *shape), dtype=pooled.dtype).expand(rows, *shape), conv)
+                == torch._C._ConvBackend.Mkldnn
+                for conv, shape in inputs
+            )
+
+        if not all(onednn(chunk.shape[0]) for chunk in chunks_without_singletons(pooled, self.chunk_size)):
+            return None
+        for rows in range(2, self.chunk_size + 1):
+            if all(onednn(count) for count in range(rows, rows + self.chunk_size)):
+                return rows
+        return None
+
+    def settlement_batches(
+        self, rows: torch.Tensor, settled: torch.Tensor, granularity: int | None
+    ) -> list[torch.Tensor]:
+        """The regions to run through float32 res5 for `rows` (`(K,)` bool): one batch of at least `granularity`
+        regions (more unsettled ones taken along if needed), or without a granularity every chunk of the full pass
+        that holds one of `rows`, whole."""
+        count = rows.shape[0]
+        if granularity is None:
+            chunk_of = torch.cat(
+                [
+                    torch.full((len(chunk),), index, device=rows.device)
+                    for index, chunk in enumerate(chunks_without_singletons(torch.arange(count), self.chunk_size))
+                ]
+            )
+            return [(chunk_of == index).nonzero().flatten() for index in chunk_of[rows].unique().tolist()]
+        batch = rows.clone()
+        missing = min(granularity, count) - int(batch.sum())
+        if missing > 0:  # others along: unsettled ones first (they may be needed next), else settled ones again
+            candidates = torch.cat([(~batch & ~settled).nonzero().flatten(), (~batch & settled).nonzero().flatten()])
+            batch[candidates[:missing]] = True
+        return [batch.nonzero().flatten()]
+
+
+def at_least_two_rows(x: torch.Tensor) -> torch.Tensor:
+    """`x`, a single row doubled: BLAS runs one row through other kernels (other roundings) than several."""
+    return x if x.shape[0] != 1 else torch.cat([x] * 2)
+
+
+def convolution_inputs(stage: nn.Module, input_shape: Sequence[int]) -> list[tuple[nn.Conv2d, tuple[int, ...]]]:
+    """Every convolution of a ResNet stage with the `(C, H, W)` shape of its input, for an input of `input_shape`."""
+
+    def output_shape(conv: nn.Conv2d, shape: tuple[int, ...]) -> tuple[int, ...]:
+        sizes = [
+            (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+            for size, padding, dilation, kernel, stride in zip(
+                shape[1:], conv.padding, conv.dilation, conv.kernel_size, conv.stride
+            )
+        ]
+        return (conv.out_channels, *sizes)
+
+    inputs = []
+    shape = tuple(input_shape)
+    for block in stage:
+        inputs += [(conv, shape) for conv in (block.shortcut, block.conv1) if conv is not None]
+        inner = output_shape(block.conv1, shape)
+        inputs.append((block.conv2, inner))
+        inner = output_shape(block.conv2, inner)
+        inputs.append((block.conv3, inner))
+        shape = output_shape(block.conv3, inner)
+    return inputs
+
 
 # ---------------------------------------------------------------------------------------------------------------
 # Model
 # ---------------------------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def cuda_float32_math(device: torch.device, precision: str) -> Iterator[None]:
+    """On CUDA, float32 convolutions and matrix products in TF32 for precision "tf32", in full float32 otherwise,
+    for the duration of the forward only (the process-wide settings are restored after: they are the caller's).
+
+    PyTorch lets cuDNN run float32 convolutions in TF32 by default (about 1e-3 relative): "fp32" must not. For "fp32"
+    and "fp32-screened", cuDNN also picks its algorithms deterministically, by shape, so that a region gets the same
+    bits in every call. These flags are process-wide: do not run the model concurrently with other CUDA work that
+    needs other settings.
+    """
+    if device.type != "cuda":
+        yield
+        return
+    mode = "tf32" if precision == "tf32" else "ieee"
+    cudnn = torch.backends.cudnn
+    settings: list[tuple[object, str, object]] = []
+    if hasattr(getattr(cudnn, "conv", None), "fp32_precision"):  # torch >= 2.9: do not mix with the legacy flags
+        settings += [(torch.backends.cuda.matmul, "fp32_precision", mode), (cudnn.conv, "fp32_precision", mode)]
+    else:
+        tf32 = mode == "tf32"
+        settings += [(torch.backends.cuda.matmul, "allow_tf32", tf32), (cudnn, "allow_tf32", tf32)]
+    if precision in ("fp32", "fp32-screened"):
+        settings += [(cudnn, "benchmark", False), (cudnn, "deterministic", True)]
+    saved = [(owner, name, getattr(owner, name)) for owner, name, _ in settings]
+    try:
+        for owner, name, value in settings:
+            setattr(owner, name, value)
+        yield
+    finally:
+        for owner, name, value in saved:
+            setattr(owner, name, value)
 
 
 @dataclass
@@ -591,6 +976,10 @@ class ButdFrcnnModelOutput(ModelOutput):
             probability (its `object_scores`), which depends on that box alone. A per-class NMS over the given boxes
             would zero a box that overlaps a likelier box of the same class, and UNITER's converter, which keeps the
             regions whose `conf` passes its threshold, would then drop a box the user asked for.
+        settled_proposals (`torch.BoolTensor` of shape `(batch_size, num_proposals)`, *optional*, precision
+            `"fp32-screened"` only): which proposals hold float32 values in `proposal_features`, `class_probs`,
+            `attribute_probs` and `box_deltas` (every selected region does); the others hold values computed from
+            the bfloat16 screening. Its mean says how much of the float32 work the screening saved.
     """
 
     region_features: torch.FloatTensor | None = None
@@ -611,6 +1000,7 @@ class ButdFrcnnModelOutput(ModelOutput):
     original_sizes: torch.LongTensor | None = None
     proposal_indices: torch.LongTensor | None = None
     selection_scores: torch.FloatTensor | None = None
+    settled_proposals: torch.BoolTensor | None = None
 
 
 class ButdFrcnnPreTrainedModel(PreTrainedModel):
@@ -746,8 +1136,14 @@ class ButdFrcnnModel(ButdFrcnnPreTrainedModel):
         if not 0 < min_boxes <= max_boxes:
             raise ValueError(f"need 0 < min_boxes <= max_boxes, got min_boxes={min_boxes}, max_boxes={max_boxes}")
 
+        pixel_values = pixel_values.to(self.compute_dtype())
         batch_size, _, height, width = pixel_values.shape
         device = pixel_values.device
+        if config.precision == "tf32" and device.type != "cuda":
+            raise ValueError(
+                f"precision 'tf32' is a CUDA mode (TensorFloat-32 matrix units), but the input is on {device}: "
+                "use 'fp32' or 'bf16' there"
+            )
         if image_sizes is None:
             image_sizes = torch.tensor([[height, width]] * batch_size)
         if scales is None:
@@ -762,24 +1158,25 @@ class ButdFrcnnModel(ButdFrcnnPreTrainedModel):
 
         per_image: list[dict[str, torch.Tensor] | None] = [None] * batch_size
         hidden_states = None
-        for (image_height, image_width), indices in group_by_size(image_sizes).items():
-            # images of one size run together, cropped to that size: padding never reaches the network
-            images = pixel_values[indices, :, :image_height, :image_width]
-            maps = self.backbone(images)
-            if output_hidden_states:
-                hidden_states = scatter_feature_maps(hidden_states, maps, indices, batch_size)
-            detections = self.detect_regions(
-                maps[-1],
-                image_height,
-                image_width,
-                scales[indices],
-                min_boxes=min_boxes,
-                max_boxes=max_boxes,
-                score_threshold=score_threshold,
-                boxes=None if boxes is None else [boxes[i] for i in indices],
-            )
-            for i, detection in zip(indices, detections):
-                per_image[i] = detection
+        with cuda_float32_math(device, config.precision):
+            for (image_height, image_width), indices in group_by_size(image_sizes).items():
+                # images of one size run together, cropped to that size: padding never reaches the network
+                images = pixel_values[indices, :, :image_height, :image_width]
+                maps = self.backbone(images)
+                if output_hidden_states:
+                    hidden_states = scatter_feature_maps(hidden_states, maps, indices, batch_size)
+                detections = self.detect_regions(
+                    maps[-1],
+                    image_height,
+                    image_width,
+                    scales[indices],
+                    min_boxes=min_boxes,
+                    max_boxes=max_boxes,
+                    score_threshold=score_threshold,
+                    boxes=None if boxes is None else [boxes[i] for i in indices],
+                )
+                for i, detection in zip(indices, detections):
+                    per_image[i] = detection
 
         def stacked(key: str, pad: float = 0) -> torch.Tensor | None:
             values = [image[key] for image in per_image]
@@ -804,7 +1201,23 @@ class ButdFrcnnModel(ButdFrcnnPreTrainedModel):
             original_sizes=None if original_sizes is None else original_sizes.to(device),
             proposal_indices=stacked("proposal_indices", -1),
             selection_scores=stacked("selection_scores"),
+            settled_proposals=stacked("settled_proposals", False) if "settled_proposals" in per_image[0] else None,
         )
+
+    def compute_dtype(self) -> torch.dtype:
+        """The dtype the forward's layers compute in under `config.precision` (see [`ButdFrcnnConfig`]):
+        bfloat16 or float16 for "bf16" / "fp16", else the weights' own dtype (float32 unless the model was cast)."""
+        precision = self.config.precision
+        if precision not in PRECISIONS:
+            raise ValueError(f"config.precision={precision!r}: expected one of {PRECISIONS}")
+        if precision in ("bf16", "fp16"):
+            return torch.bfloat16 if precision == "bf16" else torch.float16
+        if precision in ("fp32-screened", "tf32") and self.dtype != torch.float32:
+            raise ValueError(
+                f"precision {precision!r} needs float32 weights, but the model holds {self.dtype}: load it without "
+                "`dtype=` (or `.to(torch.float32)`), or use precision 'bf16'"
+            )
+        return self.dtype
 
     def detect_regions(
         self,
@@ -830,14 +1243,32 @@ class ButdFrcnnModel(ButdFrcnnPreTrainedModel):
         """
         if boxes is None:
             proposals = self.proposal_generator(features, image_height, image_width, scales)
+            original_boxes = [rois / scale for (rois, _), scale in zip(proposals, scales)]
         else:
             # the original's own RoIs are in resized pixels: the given boxes are mapped there with the float32 scale
             proposals = [(given * scale, None) for given, scale in zip(boxes, scales)]
-        heads = [self.roi_heads(features[j : j + 1], rois) for j, (rois, _) in enumerate(proposals)]
+        settled = [None] * len(proposals)
+        if boxes is None and self.config.precision == "fp32-screened":
+            heads = []
+            for j, (rois, _) in enumerate(proposals):
+                plan = functools.partial(
+                    screening_plan,
+                    original_boxes[j],
+                    score_threshold=score_threshold,
+                    min_boxes=min_boxes,
+                    max_boxes=max_boxes,
+                    nms_threshold=self.config.selection_nms_threshold,
+                    exact_ties=self.config.exact_tie_order,
+                )
+                *outputs, settled[j] = self.roi_heads.screened(features[j : j + 1], rois, plan)
+                heads.append(tuple(outputs))
+        else:
+            # given boxes are not selected, so there is nothing to screen: "fp32-screened" computes them in float32
+            heads = [self.roi_heads(features[j : j + 1], rois) for j, (rois, _) in enumerate(proposals)]
         all_features, all_class_probs, _, all_attribute_probs = zip(*heads)
         if boxes is None:
             selections = self.select_batch(
-                [rois / scale for (rois, _), scale in zip(proposals, scales)],
+                original_boxes,
                 all_features,
                 all_class_probs,
                 all_attribute_probs,
@@ -859,10 +1290,14 @@ class ButdFrcnnModel(ButdFrcnnPreTrainedModel):
                 "attribute_probs": attribute_probs,
                 "box_deltas": box_deltas,
                 **selection,
+                **({} if image_settled is None else {"settled_proposals": image_settled}),
             }
-            for (rois, objectness), (region_features, class_probs, box_deltas, attribute_probs), selection in zip(
-                proposals, heads, selections
-            )
+            for (rois, objectness), (
+                region_features,
+                class_probs,
+                box_deltas,
+                attribute_probs,
+            ), selection, image_settled in zip(proposals, heads, selections, settled)
         ]
 
     def select(

@@ -1,6 +1,9 @@
 """The arithmetic of the original bottom-up-attention Faster R-CNN (py-faster-rcnn and `tools/generate_tsv.py`),
 reproduced operation for operation so that every threshold decision and every tie comes out as it did there.
 
+It also holds the screened selection of the "fp32-screened" precision (`screening_plan`): which regions need exact
+float32 scores for the selection to come out as fp32's.
+
 `modeling_butd_frcnn.py` holds the network and calls these functions; they take and return tensors, hold no
 weights, and import nothing from the rest of the package (this file travels with the model files as Hub remote code).
 
@@ -17,7 +20,8 @@ Conventions of the original, stated once here and followed everywhere below:
 
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -404,11 +408,7 @@ def per_class_nms_max_scores(
     """For each box, the highest score it keeps through a per-class NMS (`max_conf` of `generate_tsv.py`).
 
     For every class j, the original runs `cpu_nms` over (boxes, class_scores[:, j]) and each kept box records
-    `max(max_conf, score)`. Here every (image, class) pair is a lane, and all lanes run at once: step t visits, in
-    every lane, the box of rank t; it is kept unless a kept box suppressed it, and then suppresses its overlaps. This
-    equals the sequential per-class NMS. A lane's suppressed boxes are a bit set (one int64 word per 64 boxes), so a
-    step costs a few operations on `lanes x words` integers: the loop runs over ranks (at most R steps per batch),
-    never over classes, boxes or images.
+    `max(max_conf, score)` (see `per_class_nms_kept`).
 
     Args:
         boxes (`torch.Tensor` of shape `(R, 4)` or `(B, R, 4)`): the regions, float32.
@@ -422,10 +422,39 @@ def per_class_nms_max_scores(
     """
     if boxes.dim() == 2:
         return per_class_nms_max_scores(boxes[None], class_scores[None], threshold, exact_ties)[0]
-    batch_size, num_rows, num_classes = class_scores.shape
-    device = class_scores.device
+    batch_size, num_rows, _ = class_scores.shape
     if num_rows == 0:
         return class_scores.new_zeros((batch_size, 0))
+    counts = [num_rows] * batch_size if num_boxes is None else [int(n) for n in num_boxes]
+    kept = per_class_nms_kept(boxes, class_scores, threshold, exact_ties, counts)
+    max_scores = torch.where(kept, class_scores, torch.zeros_like(class_scores)).amax(dim=2)
+    real = torch.arange(num_rows, device=boxes.device)[None, :] < torch.tensor(counts, device=boxes.device)[:, None]
+    return max_scores * real
+
+
+def per_class_nms_kept(
+    boxes: torch.Tensor,
+    class_scores: torch.Tensor,
+    threshold: float,
+    exact_ties: bool = True,
+    num_boxes: torch.Tensor | list[int] | None = None,
+) -> torch.Tensor:
+    """Which (box, class) entries a per-class greedy NMS keeps: for every class, the boxes visited best score first,
+    a box kept unless a kept box overlaps it with IoU >= `threshold` (the original's `cpu_nms`).
+
+    Every (image, class) pair is a lane, and all lanes run at once: step t visits, in every lane, the box of rank t;
+    it is kept unless a kept box suppressed it, and then suppresses its overlaps. This equals the sequential
+    per-class NMS. A lane's suppressed boxes are a bit set (one int64 word per 64 boxes), so a step costs a few
+    operations on `lanes x words` integers: the loop runs over ranks (at most R steps per batch), never over classes,
+    boxes or images.
+
+    Args: as `per_class_nms_max_scores`, with `boxes` `(B, R, 4)` and `class_scores` `(B, R, C)`.
+
+    Returns:
+        `torch.Tensor` of shape `(B, R, C)`, bool.
+    """
+    batch_size, num_rows, num_classes = class_scores.shape
+    device = class_scores.device
     counts = [num_rows] * batch_size if num_boxes is None else [int(n) for n in num_boxes]
     overlaps = pairwise_iou(boxes, boxes) >= float32_threshold(threshold)  # (B, R, R)
     packed = pack_bits(overlaps).view(batch_size * num_rows, -1)  # row b * R + i: the boxes box i suppresses
@@ -449,10 +478,7 @@ def per_class_nms_max_scores(
         kept_by_rank[rank] = is_kept
         suppressed.view(-1, num_words).bitwise_or_(packed.index_select(0, row_of[rank]) * is_kept[:, None])
     kept = torch.empty_like(kept_by_rank).scatter_(0, order, kept_by_rank)  # (box, lane)
-    kept = kept.view(num_rows, batch_size, num_classes).transpose(0, 1)
-    max_scores = torch.where(kept, class_scores, torch.zeros_like(class_scores)).amax(dim=2)
-    real = torch.arange(num_rows, device=device)[None, :] < torch.tensor(counts, device=device)[:, None]
-    return max_scores * real
+    return kept.view(num_rows, batch_size, num_classes).transpose(0, 1)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -479,6 +505,196 @@ def argmax_last(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
     """Argmax that resolves exact ties to the highest index, as Caffe's ArgMax layer does."""
     size = x.shape[dim]
     return size - 1 - torch.argmax(torch.flip(x, dims=[dim]), dim=dim)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Screened selection (precision "fp32-screened"): which regions need exact scores
+# ---------------------------------------------------------------------------------------------------------------
+
+SCREENING_MARGIN = 0.3
+"""First bound on `|log p - log q|`, p a float32 class probability and q its screened (bf16 res5) estimate: twice
+the largest seen on the FULL golden weights (0.14-0.19). Raised as settled regions show larger errors."""
+SCREENING_MARGIN_SAFETY = 2.0
+"""The margin is kept at least this many times the largest error seen on the settled regions."""
+SCREENING_MAX_ROUNDS = 6
+"""Settlement rounds before the rest is settled at once (each round is a res5 pass; 2-5 are typical)."""
+
+
+class ScreeningPlan(NamedTuple):
+    """One decision of `screening_plan`: the regions to settle next (none: the selection is certain) and the exact
+    float32 ties met, whose order no screening can promise (see `screening_plan`)."""
+
+    to_settle: torch.Tensor
+    exact_ties: int
+
+
+def screening_plan(
+    boxes: torch.Tensor,
+    values: torch.Tensor,
+    settled: torch.Tensor,
+    margin: float,
+    score_threshold: float,
+    min_boxes: int,
+    max_boxes: int,
+    nms_threshold: float,
+    exact_ties: bool = True,
+) -> ScreeningPlan:
+    """The regions whose exact class probabilities the selection still needs, so that the selection computed on
+    `values` (`select_regions` after `per_class_nms_max_scores`) is the one the exact probabilities give.
+
+    `values` `(R, C)` holds, per region, exact float32 probabilities (foreground classes) where `settled`, else a
+    screened estimate q, the true p being within `q e^-margin <= p <= q e^margin`. The selection on `values`,
+    "V", picks `S`; its cutoff `c` is its lowest `max_conf`. The rules:
+
+    1. Settle `S` first (its features must be exact anyway), and when more than `max_boxes` regions reach the
+       threshold, the next-best one too (then more than `max_boxes` certainly reach it).
+    2. A floor `tau`: the threshold when V keeps `S` in region order; `c` when V takes the best `min_boxes`; the
+       next-best region's `max_conf` when V takes the best `max_boxes`. An entry whose interval stays below
+       `tau` can neither be selected nor suppress an entry above it (it ranks below): the rest ignores it.
+    3. Pairs: in every class, two overlapping entries (IoU >= the NMS threshold) that can both reach `tau` and
+       whose intervals intersect are settled, unless both are: greedy NMS keeps a box iff no kept box ranked above
+       it overlaps it, so these orders are all it depends on above the floor.
+    4. Doubtful regions: with those orders certain, an unsettled region's `max_conf`, if it reaches `tau`, is at
+       most the upper end of its kept entries' intervals. Settled: those that could reach the threshold (V keeps
+       `S` in region order) or `c` (V takes the best `min_boxes` or `max_boxes`).
+
+    When nothing is left to settle, the exact probabilities give the same selection, in the same order, except
+    where two settled values tie exactly (`exact_ties` counts them): the original orders exact ties by numpy's sort
+    of the whole column, which here holds estimates. Every rule runs on all classes at once (no loop over classes).
+
+    Returns:
+        [`ScreeningPlan`]: `to_settle` `(R,)` bool, never a settled region.
+    """
+    num_rows = values.shape[0]
+    device = values.device
+    nothing = torch.zeros(num_rows, dtype=torch.bool, device=device)
+    if num_rows == 0:
+        return ScreeningPlan(nothing, 0)
+    max_scores = selection_max_scores(boxes, values, score_threshold, min_boxes, max_boxes, nms_threshold, exact_ties)
+    selected = select_regions(max_scores, score_threshold, min_boxes, max_boxes, exact_ties)
+    must = nothing.clone()
+    must[selected] = True
+    cutoff = float(max_scores[selected].min())
+    reaching = int((max_scores.double() >= score_threshold).sum())
+    in_region_order = min_boxes <= reaching <= max_boxes
+    if reaching > max_boxes:
+        runner_up = descending_order(max_scores.double(), exact_ties, top_k=max_boxes + 1)[-1]
+        must[runner_up] = True
+        floor = float(max_scores[runner_up])
+    else:
+        floor = score_threshold if in_region_order else cutoff
+    if bool((must & ~settled).any()):  # rule 1
+        return ScreeningPlan(must & ~settled, 0)
+
+    # rule 2: intervals, and the entries that can reach the floor (only their classes matter)
+    settled_rows = settled[:, None]
+    low = torch.where(settled_rows, values, values * math.exp(-margin))
+    high = torch.where(settled_rows, values, (values * math.exp(margin)).clamp(max=1.0))
+    members = high.double() >= floor
+    classes = members.any(dim=0).nonzero().flatten()
+    members, low, high, values = members[:, classes], low[:, classes], high[:, classes], values[:, classes]
+
+    # rule 3: overlapping pairs of members whose order is uncertain
+    overlaps = pairwise_iou(boxes, boxes) >= float32_threshold(nms_threshold)
+    active = members.any(dim=1)
+    pairs = torch.triu(overlaps & active[:, None] & active[None, :], diagonal=1).nonzero()
+    ambiguous = nothing.clone()
+    ties = 0
+    for block in pairs.split(4096):
+        a, b = block[:, 0], block[:, 1]
+        both = members[a] & members[b]
+        exact = (settled[a] & settled[b])[:, None]
+        intersect = (low[a] <= high[b]) & (low[b] <= high[a])
+        uncertain = (both & intersect & ~exact).any(dim=1)
+        ambiguous[a[uncertain]] = True
+        ambiguous[b[uncertain]] = True
+        ties += int((both & exact & (values[a] == values[b])).sum())
+
+    # rule 4: the kept members (the NMS on members only: the others rank below every member that matters)
+    kept = per_class_nms_kept(boxes[None], torch.where(members, values, -1.0)[None], nms_threshold, False)[0]
+    best_possible = torch.where(kept & members, high, torch.full_like(high, -1.0)).amax(dim=1).double()
+    bound = score_threshold if in_region_order else cutoff
+    doubtful = best_possible >= bound
+    if not in_region_order:
+        ties += int((settled & ~must & (max_scores == cutoff)).sum())
+    return ScreeningPlan((ambiguous | doubtful) & ~settled, ties)
+
+
+def selection_max_scores(
+    boxes: torch.Tensor,
+    class_scores: torch.Tensor,
+    score_threshold: float,
+    min_boxes: int,
+    max_boxes: int,
+    nms_threshold: float,
+    exact_ties: bool = True,
+) -> torch.Tensor:
+    """`per_class_nms_max_scores` as far as `select_regions` can tell: exact wherever it reaches the threshold.
+
+    Scores below the threshold rank below every score that reaches it, so they neither reach it nor suppress one
+    that does: only the classes where some score reaches it need the NMS (a few dozen of 1600), unless fewer than
+    `min_boxes` regions reach it (then the best ones below count too), or the best `max_boxes` must be sorted and
+    two of them tie exactly (the original's tie order depends on every value).
+    """
+    reaching_classes = (class_scores.double() >= score_threshold).any(dim=0)
+    if int(reaching_classes.sum()) > 0:
+        max_scores = per_class_nms_max_scores(boxes, class_scores[:, reaching_classes], nms_threshold, exact_ties)
+        reaching = max_scores[max_scores.double() >= score_threshold]
+        tied = exact_ties and reaching.unique().numel() < reaching.numel()
+        if reaching.numel() >= min_boxes and not (reaching.numel() > max_boxes and tied):
+            return max_scores
+    return per_class_nms_max_scores(boxes, class_scores, nms_threshold, exact_ties)
+
+
+class ScreeningResult(NamedTuple):
+    """What `settle_screened` found: the class probabilities (exact on `settled` rows), and how it got there."""
+
+    values: torch.Tensor
+    settled: torch.Tensor
+    margin: float
+    rounds: int
+    exact_ties: int
+
+
+def log_ratio_error(exact: torch.Tensor, estimate: torch.Tensor, rows: torch.Tensor) -> float:
+    """The largest `|log p - log q|` over the given rows (entries where both are positive)."""
+    p, q = exact[rows].double(), estimate[rows].double()
+    positive = (p > 0) & (q > 0)
+    return float((p[positive].log() - q[positive].log()).abs().max()) if bool(positive.any()) else 0.0
+
+
+def settle_screened(
+    estimate: torch.Tensor,
+    settle: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+    plan: Callable[[torch.Tensor, torch.Tensor, float], ScreeningPlan],
+    margin: float = SCREENING_MARGIN,
+    max_rounds: int = SCREENING_MAX_ROUNDS,
+) -> ScreeningResult:
+    """Settle regions until `plan` is certain: the loop of the "fp32-screened" precision.
+
+    Args:
+        estimate (`torch.Tensor` of shape `(R, C)`): every region's screened class probabilities.
+        settle: `settle(rows)` computes the exact probabilities of `rows` (`(R,)` bool; it may do more rows) and
+            returns all rows' probabilities, exact on every row settled so far, and the rows it settled.
+        plan: `plan(values, settled, margin)`, e.g. `screening_plan` with the selection's settings.
+        margin: the first bound on `|log p - log q|`; after every round it is raised to `SCREENING_MARGIN_SAFETY`
+            times the largest error seen on the settled rows, if that is larger (a check, not a proof: rows never
+            settled are never seen).
+        max_rounds: after this many rounds, every remaining row is settled at once.
+    """
+    values = estimate
+    settled = torch.zeros(estimate.shape[0], dtype=torch.bool, device=estimate.device)
+    rounds = 0
+    while True:
+        decision = plan(values, settled, margin)
+        if not bool(decision.to_settle.any()):
+            return ScreeningResult(values, settled, margin, rounds, decision.exact_ties)
+        to_settle = ~settled if rounds >= max_rounds else decision.to_settle
+        values, now_settled = settle(to_settle)
+        new_rows = now_settled & ~settled
+        settled = settled | now_settled
+        rounds += 1
+        margin = max(margin, SCREENING_MARGIN_SAFETY * log_ratio_error(values, estimate, new_rows))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -614,10 +830,10 @@ def scatter_feature_maps(
     return tuple(hidden_states)
 
 
-def chunks_without_singletons(x: torch.Tensor, chunk_size: int) -> list[torch.Tensor]:
-    """Split along dim 0 into chunks of `chunk_size`, merging a last chunk of one row into the previous one: single
-    rows take other kernels (and other roundings) than batches do."""
+def chunks_without_singletons(x: torch.Tensor, chunk_size: int, min_rows: int = 2) -> list[torch.Tensor]:
+    """Split along dim 0 into chunks of `chunk_size`, merging a last chunk of fewer than `min_rows` rows into the
+    previous one: single rows take other kernels (and other roundings) than batches do."""
     chunks = list(torch.split(x, chunk_size))
-    if len(chunks) > 1 and chunks[-1].shape[0] == 1:
+    if len(chunks) > 1 and chunks[-1].shape[0] < min_rows:
         chunks[-2:] = [torch.cat(chunks[-2:])]
     return chunks

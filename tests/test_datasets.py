@@ -524,7 +524,7 @@ def test_push_uploads_the_shards_and_a_dataset_card(parquet_output, files, tmp_p
     assert parsed.data.configs == [{"config_name": "default", "data_files": [{"split": "train", "path": "*.parquet"}]}]
     text = hub.card
     assert f"| images | {len(good)} |" in text and "(a local model folder)" in text
-    assert "10 to 100 regions per image, score threshold 0.2, float32" in text
+    assert "10 to 100 regions per image, score threshold 0.2, fp32" in text  # the precision, as --dtype names it
     assert "`butd-frcnn extract --dataset pictures`" in text
     assert f"{len(bad) + len(ODD_ROWS)} images could not be extracted" in text and "| garbage |" in text
     assert 'load_dataset("org/features", split="train")' in text

@@ -2,6 +2,7 @@
 golden TINY weights), a folder of ~50 generated images with every kind of bad one, each format read back with a
 plain reader (what downstream code does) and compared with the model's own outputs."""
 
+import json
 import os
 import resource
 import signal
@@ -153,20 +154,15 @@ def test_every_format_holds_the_models_outputs_and_lists_every_bad_image(format,
     assert "images/s" in summary and "decoding" in summary and "model" in summary and "writing" in summary
 
 
-def test_batches_of_one_size_agree_with_one_image_at_a_time_to_float_rounding(
-    model_folder, images, reference, tmp_path
-):
-    """Same-size images share a batch; the convolution kernels a batch gets may round differently (see batching.py),
-    so the numbers agree to rounding and the selected regions are the same ones."""
-    folder, good, _ = images
+def test_batches_of_one_size_give_what_one_image_at_a_time_gives(model_folder, images, reference, tmp_path):
+    """Same-size images share a batch (on a CPU by default, 4 at a time), and each image's values are bit for bit
+    those it gets alone (see batching.py), also with the test model's small images."""
+    folder = images[0]
     output = tmp_path / "batched.tsv"
-    run_cli(
-        *extract_args(model_folder, output, "--format", "lxmert-tsv", "--batch-size", "4", "--num-workers", "1"),
-        folder,
-    )
+    run_cli(*extract_args(model_folder, output, "--format", "lxmert-tsv", "--batch-size", "3", "--num-workers", "1"),
+            folder)  # fmt: skip
     rows = plain_read_lxmert_tsv(output)
-    assert_rows_equal(rows, expected_rows(reference, "lxmert-tsv"), exact=False)
-    assert all(np.array_equal(rows[i]["objects"], reference[i]["objects"]) for i in good)
+    assert_rows_equal(rows, expected_rows(reference, "lxmert-tsv"), exact=True)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -395,6 +391,38 @@ def test_existing_outputs_are_kept_unless_resumed_with_the_same_settings_or_over
     redo = run_cli(*extract_args(model_folder, output, "--boxes", "36", "--overwrite", "--num-workers", "0"), listing)
     assert "2 images extracted" in redo.stdout
     assert all(row["boxes"].shape[0] <= 36 for row in plain_read_butd_tsv(output).values())
+
+
+def test_every_precision_from_the_command_line(model_folder, images, reference, tmp_path):
+    """`extract --dtype` runs every precision through the real CLI: fp32 (spelt `float32` here) and fp32-screened
+    write fp32's values bit for bit; bf16 (spelt `bfloat16`) and fp16 compute in half precision, close to fp32; a run
+    resumes under either spelling; `tf32` on a CPU is refused before any work."""
+    good = images[1]
+    chosen = sorted(good)[:3]
+    listing = tmp_path / "images.txt"
+    listing.write_text("".join(f"{image_id}\t{good[image_id]}\n" for image_id in chosen))
+    for dtype in ("float32", "fp32-screened"):
+        output = tmp_path / f"{dtype}.tsv"
+        run_cli(*extract_args(model_folder, output, "--format", "lxmert-tsv", "--dtype", dtype), listing)
+        assert_rows_equal(plain_read_lxmert_tsv(output), expected_rows(reference, "lxmert-tsv", chosen), exact=True)
+
+    for dtype, precision in (("bfloat16", "bf16"), ("fp16", "fp16")):
+        output = tmp_path / f"{precision}.tsv"
+        run_cli(*extract_args(model_folder, output, "--dtype", dtype), listing)
+        assert json.loads(Path(f"{output}.manifest.json").read_text())["dtype"] == precision
+        rows = plain_read_butd_tsv(output)
+        assert sorted(rows) == chosen
+        for image_id in chosen:
+            ours, theirs = rows[image_id]["features"], reference[image_id]["features"]
+            cosine = (ours * theirs).sum() / (np.linalg.norm(ours) * np.linalg.norm(theirs))
+            assert cosine > 0.99, (precision, image_id)
+        assert not all(np.array_equal(rows[i]["features"], reference[i]["features"]) for i in chosen), precision
+    resumed = extract_in_process(model_folder, tmp_path / "bf16.tsv", [listing], dtype="bf16", resume=True)
+    assert resumed.already_done == 3 and resumed.extracted == 0
+
+    refused = run_cli(*extract_args(model_folder, tmp_path / "tf32.tsv", "--dtype", "tf32"), listing, check=False)
+    assert refused.returncode == 1 and "CUDA" in refused.stderr
+    assert not (tmp_path / "tf32.tsv").exists()
 
 
 def test_a_model_that_cannot_be_had_is_a_clear_error(model_folder, tmp_path):

@@ -1,9 +1,10 @@
 """Batches of images of one resized size: the model runs them as one tensor without padding.
 
-The model handles each image's regions on their own, but its backbone convolutions see the whole batch, and
-oneDNN (CPU) or cuDNN (GPU) may pick a kernel by batch size that rounds differently: on this project's CPU, a
-batch of two moved res2-res4 activations by up to 1e-6 from one image at a time. Batch size 1 is therefore the
-default and bit-identical to calling the model per image; larger batches trade that for speed.
+The model handles each image's regions on their own; only its backbone and RPN head see the whole batch. On a CPU
+each image then gets the bits it gets alone: where PyTorch would run a batch on other kernels than a single image
+(small maps), the model runs those layers one image at a time, and oneDNN computes an image the same way in any
+batch (measured at 64x80 to 600x1000; tested). On a GPU, cuDNN may pick another algorithm for another batch size,
+which rounds differently: `extract` batches by default on CPUs only (`DEFAULT_BATCH_SIZES`).
 """
 
 import torch

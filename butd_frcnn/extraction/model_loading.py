@@ -12,11 +12,21 @@ from transformers import AutoImageProcessor, AutoModel
 from transformers.utils import logging as transformers_logging
 
 from .. import ButdFrcnnImageProcessor, ButdFrcnnModel
+from ..configuration_butd_frcnn import PRECISIONS
 from .records import ExtractionError
 
 logger = logging.getLogger(__name__)
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPE_SPELLINGS = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+"""`--dtype` spellings of the precisions (`ButdFrcnnConfig.precision`) that older versions accepted."""
+PRECISION_CHOICES = (*PRECISIONS, *DTYPE_SPELLINGS)
+
+
+def canonical_precision(name: str) -> str:
+    """The `ButdFrcnnConfig.precision` that a `--dtype` value names (`bfloat16` -> `bf16`)."""
+    return DTYPE_SPELLINGS.get(name, name)
+
+
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 
 
@@ -50,12 +60,19 @@ def resolve_device(device: str) -> torch.device:
     return device
 
 
-def load_model(name: str, device: torch.device, dtype: str) -> tuple[ButdFrcnnModel, ButdFrcnnImageProcessor]:
-    """The model (in eval mode, on `device`, in `dtype`) and its image processor.
+def load_model(name: str, device: torch.device, precision: str) -> tuple[ButdFrcnnModel, ButdFrcnnImageProcessor]:
+    """The model (in eval mode, on `device`, its float32 weights computing with `precision`, a
+    `ButdFrcnnConfig.precision` or one of its `DTYPE_SPELLINGS`) and its image processor.
 
     Args:
         name: a local folder (`butd-frcnn convert` output) or a Hub id such as `<org>/butd-frcnn`.
     """
+    if canonical_precision(precision) not in PRECISIONS:
+        raise ExtractionError(f"--dtype {precision}: expected one of {', '.join(PRECISION_CHOICES)}")
+    if canonical_precision(precision) == "tf32" and device.type != "cuda":
+        raise ExtractionError(
+            f"--dtype tf32 runs on CUDA only (TensorFloat-32 units), not on {device}: use fp32 or bf16"
+        )
     folder = Path(name).expanduser()
     if folder.exists():
         _check_local_folder(folder)
@@ -85,7 +102,8 @@ def load_model(name: str, device: torch.device, dtype: str) -> tuple[ButdFrcnnMo
         raise ExtractionError(f"--model {name}: a {type(model).__name__}, not a butd_frcnn model")
     if not isinstance(processor, ButdFrcnnImageProcessor):
         raise ExtractionError(f"--model {name}: its image processor is a {type(processor).__name__}")
-    return model.eval().to(device=device, dtype=DTYPES[dtype]), processor
+    model.config.precision = canonical_precision(precision)
+    return model.eval().to(device), processor
 
 
 def model_revision(name: str) -> str | None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from .durable import atomic_write_bytes, output_error
 from .inputs import ImageEntry
+from .model_loading import canonical_precision
 from .records import ExtractionError
 
 MANIFEST_VERSION = 1
@@ -29,7 +30,7 @@ class RunManifest:
         format: the output format.
         model: the model as given on the command line.
         selection: `min_boxes`, `max_boxes`, `score_threshold` of the run.
-        dtype: the model's dtype.
+        dtype: the model's precision (`ButdFrcnnConfig.precision`; older manifests: its dtype's name).
         shard_index, shard_count: which share of the listing this output holds (0, 1 for all of it).
         source: where the images came from, in words (files and folders, or a dataset and its split).
         image_ids: the ids of the images of this share.
@@ -53,7 +54,7 @@ class RunManifest:
         """What must agree between the parts of one output (resumed runs, shards): the boxes by their content (the
         same boxes from a moved or rewritten file are the same work), the options added since version 1 only when
         used (outputs written before them resume as they were)."""
-        settings = {"format": self.format, "selection": self.selection, "dtype": self.dtype}
+        settings = {"format": self.format, "selection": self.selection, "dtype": canonical_precision(self.dtype)}
         if self.boxes_from is not None:
             settings["boxes_sha256"] = self.boxes_from["sha256"]
         if self.class_probs is not None:
