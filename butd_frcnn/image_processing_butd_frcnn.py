@@ -126,6 +126,19 @@ def _pillow_bomb_check_off():
         Image.MAX_IMAGE_PIXELS = saved
 
 
+def opened_image_to_bgr(image: Image.Image, max_pixels: int | None, apply_exif_orientation: bool) -> np.ndarray:
+    """Refuse an opened image whose header claims more than `max_pixels` (0 or `None`: no limit) before decoding it,
+    then decode it into BGR uint8: the one path of image files and of encoded bytes held in memory (datasets)."""
+    width, height = image.size
+    if max_pixels and width * height > max_pixels:
+        raise ImageTooLargeError(
+            f"refused as a decompression bomb: {width} x {height} = {width * height} pixels is above the limit of "
+            f"{max_pixels}"
+        )
+    image.load()
+    return pil_to_bgr(image, apply_exif_orientation)
+
+
 def load_image_bgr(
     path: str | os.PathLike, apply_exif_orientation: bool = True, max_pixels: int | None = None
 ) -> np.ndarray:
@@ -138,14 +151,7 @@ def load_image_bgr(
     limit = contextlib.nullcontext() if max_pixels is None else _pillow_bomb_check_off()
     try:
         with limit, Image.open(path) as image:
-            width, height = image.size
-            if max_pixels and width * height > max_pixels:
-                raise ImageTooLargeError(
-                    f"refused as a decompression bomb: {width} x {height} = {width * height} pixels is above the "
-                    f"limit of {max_pixels}"
-                )
-            image.load()
-            return pil_to_bgr(image, apply_exif_orientation)
+            return opened_image_to_bgr(image, max_pixels, apply_exif_orientation)
     except ImageDecodeError as error:  # ours, raised without the path (ImageTooLargeError keeps its class)
         raise type(error)(f"{path}: {error}") from None
     except FileNotFoundError:

@@ -22,7 +22,7 @@ from ..image_processing_butd_frcnn import (
     ImageTooLargeError,
     _pillow_bomb_check_off,
     load_image_bgr,
-    pil_to_bgr,
+    opened_image_to_bgr,
 )
 from .inputs import ImageEntry
 
@@ -39,14 +39,7 @@ def decode_image_bytes(
         raise ImageDecodeError("the image is empty (0 bytes)")
     try:
         with _pillow_bomb_check_off(), Image.open(io.BytesIO(data)) as image:
-            width, height = image.size
-            if max_pixels and width * height > max_pixels:
-                raise ImageTooLargeError(
-                    f"refused as a decompression bomb: {width} x {height} = {width * height} pixels is above the "
-                    f"limit of {max_pixels}"
-                )
-            image.load()
-            return pil_to_bgr(image, apply_exif_orientation)
+            return opened_image_to_bgr(image, max_pixels, apply_exif_orientation)
     except ImageDecodeError:
         raise
     except UnidentifiedImageError:
