@@ -377,10 +377,10 @@ class ButdFrcnnImageProcessor(TorchvisionBackend):
     """
 
     valid_kwargs = ButdFrcnnImageProcessorKwargs
-    model_input_names = ["pixel_values", "image_sizes", "scales", "original_sizes"]
-    size = {"shortest_edge": 600, "longest_edge": 1000}
+    model_input_names = ["pixel_values", "image_sizes", "scales", "original_sizes"]  # noqa: RUF012 (transformers class attributes)
+    size = {"shortest_edge": 600, "longest_edge": 1000}  # noqa: RUF012 (transformers class attributes)
     default_to_square = False
-    pixel_means_bgr = list(PIXEL_MEANS_BGR)
+    pixel_means_bgr = list(PIXEL_MEANS_BGR)  # noqa: RUF012 (transformers class attributes)
     input_channel_order = "rgb"
     apply_exif_orientation = True
     do_resize = True

@@ -24,15 +24,15 @@ GOLDEN_IMAGES = {
 FLAT_IMAGES = ("filled_with_0", "filled_with_255")  # exact score ties: the original's order came from numpy's sort
 FULL_IMAGES = ("astronaut", "gradient_500x375")
 
-TINY_ARCHITECTURE = dict(
-    depths=[1, 1, 1, 1],
-    stem_channels=8,
-    hidden_sizes=[32, 64, 128, 256],
-    bottleneck_sizes=[8, 16, 32, 64],
-    rpn_hidden_size=64,
-    class_embedding_size=32,
-    attribute_hidden_size=64,
-)
+TINY_ARCHITECTURE = {
+    "depths": [1, 1, 1, 1],
+    "stem_channels": 8,
+    "hidden_sizes": [32, 64, 128, 256],
+    "bottleneck_sizes": [8, 16, 32, 64],
+    "rpn_hidden_size": 64,
+    "class_embedding_size": 32,
+    "attribute_hidden_size": 64,
+}
 
 
 def require_shared() -> Path:

@@ -48,6 +48,7 @@ def run_without_package(code: str, cwd, timeout: float = 600) -> subprocess.Comp
         text=True,
         timeout=timeout,
         stdin=subprocess.DEVNULL,
+        check=False,  # the caller reads the return code and stderr
     )
     if result.returncode != 0:
         raise AssertionError(f"subprocess failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")

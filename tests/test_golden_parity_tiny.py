@@ -23,7 +23,10 @@ from butd_frcnn.modeling_butd_frcnn import objectness_probabilities
 from butd_frcnn.ops_butd_frcnn import argmax_last, per_class_nms_max_scores
 
 NOT_FLAT = [name for name in GOLDEN_IMAGES if name not in FLAT_IMAGES]
-SELECTIONS = {"_10_100": dict(min_boxes=10, max_boxes=100, score_threshold=0.2), "_36": dict(min_boxes=36, max_boxes=36, score_threshold=0.2)}  # fmt: skip
+SELECTIONS = {
+    "_10_100": {"min_boxes": 10, "max_boxes": 100, "score_threshold": 0.2},
+    "_36": {"min_boxes": 36, "max_boxes": 36, "score_threshold": 0.2},
+}
 
 
 @pytest.fixture(scope="module")

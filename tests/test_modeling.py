@@ -57,7 +57,7 @@ def test_output_fields_shapes_and_padding(tiny_random_model, processor):
     config = tiny_random_model.config
     batch = processor(random_images([(40, 60), (70, 30)]), return_tensors="pt")
     outputs = tiny_random_model(**batch)
-    assert list(outputs.keys())[0] == "region_features"
+    assert next(iter(outputs.keys())) == "region_features"
     b, n = outputs.boxes.shape[:2]
     p = outputs.proposals.shape[1]
     assert b == 2 and outputs.region_features.shape == (2, n, config.hidden_sizes[-1])
@@ -165,7 +165,7 @@ def test_save_and_load_round_trip_bit_exactly_in_safetensors(tiny_golden_model, 
     weights = tmp_path / "model.safetensors"
     with safe_open(weights, framework="pt") as handle:
         assert handle.metadata().get("format") == "pt"
-        stored = {key: handle.get_tensor(key) for key in handle.keys()}
+        stored = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 (safe_open is no dict)
     expected = tiny_golden_model.state_dict()
     assert set(stored) == set(expected)
     for key, value in expected.items():

@@ -53,7 +53,7 @@ class EndpointHandler:
         image = read_image(data["inputs"])
         parameters = data.get("parameters") or {}
         if not isinstance(parameters, dict):
-            raise ValueError(f"parameters must be an object, got {type(parameters).__name__}")
+            raise ValueError(f"parameters must be an object, got {type(parameters).__name__}")  # noqa: TRY004
         unknown = set(parameters) - {"boxes", "threshold", "return_features", "regions"}
         if unknown:
             raise ValueError(f"unknown parameters {sorted(unknown)}: use boxes, threshold, return_features, regions")
@@ -100,7 +100,8 @@ def read_image(inputs: Any) -> Image.Image:
     if isinstance(inputs, str):
         inputs = _decode_base64(inputs)
     if not isinstance(inputs, (bytes, bytearray)):
-        raise ValueError(f"inputs must be image bytes, a base64 string or a PIL image, got {type(inputs).__name__}")
+        kind = type(inputs).__name__  # a bad request (ValueError: HTTP 400), not a programming error
+        raise ValueError(f"inputs must be image bytes, a base64 string or a PIL image, got {kind}")  # noqa: TRY004
     try:
         image = Image.open(io.BytesIO(inputs))
         image.load()
