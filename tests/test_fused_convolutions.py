@@ -18,7 +18,12 @@ from butd_frcnn.ops_butd_frcnn import generate_cell_anchors
 FIELDS = ("proposals", "proposal_scores", "proposal_features", "class_probs", "attribute_probs", "box_deltas",
           "region_features", "boxes", "object_ids", "object_scores", "attribute_ids", "attribute_scores")  # fmt: skip
 
-pytestmark = pytest.mark.skipif(not onednn_fused_convolutions(), reason="this torch has no oneDNN fused convolutions")
+
+def test_the_pinned_torch_runs_onednn_fused_convolutions():
+    """The pinned torch on an x86 CPU has these private ops. If the probe said otherwise, every model would quietly
+    take the slower portable path and the tests below would compare that path with itself, so it is an error here,
+    not a skip (the portable path has its own tests, with the probe patched to False)."""
+    assert onednn_fused_convolutions(), f"torch {torch.__version__}: oneDNN's fused convolutions are not usable"
 
 
 def smooth_image(height: int, width: int, seed: int) -> np.ndarray:

@@ -13,7 +13,7 @@ from transformers import AutoModel
 
 from butd_frcnn import ButdFrcnnConfig, ButdFrcnnModel
 from butd_frcnn import modeling_butd_frcnn as modeling
-from butd_frcnn.modeling_butd_frcnn import ButdFrcnnRoIHeads, cuda_float32_math, onednn_fused_convolutions
+from butd_frcnn.modeling_butd_frcnn import ButdFrcnnRoIHeads, cuda_float32_math
 from butd_frcnn.ops_butd_frcnn import (
     SCREENING_MARGIN,
     per_class_nms_max_scores,
@@ -220,7 +220,6 @@ def assert_rows_invariant(heads: ButdFrcnnRoIHeads, pooled: torch.Tensor, subset
             heads.chunk_size = chunk_size
 
 
-@pytest.mark.skipif(not onednn_fused_convolutions(), reason="oneDNN's row invariance")
 def test_res5_rows_do_not_depend_on_the_other_rows_tiny(tiny_golden_model):
     heads = tiny_golden_model.roi_heads
     granularity = heads.settlement_granularity(pooled_regions(300, 128))
@@ -230,7 +229,6 @@ def test_res5_rows_do_not_depend_on_the_other_rows_tiny(tiny_golden_model):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not onednn_fused_convolutions(), reason="oneDNN's row invariance")
 def test_res5_rows_do_not_depend_on_the_other_rows_full_size():
     torch.manual_seed(0)
     heads = ButdFrcnnModel(ButdFrcnnConfig()).eval().roi_heads
