@@ -27,7 +27,7 @@ from .ops_butd_frcnn import (
 )
 
 if TYPE_CHECKING:
-    from .modeling_butd_frcnn import ButdFrcnnRoIHeads
+    from .modeling_butd_frcnn import ButdFrcnnHeadOutputs, ButdFrcnnRoIHeads
 
 logger = logging.get_logger(__name__)
 
@@ -231,7 +231,7 @@ def screened_roi_heads(
     features: torch.Tensor,
     boxes: torch.Tensor,
     plan: Callable[[torch.Tensor, torch.Tensor, float], ScreeningPlan],
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> "ButdFrcnnHeadOutputs":
     """`heads(features, boxes)` for precision "fp32-screened" (float32 weights and `features`): the outputs the
     selection `plan` needs, exactly as the heads' `forward` computes them, for much less than `forward` where few
     regions are in doubt.
@@ -242,8 +242,8 @@ def screened_roi_heads(
     on all regions at once, as in `forward`: BLAS picks other kernels for fewer rows (other bits).
 
     Returns:
-        `forward`'s four outputs, float32 values on the settled regions and bf16-screened ones elsewhere, and
-        `settled` `(K,)` bool.
+        [`ButdFrcnnHeadOutputs`]: float32 values on the settled regions and bf16-screened ones elsewhere, and which
+        regions are `settled`.
     """
     pooled = heads.pool_regions(features, boxes)
     region_features = heads.region_features(pooled.to(torch.bfloat16)).float()
@@ -270,7 +270,7 @@ def screened_roi_heads(
             "fp32-screened: %d exact float32 ties decide the selection; their order may differ from fp32's",
             result.exact_ties,
         )
-    return region_features, *heads.predict(region_features), result.settled
+    return heads.predict(region_features)._replace(settled=result.settled)
 
 
 def settlement_granularity(heads: "ButdFrcnnRoIHeads", pooled: torch.Tensor) -> int | None:
