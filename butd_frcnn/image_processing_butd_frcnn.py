@@ -27,7 +27,7 @@ from transformers.utils import TensorType
 PIXEL_MEANS_BGR = (102.9801, 115.9465, 122.7717)
 # Largest image (in pixels) the processor decodes unless told otherwise: one image at this size stays under 3 GB of
 # peak memory in a process running the full-size model (docs/hosted-inference.md has the measurement).
-DEFAULT_MAX_PIXELS = 40_000_000
+DEFAULT_MAX_PIXELS = 25_000_000
 
 
 class ImageDecodeError(ValueError):
