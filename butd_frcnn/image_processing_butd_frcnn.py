@@ -389,7 +389,8 @@ class ButdFrcnnImageProcessor(TorchvisionBackend):
     r"""
     Prepares images for [`ButdFrcnnModel`] exactly as the original `generate_tsv.py` did (see the module docstring).
 
-    Accepts image paths, image files' bytes, PIL images, numpy arrays and tensors, one or a list. Returns a [`BatchFeature`] with:
+    Accepts image paths, image files' bytes, PIL images, numpy arrays and tensors, one or a list. Returns a
+    [`BatchFeature`] with:
     - `pixel_values` (`(B, 3, H, W)` float32): BGR, mean-subtracted, resized, zero-padded to the batch's largest;
     - `image_sizes` (`(B, 2)` int64): each image's resized `(height, width)`;
     - `scales` (`(B,)` float64): each image's resize factor;

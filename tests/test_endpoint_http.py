@@ -38,7 +38,14 @@ def hub_folder(tmp_path_factory, shared_dir):
 @pytest.fixture(scope="module")
 def server_url(hub_folder, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("server")
-    code = f"import sys; sys.path.insert(0, {str(TESTS)!r}); import endpoint_server; endpoint_server.serve({str(hub_folder)!r})"
+    code = "\n".join(
+        (
+            "import sys",
+            f"sys.path.insert(0, {str(TESTS)!r})",
+            "import endpoint_server",
+            f"endpoint_server.serve({str(hub_folder)!r})",
+        )
+    )
     process = start_without_package(code, workdir)
     try:
         ready, _, _ = select.select([process.stdout], [], [], 300)
@@ -111,8 +118,8 @@ with_parameters = InferenceClient(base_url=url, headers={{"Content-Type": "appli
 calls = {{"raw": raw.object_detection(image), "threshold": with_parameters.object_detection(image, threshold=0.3)}}
 print(json.dumps({{
     name: [
-        {{"score": e.score, "label": e.label, "box": {{k: getattr(e.box, k) for k in ("xmin", "ymin", "xmax", "ymax")}},
-          "attribute": e.attribute, "attribute_score": e.attribute_score}}
+        {{"score": e.score, "label": e.label, "attribute": e.attribute, "attribute_score": e.attribute_score,
+          "box": {{k: getattr(e.box, k) for k in ("xmin", "ymin", "xmax", "ymax")}}}}
         for e in elements
     ]
     for name, elements in calls.items()
