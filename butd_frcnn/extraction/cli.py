@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from ..hub_errors import failure_line, hub_failure, show_traceback
 from .dataset_push import push_features, push_token
 from .decoding import DEFAULT_MAX_PIXELS
 from .extract import PROBS_DTYPES, ExtractionSummary, ExtractOptions, default_num_workers, extract
@@ -23,6 +24,10 @@ from .sharding import Shard, all_shard_paths
 logger = logging.getLogger(__name__)
 
 EXIT_INTERRUPTED = 130
+PUSH_LATER = (
+    "the push at the end needs the Hub; if it fails, the features stay complete in {output}, and rerunning the "
+    "same command with --resume pushes them (nothing is extracted again)"
+)
 DATASET_OPTIONS = ("split", "config", "image_column", "id_column")
 # ranks of one torchrun wait for each other at the end; a resumed rank may have far less left than the others
 DISTRIBUTED_TIMEOUT = timedelta(days=7)
@@ -140,7 +145,7 @@ def add_parser(subparsers) -> None:
         metavar="FILE",
         type=Path,
         help="describe these boxes instead of detecting: JSON {image_id: [[x1, y1, x2, y2], ...]}, JSON lines, COCO "
-        "annotations (bbox [x, y, w, h]) or a feature file or folder of ours (see README)",
+        "annotations (bbox [x, y, w, h]) or a feature file or folder of ours (see docs/given-boxes.md)",
     )
     speed = extract_parser.add_argument_group("speed and decoding")
     speed.add_argument(
@@ -148,7 +153,7 @@ def add_parser(subparsers) -> None:
         type=int,
         help="images of one resized size per forward pass (default: 4 on a CPU, where a batch gives every image "
         "the bits it gets alone and fp32 runs ~1.1x faster; 1 on a GPU, where cuDNN may pick other kernels for "
-        "other batch sizes, so larger batches may round differently there: see the README)",
+        "other batch sizes, so larger batches may round differently there: see docs/extraction.md)",
     )
     speed.add_argument(
         "--num-workers", type=int, default=default_num_workers(), help="processes decoding images (0: in this one)"
@@ -161,10 +166,10 @@ def add_parser(subparsers) -> None:
         metavar="PRECISION",
         help="how the model computes (ButdFrcnnConfig.precision): fp32 (default; the original's numbers), bf16 "
         "(about 2x faster on CPUs with bf16 units, more with AMX; near-tied regions may swap, mean feature "
-        "cosine ~0.9999), fp16, fp32-screened (fp32's selection and features bit for bit: res5 screened in bf16, redone in "
-        "fp32 for every proposal whose selection is in doubt; faster than fp32 only where bf16 is far faster and few "
-        "proposals are in doubt, slower on CPUs without AMX: see the README), tf32 (CUDA only). float32, bfloat16, "
-        "float16 are accepted spellings of fp32, bf16, fp16",
+        "cosine ~0.9999), fp16, fp32-screened (fp32's selection and features bit for bit: res5 screened in bf16, "
+        "redone in fp32 for every proposal whose selection is in doubt; faster than fp32 only where bf16 is far "
+        "faster and few proposals are in doubt, slower on CPUs without AMX: see docs/precision.md), tf32 (CUDA "
+        "only). float32, bfloat16, float16 are accepted spellings of fp32, bf16, fp16",
     )
     speed.add_argument(
         "--max-pixels",
@@ -177,7 +182,13 @@ def add_parser(subparsers) -> None:
     scale.add_argument("--shard", type=_shard, help="process share I of N (0-based) of the listing")
     scale.add_argument("--no-merge", action="store_true", help="torchrun: leave the shards unmerged")
     scale.add_argument("--remove-shards", action="store_true", help="torchrun: delete shards once merged")
-    hub = extract_parser.add_argument_group("share the features on the Hugging Face Hub (parquet)")
+    hub = extract_parser.add_argument_group(
+        "share the features on the Hugging Face Hub (parquet)",
+        "Checked before any work: that a token is there and that the Hub accepts it (a refused, expired or read-only "
+        "token stops the run; a Hub out of reach is a warning, and the run goes on). Only at the end, after the "
+        f"extraction: creating the repository (rights to ORG) and the upload. If those fail, "
+        f"{PUSH_LATER.format(output='OUTPUT')}.",
+    )
     hub.add_argument(
         "--push-to-hub",
         metavar="ORG/NAME",
@@ -267,17 +278,28 @@ def run_extract(args) -> int:
         logger.error("%s", problem)
         return 2
     if args.push_to_hub:
-        try:
-            push_token(args.token)  # before the work: a missing login should not wait for the end of the run
+        try:  # before the work: a bad login should not wait for the end of the run
+            _, warning = push_token(args.token)
         except ExtractionError as error:
             logger.error("%s", error)
+            show_traceback(logger)
             return 1
+        if warning:
+            logger.warning("%s. Extracting anyway: %s", warning, PUSH_LATER.format(output=args.output))
     if torchrun_shard is not None:
         return _run_distributed(args, torchrun_shard)
     try:
         summary = extract(_options(args, args.shard or Shard(), args.device))
     except ExtractionError as error:
         logger.error("%s", error)
+        show_traceback(logger)
+        return 1
+    except Exception as error:  # the Hub failing under a streamed --dataset
+        if hub_failure(error) is None:
+            raise
+        safe = f"The images written to {args.output} before it are complete."
+        logger.error("%s", failure_line(error, "extract", safe, "rerun this command with --resume"))
+        show_traceback(logger)
         return 1
     print(summary.report())
     if summary.interrupted:
