@@ -15,6 +15,7 @@ from huggingface_hub import ModelCard
 from safetensors import safe_open
 
 from butd_frcnn.conversion.convert import EXPECTED_FILES
+from butd_frcnn.remote_code import MODEL_FILES
 
 # Tolerances against the original (CPU Caffe + OpenBLAS; another BLAS agrees to float rounding): probabilities and
 # features differ by ~2e-6 at most, proposals and boxes by ~1e-4 pixels.
@@ -66,14 +67,7 @@ def test_folder_holds_exactly_the_hub_files(converted):
     with safe_open(converted / "model.safetensors", framework="pt") as f:
         assert f.metadata() == {"format": "pt"}
         assert f.get_tensor("proposal_generator.anchor_generator.cell_anchors").shape == (12, 4)
-    for name in (
-        "configuration_butd_frcnn.py",
-        "modeling_butd_frcnn.py",
-        "ops_butd_frcnn.py",
-        "kernels_butd_frcnn.py",
-        "precision_butd_frcnn.py",
-        "image_processing_butd_frcnn.py",
-    ):
+    for name in MODEL_FILES:  # checked against what transformers needs in test_modeling.py
         assert (converted / name).read_text() == (REPO_ROOT / "butd_frcnn" / name).read_text()
 
 
