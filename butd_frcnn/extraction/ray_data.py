@@ -2,9 +2,7 @@
 model per actor, on GPUs or CPUs) -> our Parquet feature folder and errors file.
 
     ds = read_image_files(["images/"])                  # or read_parquet_images(...), read_webdataset_images(...)
-    ds = ds.map_batches(DecodeImages, fn_constructor_kwargs={"model": MODEL}, concurrency=2, batch_format="pyarrow")
-    ds = ds.map_batches(FeaturizeImages, fn_constructor_kwargs={"model": MODEL}, concurrency=1, num_cpus=1,
-                        batch_format="pyarrow")
+    ds = featurize(ds, MODEL, actors=1, actor_cpus=1)   # decode_images tasks, then FeaturizeImages actors
     write_features(ds, "features/")
 
 Every stage does what `butd-frcnn extract` does, with the same code: the inputs as the CLI lists and reads them
@@ -20,10 +18,10 @@ fixed by the task, renamed into place once the whole write is done: a killed wor
 duplicate.
 """
 
+import functools
 import logging
 import os
 import time
-from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +29,6 @@ import numpy as np
 from .decoding import DEFAULT_MAX_PIXELS, FailedImage, ImageDataset, PreparedImage
 from .inputs import ImageEntry, list_images
 from .records import ExtractionError, RegionRecord
-from .sidecars import errors_path
 
 logger = logging.getLogger(__name__)
 
@@ -85,11 +82,11 @@ def read_webdataset_images(paths, image_suffix: str | None = None, **read_option
     ray = require_ray()
     dataset = ray.data.read_webdataset(paths, decoder=None, **read_options)
     return dataset.map_batches(
-        _WebDatasetRows, fn_kwargs={"image_suffix": image_suffix}, batch_format="pyarrow", zero_copy_batch=True
+        _webdataset_rows, fn_kwargs={"image_suffix": image_suffix}, batch_format="pyarrow", zero_copy_batch=True
     )
 
 
-def _WebDatasetRows(batch, image_suffix: str | None):  # noqa: N802 (a stage of the pipeline, named as one)
+def _webdataset_rows(batch, image_suffix: str | None):
     """(image_id, image) rows of a webdataset batch: the key and its image member's bytes."""
     import pyarrow as pa
 
@@ -109,46 +106,45 @@ def _WebDatasetRows(batch, image_suffix: str | None):  # noqa: N802 (a stage of 
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _load_processor(model: str):
+@functools.lru_cache(maxsize=4)
+def _decoder(model: str, max_pixels: int) -> ImageDataset:
+    """The CLI's decoder with the model's image processor, loaded once per worker process."""
     from transformers import AutoImageProcessor
 
     from .. import ButdFrcnnImageProcessor  # noqa: F401  (registers the class for AutoImageProcessor)
 
-    return AutoImageProcessor.from_pretrained(model)
+    return ImageDataset(AutoImageProcessor.from_pretrained(model), max_pixels)
 
 
-class DecodeImages:
-    """`map_batches` stage (CPU): (image_id, image) rows -> the model's inputs of each image, or why there are none.
+def decode_images(batch, model: str, max_pixels: int = DEFAULT_MAX_PIXELS):
+    """`map_batches` stage (CPU tasks): (image_id, image) rows -> the model's inputs of each image (its resized,
+    mean-subtracted pixels as float32 bytes, their size, the scale, the decoded size), or why there are none.
 
     Args:
         model: the model folder or Hub id (only its image processor is loaded).
         max_pixels: refuse larger images as decompression bombs (0: no limit), as `--max-pixels`.
     """
+    import pyarrow as pa
 
-    def __init__(self, model: str, max_pixels: int = DEFAULT_MAX_PIXELS):
-        self.decoder = ImageDataset(_load_processor(model), max_pixels)
+    from .dataset_input import _image_entry
 
-    def __call__(self, batch):
-        import pyarrow as pa
-
-        from .dataset_input import _image_entry
-
-        columns = {name: [] for name in (ID_COLUMN, WHERE_COLUMN, *PIXEL_COLUMNS, ERROR_COLUMN)}
-        ids = batch.column(ID_COLUMN).to_pylist()
-        for image_id, value in zip(ids, batch.column(IMAGE_COLUMN).to_pylist()):
-            entry = _image_entry(str(image_id), f"image {image_id}", value)
-            item = self.decoder[entry]
-            columns[ID_COLUMN].append(entry.image_id)
-            columns[WHERE_COLUMN].append(entry.path)
-            if isinstance(item, FailedImage):
-                values = (b"", 0, 0, 0.0, 0, 0, item.reason)
-            else:
-                pixels = item.pixel_values.numpy()
-                values = (pixels.tobytes(), *pixels.shape[1:], item.scale, *item.original_size, None)
-            for name, value in zip((*PIXEL_COLUMNS, ERROR_COLUMN), values):
-                columns[name].append(value)
-        types = {"pixels": pa.large_binary(), "scale": pa.float64(), ERROR_COLUMN: pa.string()}
-        return pa.table({name: pa.array(values, types.get(name)) for name, values in columns.items()})
+    decoder = _decoder(model, max_pixels)
+    columns = {name: [] for name in (ID_COLUMN, WHERE_COLUMN, *PIXEL_COLUMNS, ERROR_COLUMN)}
+    ids = batch.column(ID_COLUMN).to_pylist()
+    for image_id, value in zip(ids, batch.column(IMAGE_COLUMN).to_pylist()):
+        entry = _image_entry(str(image_id), f"image {image_id}", value)
+        item = decoder[entry]
+        columns[ID_COLUMN].append(entry.image_id)
+        columns[WHERE_COLUMN].append(entry.path)
+        if isinstance(item, FailedImage):
+            values = (b"", 0, 0, 0.0, 0, 0, item.reason)
+        else:
+            pixels = item.pixel_values.numpy()
+            values = (pixels.tobytes(), *pixels.shape[1:], item.scale, *item.original_size, None)
+        for name, value in zip((*PIXEL_COLUMNS, ERROR_COLUMN), values):
+            columns[name].append(value)
+    types = {"pixels": pa.large_binary(), "scale": pa.float64(), ERROR_COLUMN: pa.string()}
+    return pa.table({name: pa.array(values, types.get(name)) for name, values in columns.items()})
 
 
 def _prepared(row: dict) -> PreparedImage | FailedImage:
@@ -264,7 +260,7 @@ class FeaturizeImages:
                 pipeline.run(images)
         for images in batcher.drain():
             pipeline.run(images)
-        return _output_table(rows, self.schema, self._empty)
+        return _output_table(rows, self.schema)
 
     def _empty(self, image_id: str) -> RegionRecord:
         return _empty_record(image_id, self.model.config, self.probs_dtype)
@@ -279,7 +275,7 @@ def feature_attributes(model: str, selection: dict | None, given) -> dict:
 
 
 def _empty_record(image_id: str, config, probs_dtype: str | None) -> RegionRecord:
-    """A record without regions of this model's widths: the schema's template, and the row of a failed image."""
+    """A record without regions of this model's widths: the template of the output's schema."""
     record = RegionRecord(
         image_id=image_id,
         image_h=0,
@@ -297,15 +293,238 @@ def _empty_record(image_id: str, config, probs_dtype: str | None) -> RegionRecor
     return record
 
 
-def _output_table(rows: _Rows, schema, empty):
-    """The records, then a row without regions (`empty(image_id)`) for each failure, with `where` and `error`."""
+def _output_table(rows: _Rows, schema):
+    """The records, then a row of nulls for each failure, with the `where` and `error` columns."""
     import pyarrow as pa
 
     from .parquet import records_to_table
 
-    failed = [empty(entry.image_id) for entry, _ in rows.failed]
-    table = records_to_table(rows.records + failed, schema)
+    table = records_to_table(rows.records, schema)
+    if rows.failed:
+        ids = pa.array([entry.image_id for entry, _ in rows.failed], pa.string())
+        nulls = [pa.nulls(len(rows.failed), field.type) for field in list(schema)[1:]]
+        table = pa.concat_tables([table, pa.Table.from_arrays([ids, *nulls], schema=schema)])
     where = [None] * len(rows.records) + [entry.path for entry, _ in rows.failed]
     errors = [None] * len(rows.records) + [reason for _, reason in rows.failed]
     table = table.append_column(WHERE_COLUMN, pa.array(where, pa.string()))
     return table.append_column(ERROR_COLUMN, pa.array(errors, pa.string()))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The pipeline
+# ---------------------------------------------------------------------------------------------------------------
+
+CONNECT_TIMEOUT_S = 10
+ROWS_PER_CALL = 16
+DECODED_IMAGE_BYTES = (
+    3 * 600 * 1000 * 4
+)  # images per stage call: a few model batches, a few seconds of a CPU actor's work
+
+
+def featurize(
+    dataset,
+    model: str,
+    actors: int = 1,
+    actor_cpus: float = 1,
+    actor_gpus: float = 0,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    rows_per_call: int = ROWS_PER_CALL,
+    featurizer: type = FeaturizeImages,
+    **model_options,
+):
+    """The two stages over a dataset of (image_id, image) rows: `decode_images` as CPU tasks (one CPU each), then
+    `FeaturizeImages` on `actors` actors of `actor_cpus` CPUs and `actor_gpus` GPUs each (`model_options` are its
+    arguments: `device`, `dtype`, `batch_size`, the region selection...; `featurizer` a subclass of it).
+
+    Size the actors to the cluster: they hold their CPUs for the whole run, and reading and decoding need CPUs
+    besides (with every CPU held by an actor, nothing feeds them and the run waits forever). On GPUs: one actor
+    per GPU (`actor_gpus=1`, `device="cuda"`), a CPU or two each, the other CPUs decode.
+    """
+    ray = require_ray()
+    decoded = dataset.map_batches(
+        decode_images,
+        fn_kwargs={"model": model, "max_pixels": max_pixels},
+        batch_format="pyarrow",
+        batch_size=rows_per_call,
+        num_cpus=1,
+        # what a task holds: the pixels of its images, resized to at most ~600 x 1000 (float32, 3 channels); a
+        # reservation of its own also keeps Ray from fusing decoding into the model's actors
+        memory=rows_per_call * DECODED_IMAGE_BYTES * 2,
+    )
+    return decoded.map_batches(
+        featurizer,
+        fn_constructor_kwargs={"model": model, **model_options},
+        batch_format="pyarrow",
+        batch_size=rows_per_call,
+        compute=ray.data.ActorPoolStrategy(size=actors),
+        num_cpus=actor_cpus,
+        num_gpus=actor_gpus,
+    )
+
+
+def write_features(dataset, output: str | os.PathLike, overwrite: bool = False):
+    """Run the pipeline into our Parquet feature folder `output` and its errors file (see `FeatureDatasink`);
+    returns the sink, which counts what it wrote (`extracted`, `failed`)."""
+    from .ray_output import FeatureDatasink
+
+    sink = FeatureDatasink(output, overwrite)
+    dataset.write_datasink(sink)
+    return sink
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# `butd-frcnn extract --ray [ADDRESS]`
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def add_ray_arguments(parser) -> None:
+    """The `extract` options of a Ray run (Ray itself is imported only when `--ray` is given)."""
+    group = parser.add_argument_group(f"a Ray cluster (needs {INSTALL_HINT}; Parquet output)")
+    group.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        metavar="ADDRESS",
+        help="run on Ray Data: decoding in CPU tasks, the model in an actor pool; ADDRESS of an existing cluster "
+        "(host:6379, or auto), or none to start one on this machine",
+    )
+    group.add_argument(
+        "--ray-actors",
+        type=int,
+        metavar="N",
+        help="model actors (default: one per GPU with --device cuda; on CPUs, one per --ray-actor-cpus CPUs of the "
+        "cluster's, one CPU left to read and decode)",
+    )
+    group.add_argument(
+        "--ray-actor-cpus",
+        type=float,
+        default=1,
+        metavar="C",
+        help="CPUs each model actor holds (default 1; its PyTorch threads)",
+    )
+
+
+def ray_usage_problem(args) -> str | None:
+    """What `--ray` cannot be combined with, before anything is loaded."""
+    if args.resume:
+        return "--ray does not resume: Ray retries what fails during the run; rerun into a new output"
+    if args.shard is not None:
+        return "--ray splits the work itself: leave out --shard"
+    if (args.format or "parquet") != "parquet":
+        return f"--ray writes the parquet format: leave out --format {args.format}"
+    return None
+
+
+def _connect(address: str):
+    """Ray, connected to `address` (`local`: a new instance on this machine); an unreachable cluster is an
+    `ExtractionError` in one line."""
+    ray = require_ray()
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    options = {"include_dashboard": False, "logging_level": logging.WARNING, "log_to_driver": False}
+    try:
+        if address == "local":
+            ray.init(**options)
+        else:
+            _check_reachable(address)
+            ray.init(address=address, **options)
+    except Exception as error:  # noqa: BLE001 (Ray raises many kinds; the user needs the address and the reason)
+        reason = " ".join(str(error).split())[:300]
+        raise ExtractionError(
+            f"--ray {address}: cannot connect to a Ray cluster there ({type(error).__name__}: {reason}). Start one "
+            "(ray start --head) or give its address (host:6379)"
+        ) from None
+    return ray
+
+
+def _check_reachable(address: str) -> None:
+    """Ray retries an address that does not answer for minutes: try its port once first."""
+    import socket
+
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return  # `auto`, or a form Ray resolves itself
+    with socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S):
+        pass
+
+
+def _actor_resources(ray, options, actors: int | None, actor_cpus: float) -> dict:
+    """How many model actors, with which resources: all GPUs, or the CPUs but one (see `featurize`)."""
+    resources = ray.cluster_resources()
+    if options.device.startswith("cuda"):
+        gpus = int(resources.get("GPU", 0))
+        if gpus == 0 and not actors:
+            raise ExtractionError("--device cuda: the Ray cluster has no GPU")
+        return {"actors": actors or gpus, "actor_cpus": actor_cpus, "actor_gpus": 1}
+    cpus = int(resources.get("CPU", 1))
+    if not actors:
+        actors = max(1, int((cpus - 1) // actor_cpus))
+    if actors * actor_cpus >= cpus:
+        raise ExtractionError(
+            f"--ray-actors {actors} x --ray-actor-cpus {actor_cpus:g} hold all {cpus} CPUs of the cluster: nothing "
+            "would be left to read and decode the images. Give fewer actors or CPUs per actor"
+        )
+    return {"actors": actors, "actor_cpus": actor_cpus, "actor_gpus": 0}
+
+
+def _read(options):
+    """The run's images as a Ray dataset of (image_id, image) rows."""
+    from .webdataset_input import is_webdataset, tar_files
+
+    if options.dataset is None:
+        return read_image_files(options.inputs, options.image_ids)
+    if is_webdataset(options.dataset):
+        return read_webdataset_images(tar_files(options.dataset), options.image_column)
+    from .parquet_shards import parquet_files
+
+    found = parquet_files(options.dataset, options.split)
+    if found is None:
+        raise ExtractionError(
+            f"--ray --dataset {options.dataset}: give Parquet files (a folder or glob) or WebDataset tars; save the "
+            "dataset with to_parquet first"
+        )
+    files, _ = found
+    image_column = options.image_column
+    if image_column is None:
+        import pyarrow.parquet as pq
+
+        from .parquet_shards import _image_column
+
+        image_column = _image_column(pq.read_schema(files[0]), options.dataset)
+    return read_parquet_images(files, image_column, options.id_column)
+
+
+def run_with_ray(options, address: str, actors: int | None = None, actor_cpus: float = 1) -> str:
+    """`extract` on Ray (see the module docstring); returns the run's report."""
+    started = time.perf_counter()
+    ray = _connect(address)
+    try:
+        sizes = _actor_resources(ray, options, actors, actor_cpus)
+        dataset = featurize(
+            _read(options),
+            options.model,
+            max_pixels=options.max_pixels,
+            device="cuda" if options.device.startswith("cuda") else options.device,
+            dtype=options.dtype,
+            batch_size=options.batch_size,
+            min_boxes=options.min_boxes,
+            max_boxes=options.max_boxes,
+            score_threshold=options.score_threshold,
+            boxes_from=None if options.boxes_from is None else str(options.boxes_from),
+            image_ids=options.image_ids,
+            save_class_probs=options.save_class_probs,
+            probs_dtype=options.probs_dtype,
+            **sizes,
+        )
+        sink = write_features(dataset, options.output, options.overwrite)
+    finally:
+        ray.shutdown()
+    seconds = time.perf_counter() - started
+    lines = [
+        (
+            f"Done: {sink.extracted} images extracted in {seconds:.1f} s, {sink.extracted / seconds:.2f} images/s on "
+            f"Ray ({sizes['actors']} model actors) -> {options.output}"
+        )
+    ]
+    if sink.failed:
+        lines.append(f"  {sink.failed} images could not be extracted: see {sink.errors_file}")
+    return "\n".join(lines)

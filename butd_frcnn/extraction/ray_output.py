@@ -96,7 +96,7 @@ class FeatureDatasink(Datasink):
         for shard in self.path.glob("*.parquet"):
             metadata = pq.read_metadata(shard)
             self.extracted += metadata.num_rows
-        self.failed = sum(1 for _ in open(self.errors_file, encoding="utf-8")) if errors else 0
+        self.failed = len(self.errors_file.read_text("utf-8").splitlines()) if errors else 0
 
     def on_write_failed(self, error: Exception) -> None:
         for leftover in self.path.glob(f"{PART_PREFIX}*"):

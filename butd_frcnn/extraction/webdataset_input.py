@@ -86,9 +86,9 @@ class WebDatasetSource(ImageSource):
 
     sharded = True
 
-    def __init__(self, name: str, shard: Shard = Shard(), image_suffix: str | None = None):
+    def __init__(self, name: str, shard: Shard | None = None, image_suffix: str | None = None):
         self.name = name
-        self.shard = shard
+        self.shard = shard = shard or Shard()
         self.image_suffix = image_suffix
         tars = tar_files(name)
         self.by_tars = shard.count > 1 and len(tars) >= shard.count
