@@ -35,8 +35,9 @@ logger = logging.getLogger(__name__)
 INSTALL_HINT = "pip install 'butd-frcnn[ray]'"
 # the columns every reader below gives, the decoding stage reads, and the model stage passes on
 ID_COLUMN, IMAGE_COLUMN = "image_id", "image"
-# the columns the decoding stage adds and the model stage reads (besides ID_COLUMN)
-WHERE_COLUMN, ERROR_COLUMN = "where", "error"
+# the columns the decoding stage adds and the model stage reads (besides ID_COLUMN); a reader may give `where` (the
+# place the errors file names) and `problem` (why a row has no image) too
+WHERE_COLUMN, ERROR_COLUMN, PROBLEM_COLUMN = "where", "error", "problem"
 PIXEL_COLUMNS = ("pixels", "height", "width", "scale", "original_h", "original_w")
 
 
@@ -87,18 +88,27 @@ def read_webdataset_images(paths, image_suffix: str | None = None, **read_option
 
 
 def _webdataset_rows(batch, image_suffix: str | None):
-    """(image_id, image) rows of a webdataset batch: the key and its image member's bytes."""
+    """(image_id, image, where, problem) rows of Ray's webdataset rows: the key, its image member's bytes, the tar
+    and key (as the CLI names a sample), or why the sample has no image."""
     import pyarrow as pa
 
-    from .webdataset_input import image_member
+    from .webdataset_input import sample_entry
 
-    keys = batch.column("__key__").to_pylist()
-    members = [name for name in batch.column_names if not name.startswith("__")]
-    images = []
-    for row, key in enumerate(keys):
-        present = [name for name in members if batch.column(name)[row].is_valid]
-        images.append(image_member({name: batch.column(name)[row].as_py() for name in present}, key, image_suffix))
-    return pa.table({ID_COLUMN: pa.array(keys, pa.string()), IMAGE_COLUMN: pa.array(images, pa.binary())})
+    entries = []
+    for row in batch.to_pylist():
+        members = {
+            name: value for name, value in row.items() if not name.startswith("__") and isinstance(value, bytes)
+        }
+        key = row["__key__"]
+        entries.append(sample_entry(key, f"{row['__url__']} sample {key}", members, image_suffix))
+    return pa.table(
+        {
+            ID_COLUMN: pa.array([entry.image_id for entry in entries], pa.string()),
+            IMAGE_COLUMN: pa.array([entry.data for entry in entries], pa.large_binary()),
+            WHERE_COLUMN: pa.array([entry.path for entry in entries], pa.string()),
+            PROBLEM_COLUMN: pa.array([entry.problem for entry in entries], pa.string()),
+        }
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -131,8 +141,14 @@ def decode_images(batch, model: str, max_pixels: int = DEFAULT_MAX_PIXELS):
     decoder = _decoder(model, max_pixels)
     columns = {name: [] for name in (ID_COLUMN, WHERE_COLUMN, *PIXEL_COLUMNS, ERROR_COLUMN)}
     ids = batch.column(ID_COLUMN).to_pylist()
-    for image_id, value in zip(ids, batch.column(IMAGE_COLUMN).to_pylist()):
-        entry = _image_entry(str(image_id), f"image {image_id}", value)
+    places = _column_or_nones(batch, WHERE_COLUMN)
+    problems = _column_or_nones(batch, PROBLEM_COLUMN)
+    for image_id, value, where, problem in zip(ids, batch.column(IMAGE_COLUMN).to_pylist(), places, problems):
+        where = where or f"image {image_id}"
+        if problem is None:
+            entry = _image_entry(str(image_id), where, value)
+        else:
+            entry = ImageEntry(str(image_id), where, problem=problem)
         item = decoder[entry]
         columns[ID_COLUMN].append(entry.image_id)
         columns[WHERE_COLUMN].append(entry.path)
@@ -145,6 +161,10 @@ def decode_images(batch, model: str, max_pixels: int = DEFAULT_MAX_PIXELS):
             columns[name].append(value)
     types = {"pixels": pa.large_binary(), "scale": pa.float64(), ERROR_COLUMN: pa.string()}
     return pa.table({name: pa.array(values, types.get(name)) for name, values in columns.items()})
+
+
+def _column_or_nones(batch, name: str) -> list:
+    return batch.column(name).to_pylist() if name in batch.column_names else [None] * batch.num_rows
 
 
 def _prepared(row: dict) -> PreparedImage | FailedImage:

@@ -74,6 +74,17 @@ def _check_end(archive: tarfile.TarFile) -> None:
         raise tarfile.ReadError(f"a member's header at byte {archive.offset} is garbled")
 
 
+def sample_entry(key: str, where: str, members: dict[str, bytes], image_suffix: str | None = None) -> ImageEntry:
+    """The entry of one sample: its image member's bytes, or the problem the errors file reports."""
+    try:
+        data = image_member(members, key, image_suffix)
+    except ExtractionError as error:
+        return ImageEntry(key, where, problem=str(error))
+    if data is None:
+        return ImageEntry(key, where, problem=f"the sample has no image member (it has {sorted(members)})")
+    return ImageEntry(key, where, data=data)
+
+
 class WebDatasetSource(ImageSource):
     """The samples of WebDataset tars, or with a `shard`, of its share of the tars only.
 
@@ -145,13 +156,4 @@ class WebDatasetSource(ImageSource):
         for key, tar, members in self._samples(read_data=True):
             if key not in wanted:
                 continue
-            where = f"{tar} sample {key}"
-            try:
-                data = image_member(members, key, self.image_suffix)
-            except ExtractionError as error:
-                yield ImageEntry(key, where, problem=str(error))
-                continue
-            if data is None:
-                yield ImageEntry(key, where, problem=f"the sample has no image member (it has {sorted(members)})")
-            else:
-                yield ImageEntry(key, where, data=data)
+            yield sample_entry(key, f"{tar} sample {key}", members, self.image_suffix)
