@@ -9,6 +9,7 @@ separate Ray's overhead (starting the cluster, the workers importing PyTorch, th
 its throughput once running. The load average before and after is printed: on a shared machine compare the ratios.
 
 Usage: python benchmarks/ray_speed.py [--model tiny|full] [--counts 8 24] [--repeats 2] [--actor-cpus 1]
+       [--device cpu|cuda] [--dtype fp32]
 """
 
 import argparse
@@ -25,7 +26,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
 
-from benchmark_extraction import full_model, make_images, tiny_model  # noqa: E402  (after the path is set)
+from benchmark_extraction import full_model, make_images, tiny_model
 
 
 def run(command: list[str], label: str) -> float:
@@ -46,6 +47,8 @@ def main() -> None:
     parser.add_argument("--counts", type=int, nargs=2, default=[8, 24])
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--actor-cpus", type=float, default=1)
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda: one model actor per GPU")
+    parser.add_argument("--dtype", default="fp32", help="the precision mode of both")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as work:
         work = Path(work)
@@ -57,7 +60,7 @@ def main() -> None:
             for count in args.counts:
                 print(f"  repeat {repeat}, {count} images", flush=True)
                 base = [sys.executable, "-m", "butd_frcnn.cli", "extract", "--model", str(model), str(images[count]),
-                        "--format", "parquet", "--no-progress", "--overwrite"]  # fmt: skip
+                        "--format", "parquet", "--no-progress", "--overwrite", "--device", args.device, "--dtype", args.dtype]  # fmt: skip
                 order = [("cli", []), ("ray", ["--ray", "--ray-actor-cpus", str(args.actor_cpus)])]
                 for label, extra in order if repeat % 2 == 0 else order[::-1]:
                     output = work / f"out-{label}"
@@ -65,13 +68,17 @@ def main() -> None:
                     times.setdefault((label, count), []).append(seconds)
         low, high = args.counts
         print(f"load average after: {os.getloadavg()}")
-        print(f"{'':>4} {'s at ' + str(low):>9} {'s at ' + str(high):>9} {'fixed s':>8} {'s/image':>8} {'images/s':>9}")
+        print(
+            f"{'':>4} {'s at ' + str(low):>9} {'s at ' + str(high):>9} {'fixed s':>8} {'s/image':>8} {'images/s':>9}"
+        )
         per_image = {}
         for label in ("cli", "ray"):
             a, b = statistics.median(times[(label, low)]), statistics.median(times[(label, high)])
             per_image[label] = (b - a) / (high - low)
             fixed = a - per_image[label] * low
-            print(f"{label:>4} {a:>9.1f} {b:>9.1f} {fixed:>8.1f} {per_image[label]:>8.2f} {1 / per_image[label]:>9.2f}")
+            print(
+                f"{label:>4} {a:>9.1f} {b:>9.1f} {fixed:>8.1f} {per_image[label]:>8.2f} {1 / per_image[label]:>9.2f}"
+            )
         print(f"ray / cli, seconds per image once running: {per_image['ray'] / per_image['cli']:.2f}")
 
 

@@ -106,7 +106,12 @@ def main() -> None:
                 if count == 1 and every_row:
                     continue
                 for index in range(count):
-                    request = {"dataset": f"{folder}/*.parquet", "index": index, "count": count, "every_row": every_row}
+                    request = {
+                        "dataset": f"{folder}/*.parquet",
+                        "index": index,
+                        "count": count,
+                        "every_row": every_row,
+                    }
                     completed = subprocess.run(
                         [sys.executable, __file__, "--request", json.dumps(request)],
                         capture_output=True, text=True, check=True,
