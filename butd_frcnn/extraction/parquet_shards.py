@@ -39,7 +39,9 @@ class Unit:
 def parquet_files(name: str, split: str | None) -> tuple[list[str], str] | None:
     """(files, split): the Parquet files of `--dataset NAME` as `datasets` resolves them (a local folder or glob of
     Parquet files), in its order, and their split; None where the dataset is something else (a save_to_disk folder,
-    an imagefolder, a Hub id)."""
+    an imagefolder, a Hub id, a `datasets` object)."""
+    if not isinstance(name, str):
+        return None
     path = Path(name).expanduser()
     if path.is_dir():
         if (path / "state.json").is_file() or (path / "dataset_dict.json").is_file():
