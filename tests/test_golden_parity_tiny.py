@@ -138,7 +138,13 @@ def test_region_head_on_the_originals_proposals(name, tiny_golden_model):
     golden, rois = load_golden("tiny", name), None
     rois = torch.from_numpy(golden["rois"][:, 1:])
     res4 = tiny_golden_model.backbone(torch.from_numpy(golden["blob/data"]))[-1]
-    features, class_probs, box_deltas, attribute_probs = tiny_golden_model.roi_heads(res4, rois)
+    heads = tiny_golden_model.roi_heads(res4, rois)
+    features, class_probs, box_deltas, attribute_probs = (
+        heads.region_features,
+        heads.class_probs,
+        heads.box_deltas,
+        heads.attribute_probs,
+    )
     np.testing.assert_allclose(features.numpy(), golden["pool5_flat"], rtol=0, atol=2e-5)  # measured <= 2.5e-6
     np.testing.assert_allclose(class_probs.numpy(), golden["cls_prob"], rtol=0, atol=1e-5)  # measured <= 2.2e-6
     np.testing.assert_allclose(attribute_probs.numpy(), golden["attr_prob"], rtol=0, atol=1e-5)  # <= 1.6e-6
