@@ -13,7 +13,7 @@ from images import make_odd_images
 from remote import run_without_package
 from safetensors import safe_open
 from transformers import AutoConfig, AutoImageProcessor, AutoModel
-from transformers.dynamic_module_utils import get_relative_import_files
+from transformers.dynamic_module_utils import get_relative_import_files, get_relative_imports
 
 from butd_frcnn import ButdFrcnnConfig, ButdFrcnnImageProcessor, ButdFrcnnModel, ButdFrcnnModelOutput
 from butd_frcnn.remote_code import MODEL_FILES, registered_for_remote_code
@@ -228,6 +228,25 @@ def test_model_files_are_what_transformers_finds_from_the_model():
         needed |= {entry, *(Path(name).name for name in get_relative_import_files(package / entry))}
     assert "kernels_butd_frcnn.py" in needed and "precision_butd_frcnn.py" in needed
     assert sorted(name for name in MODEL_FILES if name.endswith(".py")) == sorted(needed)
+
+
+def test_model_files_import_each_other_without_a_cycle():
+    """transformers 4's `get_relative_import_files` follows relative imports until no new file turns up, and loops
+    forever on a cycle (typing-only imports included: it reads the source), so `save_pretrained` and remote-code
+    loading hang at the floor of the supported range. The model files' relative imports form a DAG."""
+    package = Path(inspect.getfile(ButdFrcnnModel)).parent
+    imports = {path.stem: set(get_relative_imports(str(path))) for path in package.glob("*_butd_frcnn.py")}
+    finished: set[str] = set()
+
+    def visit(module: str, path: tuple[str, ...]) -> None:
+        assert module not in path, f"relative imports form a cycle: {' -> '.join((*path, module))}"
+        if module not in finished:
+            for imported in imports.get(module, ()):
+                visit(imported, (*path, module))
+            finished.add(module)
+
+    for module in imports:
+        visit(module, ())
 
 
 def test_full_size_default_architecture_runs(processor):
