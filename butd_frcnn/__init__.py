@@ -8,6 +8,11 @@ features first and the selected, labelled boxes that `post_process_object_detect
 
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForObjectDetection
 
+try:
+    from transformers import AutoVideoProcessor
+except ImportError:  # transformers before 4.52 has no video processors (and its pipelines look for none)
+    AutoVideoProcessor = None
+
 from .configuration_butd_frcnn import ButdFrcnnConfig
 from .image_processing_butd_frcnn import ButdFrcnnImageProcessor
 from .modeling_butd_frcnn import ButdFrcnnModel, ButdFrcnnModelOutput, ButdFrcnnPreTrainedModel
@@ -18,6 +23,11 @@ AutoModelForObjectDetection.register(ButdFrcnnConfig, ButdFrcnnModel, exist_ok=T
 AutoImageProcessor.register(
     ButdFrcnnConfig, image_processor_classes={"torchvision": ButdFrcnnImageProcessor}, exist_ok=True
 )
+if AutoVideoProcessor is not None:
+    # The model has no video processor, and says so: every pipeline also looks for one, and without a registration
+    # it would read the folder's `AutoImageProcessor` entry as remote code for a video processor and ask whether to
+    # run it.
+    AutoVideoProcessor.register(ButdFrcnnConfig, None, exist_ok=True)
 
 __version__ = "0.1.0"
 
