@@ -16,6 +16,7 @@ except ImportError:  # transformers before 4.52 has no video processors (and its
 from .configuration_butd_frcnn import ButdFrcnnConfig
 from .image_processing_butd_frcnn import ButdFrcnnImageProcessor
 from .modeling_butd_frcnn import ButdFrcnnModel, ButdFrcnnModelOutput, ButdFrcnnPreTrainedModel
+from .remote_code import write_hub_files
 
 AutoConfig.register(ButdFrcnnConfig.model_type, ButdFrcnnConfig, exist_ok=True)
 AutoModel.register(ButdFrcnnConfig, ButdFrcnnModel, exist_ok=True)
@@ -28,6 +29,9 @@ if AutoVideoProcessor is not None:
     # it would read the folder's `AutoImageProcessor` entry as remote code for a video processor and ask whether to
     # run it.
     AutoVideoProcessor.register(ButdFrcnnConfig, None, exist_ok=True)
+
+# a saved model carries the files a Hub folder has next to the model (its code is copied by transformers)
+ButdFrcnnModel.save_companion_files = staticmethod(write_hub_files)
 
 __version__ = "0.1.0"
 

@@ -13,7 +13,7 @@ from safetensors import safe_open
 from transformers import AutoConfig, AutoImageProcessor, AutoModel
 
 from butd_frcnn import ButdFrcnnConfig, ButdFrcnnImageProcessor, ButdFrcnnModel, ButdFrcnnModelOutput
-from butd_frcnn.remote_code import registered_for_remote_code
+from butd_frcnn.conversion.convert import EXPECTED_FILES
 
 OUTPUT_FIELDS = [
     "region_features", "boxes", "object_ids", "object_scores", "attribute_ids", "attribute_scores", "num_boxes",
@@ -153,11 +153,10 @@ def test_every_odd_image_kind_runs(tiny_golden_model, processor, tmp_path):
 
 
 def save_hub_folder(model, folder):
-    """What the converter writes: config.json with auto_map, model.safetensors, preprocessor_config.json, sources
-    (the classes registered for remote code only while saving)."""
-    with registered_for_remote_code():
-        model.save_pretrained(folder)
-        ButdFrcnnImageProcessor().save_pretrained(folder)
+    """What the converter writes but the card: config.json with auto_map, model.safetensors,
+    preprocessor_config.json, sources, endpoint files and pipeline."""
+    model.save_pretrained(folder)
+    ButdFrcnnImageProcessor().save_pretrained(folder)
 
 
 def test_save_and_load_round_trip_bit_exactly_in_safetensors(tiny_golden_model, processor, tmp_path):
@@ -189,10 +188,7 @@ def test_auto_classes_resolve_the_installed_package(tiny_golden_model, tmp_path)
 def test_remote_code_without_the_package(tiny_golden_model, processor, tmp_path):
     folder = tmp_path / "hub"
     save_hub_folder(tiny_golden_model, folder)
-    assert sorted(p.name for p in folder.iterdir()) == [
-        "config.json", "configuration_butd_frcnn.py", "image_processing_butd_frcnn.py", "model.safetensors",
-        "modeling_butd_frcnn.py", "ops_butd_frcnn.py", "preprocessor_config.json",
-    ]  # fmt: skip
+    assert sorted(p.name for p in folder.iterdir()) == sorted(name for name in EXPECTED_FILES if name != "README.md")
     image = golden_image_path("astronaut")
     run_without_package(
         f"""
