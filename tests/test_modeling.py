@@ -1,7 +1,9 @@
 """ButdFrcnnModel as a Transformers model: outputs, batching without drift, determinism, selection modes,
 safetensors round trips, Auto classes installed and as remote code, the full-size default architecture."""
 
+import inspect
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,9 +13,11 @@ from images import make_odd_images
 from remote import run_without_package
 from safetensors import safe_open
 from transformers import AutoConfig, AutoImageProcessor, AutoModel
+from transformers.dynamic_module_utils import get_relative_import_files
 
 from butd_frcnn import ButdFrcnnConfig, ButdFrcnnImageProcessor, ButdFrcnnModel, ButdFrcnnModelOutput
 from butd_frcnn.conversion.convert import EXPECTED_FILES
+from butd_frcnn.remote_code import model_files
 
 OUTPUT_FIELDS = [
     "region_features", "boxes", "object_ids", "object_scores", "attribute_ids", "attribute_scores", "num_boxes",
@@ -208,6 +212,18 @@ def test_remote_code_without_the_package(tiny_golden_model, processor, tmp_path)
     local = tiny_golden_model(**processor(image, return_tensors="pt"), min_boxes=36, max_boxes=36)
     for field in OUTPUT_FIELDS:
         assert np.array_equal(remote[field], getattr(local, field).numpy()), field
+
+
+def test_model_files_are_what_transformers_finds_from_the_model():
+    """`model_files()` (what converted and saved folders must hold) are exactly the files transformers' remote code
+    needs: the model and the image processor files and every file they import relatively, found as
+    `save_pretrained` finds them (`get_relative_import_files`), so that a new model-side file cannot be left out."""
+    package = Path(inspect.getfile(ButdFrcnnModel)).parent
+    needed = set()
+    for entry in ("modeling_butd_frcnn.py", "image_processing_butd_frcnn.py"):
+        needed |= {entry, *(Path(name).name for name in get_relative_import_files(package / entry))}
+    assert "kernels_butd_frcnn.py" in needed and "precision_butd_frcnn.py" in needed
+    assert sorted(model_files()) == sorted(needed)
 
 
 def test_full_size_default_architecture_runs(processor):
