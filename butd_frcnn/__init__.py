@@ -3,7 +3,8 @@
 Importing the package registers the classes with the Auto* factories, so that `AutoModel.from_pretrained` resolves
 a converted folder without remote code. The one model class serves `AutoModel` (the `image-feature-extraction`
 pipeline) and `AutoModelForObjectDetection` (the `object-detection` pipeline): its output carries the region
-features first and the selected, labelled boxes that `post_process_object_detection` reads.
+features first and the selected, labelled boxes that `post_process_object_detection` reads. A saved model carries
+what it needs to load as remote code where the package is not installed (see `remote_code.py`).
 """
 
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForObjectDetection

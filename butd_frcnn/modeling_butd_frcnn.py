@@ -720,7 +720,8 @@ class ButdFrcnnModel(ButdFrcnnPreTrainedModel):
             repo_id = kwargs.pop("repo_id", os.path.basename(os.path.normpath(save_directory)))
             hub = {name: kwargs.pop(name) for name in ("commit_message", "create_pr", "private") if name in kwargs}
             self.save_pretrained(save_directory, *args, **kwargs)
-            return self.push_to_hub(repo_id, token=kwargs.get("token"), **hub)
+            self.push_to_hub(repo_id, token=kwargs.get("token"), **hub)
+            return
         if self._auto_class is not None:
             reference = f"{type(self).__module__.rsplit('.', 1)[-1]}.{type(self).__name__}"
             auto_map = dict(getattr(self.config, "auto_map", None) or {})
@@ -728,7 +729,6 @@ class ButdFrcnnModel(ButdFrcnnPreTrainedModel):
         super().save_pretrained(save_directory, *args, **kwargs)
         if self.save_companion_files is not None and kwargs.get("is_main_process", True):
             self.save_companion_files(save_directory)
-        return None
 
     @can_return_tuple
     def forward(
