@@ -21,6 +21,7 @@ from PIL import Image, ImageDraw, ImageFont
 from .extraction.box_files import read_box_file
 from .extraction.inputs import image_id_from_path
 from .extraction.records import ExtractionError
+from .hub_errors import failure_line, show_traceback
 from .image_processing_butd_frcnn import load_image_bgr, pil_to_bgr
 
 logger = logging.getLogger(__name__)
@@ -210,8 +211,13 @@ def run_show(args: argparse.Namespace) -> int:
         # the installed code, never a prompt about the folder's own copy of it
         model = AutoModel.from_pretrained(args.model, trust_remote_code=False).eval()
         processor = AutoImageProcessor.from_pretrained(args.model, trust_remote_code=False)
-    except (OSError, ValueError) as error:
-        logger.error("cannot load the model %s: %s", args.model, error)
+    except Exception as error:
+        action = f"cannot load the model {args.model}: fetching it"
+        message = failure_line(error, action, "Nothing was written.", "rerun this command")
+        if message is None:
+            raise
+        logger.error("%s", message)
+        show_traceback(logger)
         return 1
     try:
         picture, detections = detect_regions(args.image, model, processor, boxes)

@@ -264,6 +264,12 @@ class FakeHub:
 
     def __init__(self, fail: Exception | None = None):
         self.calls, self.fail = [], fail
+        self.checked_tokens = []
+
+    def whoami(self, token=None, **kwargs):
+        """The token check before the work (kept apart from `calls`, the push itself)."""
+        self.checked_tokens.append(token)
+        return {"name": "someone", "auth": {"accessToken": {"role": "write"}}}
 
     def create_repo(self, repo_id, **kwargs):
         self.calls.append(("create_repo", repo_id, kwargs))
@@ -290,6 +296,7 @@ def test_push_to_hub_creates_the_repository_and_uploads_the_folder_in_one_commit
         token="hf_test_token",
         hub_api=hub,
     )
+    assert hub.checked_tokens == ["hf_test_token"], "the token is checked before converting"
     assert [call[0] for call in hub.calls] == ["create_repo", "create_branch", "upload_folder"]
     assert hub.calls[0][1:] == (
         "org/butd-frcnn-tiny",

@@ -25,7 +25,7 @@ from .checkpoints import read_checkpoint
 from .errors import ConversionError
 from .model_card import render_model_card
 from .prototxt import check_prototxt, proposal_parameters, read_prototxt
-from .push import HubClient, push_folder, resolve_token
+from .push import HubClient, check_token, push_folder
 from .vocab import attribute_names_from_vocabulary, id2label_from_vocabulary
 from .weights import (
     ConversionReport,
@@ -218,8 +218,16 @@ def convert_caffemodel(
         if path is not None and not Path(path).is_file():
             raise ConversionError(f"{path}: no such file")
     check_output_dir(output_dir, overwrite)
-    if push_to_hub:
-        token = resolve_token(token)
+    if push_to_hub:  # before the work: a refused token stops here, a Hub out of reach is said now
+        token, warning = check_token(token, hub_api)
+        if warning:
+            logger.warning(
+                "%s. Converting anyway: the push at the end needs the Hub; if it fails, the folder stays complete "
+                "and `hf upload %s %s` pushes it later.",
+                warning,
+                push_to_hub,
+                output_dir,
+            )
 
     definition = read_prototxt(prototxt) if prototxt is not None else None
     net, source_format, notes = read_checkpoint(checkpoint, bn_factor)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from ..hub_errors import failure_line, hub_failure, show_traceback
 from .dataset_push import push_features, push_token
 from .decoding import DEFAULT_MAX_PIXELS
 from .extract import PROBS_DTYPES, ExtractionSummary, ExtractOptions, default_num_workers, extract
@@ -23,6 +24,10 @@ from .sharding import Shard, all_shard_paths
 logger = logging.getLogger(__name__)
 
 EXIT_INTERRUPTED = 130
+PUSH_LATER = (
+    "the push at the end needs the Hub; if it fails, the features stay complete in {output}, and rerunning the "
+    "same command with --resume pushes them (nothing is extracted again)"
+)
 DATASET_OPTIONS = ("split", "config", "image_column", "id_column")
 # ranks of one torchrun wait for each other at the end; a resumed rank may have far less left than the others
 DISTRIBUTED_TIMEOUT = timedelta(days=7)
@@ -177,7 +182,13 @@ def add_parser(subparsers) -> None:
     scale.add_argument("--shard", type=_shard, help="process share I of N (0-based) of the listing")
     scale.add_argument("--no-merge", action="store_true", help="torchrun: leave the shards unmerged")
     scale.add_argument("--remove-shards", action="store_true", help="torchrun: delete shards once merged")
-    hub = extract_parser.add_argument_group("share the features on the Hugging Face Hub (parquet)")
+    hub = extract_parser.add_argument_group(
+        "share the features on the Hugging Face Hub (parquet)",
+        "Checked before any work: that a token is there and that the Hub accepts it (a refused, expired or read-only "
+        "token stops the run; a Hub out of reach is a warning, and the run goes on). Only at the end, after the "
+        f"extraction: creating the repository (rights to ORG) and the upload. If those fail, "
+        f"{PUSH_LATER.format(output='OUTPUT')}.",
+    )
     hub.add_argument(
         "--push-to-hub",
         metavar="ORG/NAME",
@@ -267,17 +278,28 @@ def run_extract(args) -> int:
         logger.error("%s", problem)
         return 2
     if args.push_to_hub:
-        try:
-            push_token(args.token)  # before the work: a missing login should not wait for the end of the run
+        try:  # before the work: a bad login should not wait for the end of the run
+            _, warning = push_token(args.token)
         except ExtractionError as error:
             logger.error("%s", error)
+            show_traceback(logger)
             return 1
+        if warning:
+            logger.warning("%s. Extracting anyway: %s", warning, PUSH_LATER.format(output=args.output))
     if torchrun_shard is not None:
         return _run_distributed(args, torchrun_shard)
     try:
         summary = extract(_options(args, args.shard or Shard(), args.device))
     except ExtractionError as error:
         logger.error("%s", error)
+        show_traceback(logger)
+        return 1
+    except Exception as error:  # the Hub failing under a streamed --dataset
+        if hub_failure(error) is None:
+            raise
+        safe = f"The images written to {args.output} before it are complete."
+        logger.error("%s", failure_line(error, "extract", safe, "rerun this command with --resume"))
+        show_traceback(logger)
         return 1
     print(summary.report())
     if summary.interrupted:

@@ -378,7 +378,13 @@ def extract(options: ExtractOptions) -> ExtractionSummary:
     writer = format.open_writer(
         output,
         options.resume,
-        WriterOptions(attributes, options.checkpoint_images, options.parquet_shard_mb, manifest.class_probs),
+        WriterOptions(
+            attributes,
+            options.checkpoint_images,
+            options.parquet_shard_mb,
+            manifest.class_probs,
+            given_boxes=given is not None,
+        ),
     )
     done = set(writer.completed)
     todo = [index for index in mine if ids[index] not in done]

@@ -26,12 +26,15 @@ class WriterOptions:
         parquet_shard_mb: parquet: the size (MB of arrays) at which a shard file is closed and the next begun.
         probs_dtype: the dtype (`float32`, `float16`) of the records' class distributions (`cls_prob`,
             `attr_prob`) when the run keeps them (`--save-class-probs`), else None.
+        given_boxes: the records describe given boxes (`--boxes-from`), whose order is their identity (row k is the
+            k-th given box): a format that reorders detected regions (uniter-npz) keeps it then.
     """
 
     attributes: dict = field(default_factory=dict)
     checkpoint_images: int = 1000
     parquet_shard_mb: float = DEFAULT_PARQUET_SHARD_MB
     probs_dtype: str | None = None
+    given_boxes: bool = False
 
 
 class FeatureWriter(Protocol):
