@@ -10,7 +10,7 @@ nothing from the rest of the package.
 import contextlib
 import math
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -25,9 +25,6 @@ from .ops_butd_frcnn import (
     per_class_nms_max_scores,
     select_regions,
 )
-
-if TYPE_CHECKING:
-    from .modeling_butd_frcnn import ButdFrcnnHeadOutputs, ButdFrcnnRoIHeads
 
 logger = logging.get_logger(__name__)
 
@@ -253,12 +250,14 @@ def settle_screened(
 
 
 def screened_roi_heads(
-    heads: "ButdFrcnnRoIHeads",
+    heads: nn.Module,
     features: torch.Tensor,
     boxes: torch.Tensor,
     plan: Callable[[torch.Tensor, torch.Tensor, float], ScreeningPlan],
-) -> "ButdFrcnnHeadOutputs":
-    """`heads(features, boxes)` for precision "fp32-screened" (float32 weights and `features`): the outputs the
+) -> tuple[torch.Tensor | None, ...]:
+    """`heads(features, boxes)` (the model's `ButdFrcnnRoIHeads`; not imported here: the model file imports this
+    one, and transformers 4's `get_relative_import_files` follows even typing-only imports round a cycle forever)
+    for precision "fp32-screened" (float32 weights and `features`): the outputs the
     selection `plan` needs, exactly as the heads' `forward` computes them, for much less than `forward` where few
     regions are in doubt.
 
@@ -299,7 +298,7 @@ def screened_roi_heads(
     return heads.predict(region_features)._replace(settled=result.settled)
 
 
-def settlement_granularity(heads: "ButdFrcnnRoIHeads", pooled: torch.Tensor) -> int | None:
+def settlement_granularity(heads: nn.Module, pooled: torch.Tensor) -> int | None:
     """The fewest regions a float32 res5 call of the screened precision may take so that every region gets the
     bits the full pass (`region_features` on all of them) gives it; `None` when only the full pass's own chunks
     promise that.
@@ -329,7 +328,7 @@ def settlement_granularity(heads: "ButdFrcnnRoIHeads", pooled: torch.Tensor) -> 
 
 
 def settlement_batches(
-    heads: "ButdFrcnnRoIHeads", rows: torch.Tensor, settled: torch.Tensor, granularity: int | None
+    heads: nn.Module, rows: torch.Tensor, settled: torch.Tensor, granularity: int | None
 ) -> list[torch.Tensor]:
     """The regions to run through float32 res5 for `rows` (`(K,)` bool): one batch of at least `granularity`
     regions (more unsettled ones taken along if needed), or without a granularity every chunk of the full pass
