@@ -113,6 +113,8 @@ class ButdFrcnnConfig(PreTrainedConfig):
     """
 
     model_type = "butd_frcnn"
+    # saved as remote code (this file and its `auto_map` entry), as transformers saves the classes it loads as such
+    _auto_class = "AutoConfig"
 
     num_channels: int = 3
     stem_channels: int = 64

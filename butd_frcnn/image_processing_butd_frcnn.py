@@ -417,6 +417,8 @@ class ButdFrcnnImageProcessor(TorchvisionBackend):
     """
 
     valid_kwargs = ButdFrcnnImageProcessorKwargs
+    # saved as remote code (this file and its `auto_map` entry), as transformers saves the classes it loads as such
+    _auto_class = "AutoImageProcessor"
     model_input_names = ["pixel_values", "image_sizes", "scales", "original_sizes"]  # noqa: RUF012 (transformers class attributes)
     size = {"shortest_edge": 600, "longest_edge": 1000}  # noqa: RUF012 (transformers class attributes)
     default_to_square = False

@@ -14,7 +14,8 @@ The state-dict names follow the detectron2 / transformers FRCNN layout so that o
 """
 
 import functools
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -727,12 +728,39 @@ class ButdFrcnnModel(ButdFrcnnPreTrainedModel):
     respect to `pixel_values` and the parameters (ids, counts and which regions are chosen are not).
     """
 
+    # Saved as remote code, as transformers saves the classes it loads as such: `save_pretrained` copies this file
+    # and the files it imports relatively, and names the class in `config.auto_map`.
+    _auto_class = "AutoModel"
+    # Writes the files a Hub folder carries next to the model into a folder being saved (the installed package sets
+    # it: the Inference Endpoints handler and its requirements, the attribute-aware pipeline).
+    save_companion_files: Callable[[str | os.PathLike], object] | None = None
+
     def __init__(self, config: ButdFrcnnConfig):
         super().__init__(config)
         self.backbone = ButdFrcnnBackbone(config)
         self.proposal_generator = ButdFrcnnRegionProposalNetwork(config)
         self.roi_heads = ButdFrcnnRoIHeads(config)
         self.post_init()
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs) -> None:
+        """transformers' `save_pretrained`, with the class also named for `AutoModelForObjectDetection` (the
+        object-detection pipeline loads through it) and the companion files written next to the model.
+
+        With `push_to_hub=True` transformers uploads from inside its save, before the companion files exist: the
+        folder is saved first, then pushed as `push_to_hub` pushes (a fresh save)."""
+        if kwargs.pop("push_to_hub", False):
+            repo_id = kwargs.pop("repo_id", os.path.basename(os.path.normpath(save_directory)))
+            hub = {name: kwargs.pop(name) for name in ("commit_message", "create_pr", "private") if name in kwargs}
+            self.save_pretrained(save_directory, *args, **kwargs)
+            self.push_to_hub(repo_id, token=kwargs.get("token"), **hub)
+            return
+        if self._auto_class is not None:
+            reference = f"{type(self).__module__.rsplit('.', 1)[-1]}.{type(self).__name__}"
+            auto_map = dict(getattr(self.config, "auto_map", None) or {})
+            self.config.auto_map = {**auto_map, "AutoModelForObjectDetection": reference}
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if self.save_companion_files is not None and kwargs.get("is_main_process", True):
+            self.save_companion_files(save_directory)
 
     @can_return_tuple
     def forward(

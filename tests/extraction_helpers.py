@@ -38,12 +38,9 @@ def save_test_model(folder: Path) -> Path:
 
 
 def save_model_folder(model, processor, folder: Path) -> Path:
-    """Save like `butd-frcnn convert` does (remote-code files included), leaving no class registered afterwards."""
-    from butd_frcnn.remote_code import registered_for_remote_code
-
-    with registered_for_remote_code():
-        model.save_pretrained(folder)
-        processor.save_pretrained(folder)
+    """Save like `butd-frcnn convert` does (remote-code files included)."""
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
     return folder
 
 

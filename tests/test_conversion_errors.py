@@ -17,7 +17,6 @@ from golden import GOLDEN, REPO_ROOT, VOCAB
 from huggingface_hub.errors import HfHubHTTPError
 from safetensors import safe_open
 
-from butd_frcnn import ButdFrcnnConfig, ButdFrcnnModel
 from butd_frcnn.conversion.convert import EXPECTED_FILES, convert_caffemodel
 from butd_frcnn.conversion.errors import ConversionError
 from butd_frcnn.conversion.prototxt import PrototxtError
@@ -198,12 +197,6 @@ def test_prototxt_proposal_parameters_reach_the_config_and_the_anchors(tmp_path,
         anchors = f.get_tensor("proposal_generator.anchor_generator.cell_anchors")
     torch.testing.assert_close(anchors, generate_cell_anchors(16, [0.5, 1.0, 2.0], [2.0, 4.0, 8.0, 16.0]))
     assert anchors[4].tolist() == [-8.0, -8.0, 23.0, 23.0]  # ratio 1, scale 2: 32 x 32 centred at 7.5
-
-
-def test_conversion_leaves_no_class_registered_for_remote_code(tmp_path, golden_dir):
-    convert_caffemodel(golden_dir / "tiny_seed0.caffemodel", tmp_path / "out")
-    for cls in (ButdFrcnnConfig, ButdFrcnnModel, ButdFrcnnImageProcessor):
-        assert getattr(cls, "_auto_class", None) is None, cls
 
 
 def test_vocabulary_that_does_not_fit_the_head(tmp_path, golden_dir):

@@ -20,7 +20,7 @@ import torch
 from ..configuration_butd_frcnn import ButdFrcnnConfig
 from ..image_processing_butd_frcnn import ButdFrcnnImageProcessor
 from ..modeling_butd_frcnn import ButdFrcnnModel
-from ..remote_code import ENDPOINT_FILES, MODEL_FILES, PIPELINE_FILE, registered_for_remote_code, write_hub_files
+from ..remote_code import ENDPOINT_FILES, PIPELINE_FILE, model_files
 from .checkpoints import read_checkpoint
 from .errors import ConversionError
 from .model_card import render_model_card
@@ -48,11 +48,12 @@ RELEASED_CHECKPOINTS = {
     "resnet101_faster_rcnn_final_iter_320000.caffemodel": "36",
 }
 DEFAULT_PRESET = "10-100"
+# what `save_pretrained` writes (the model files: those the model's code imports), and the card
 EXPECTED_FILES = (
     "config.json",
     "model.safetensors",
     "preprocessor_config.json",
-    *MODEL_FILES,
+    *model_files(),
     "README.md",
     *ENDPOINT_FILES,
     PIPELINE_FILE,
@@ -156,10 +157,8 @@ def save_model_folder(
             model = ButdFrcnnModel(config)
         model.load_state_dict(state_dict, strict=True, assign=True)
         processor = ButdFrcnnImageProcessor()
-        with registered_for_remote_code(model):
-            model.save_pretrained(staging)
-            processor.save_pretrained(staging)
-        write_hub_files(staging)
+        model.save_pretrained(staging)  # with the model files and the endpoint files (see remote_code.py)
+        processor.save_pretrained(staging)
         (staging / "README.md").write_text(model_card, encoding="utf-8")
         missing = [name for name in EXPECTED_FILES if not (staging / name).is_file()]
         if missing:

@@ -18,6 +18,7 @@ from .formats import FORMATS, format_from_path
 from .inputs import ID_STYLES
 from .merge import find_shards, merge_outputs
 from .model_loading import PRECISION_CHOICES
+from .ray_data import add_ray_arguments, ray_usage_problem, run_with_ray
 from .records import ExtractionError
 from .sharding import Shard, all_shard_paths
 
@@ -182,6 +183,7 @@ def add_parser(subparsers) -> None:
     scale.add_argument("--shard", type=_shard, help="process share I of N (0-based) of the listing")
     scale.add_argument("--no-merge", action="store_true", help="torchrun: leave the shards unmerged")
     scale.add_argument("--remove-shards", action="store_true", help="torchrun: delete shards once merged")
+    add_ray_arguments(extract_parser)
     hub = extract_parser.add_argument_group(
         "share the features on the Hugging Face Hub (parquet)",
         "Checked before any work: that a token is there and that the Hub accepts it (a refused, expired or read-only "
@@ -286,6 +288,8 @@ def run_extract(args) -> int:
             return 1
         if warning:
             logger.warning("%s. Extracting anyway: %s", warning, PUSH_LATER.format(output=args.output))
+    if args.ray is not None:
+        return _run_on_ray(args, torchrun_shard is not None)
     if torchrun_shard is not None:
         return _run_distributed(args, torchrun_shard)
     try:
@@ -305,6 +309,20 @@ def run_extract(args) -> int:
     if summary.interrupted:
         return EXIT_INTERRUPTED
     return _push(args, summary.complete)
+
+
+def _run_on_ray(args, torchrun: bool) -> int:
+    problem = "--ray and torchrun both spread the work: use one of them" if torchrun else ray_usage_problem(args)
+    if problem:
+        logger.error("%s", problem)
+        return 2
+    try:
+        print(run_with_ray(_options(args, Shard(), args.device), args.ray, args.ray_actors, args.ray_actor_cpus))
+    except ExtractionError as error:
+        logger.error("%s", error)
+        show_traceback(logger)
+        return 1
+    return _push(args, complete=True)
 
 
 def _push(args, complete: bool) -> int:

@@ -22,9 +22,11 @@ from .feature_format import DEFAULT_PARQUET_SHARD_MB, OutputFormat, WriterOption
 from .formats import FORMATS, get_format, resolve_format
 from .inputs import FileSource, ImageEntry, ImageSource
 from .model_loading import canonical_precision, load_model, resolve_device
+from .parquet_shards import ParquetShardSource, parquet_files
 from .records import ExtractionError, records_from_model_output
 from .sharding import Shard
 from .sidecars import ErrorLog, RunManifest, errors_path, manifest_path
+from .webdataset_input import WebDatasetSource, is_webdataset
 
 logger = logging.getLogger(__name__)
 
@@ -200,6 +202,15 @@ def image_source(options: ExtractOptions) -> ImageSource:
         return FileSource(options.inputs, options.image_ids)
     if options.inputs:
         raise ExtractionError("give either image files and folders or --dataset, not both")
+    if is_webdataset(options.dataset):
+        if options.id_column is not None:
+            raise ExtractionError("--id-column: the samples of WebDataset tars are named by their keys; leave it out")
+        return WebDatasetSource(options.dataset, options.shard, options.image_column)
+    found = parquet_files(options.dataset, options.split) if options.shard.count > 1 else None
+    if found is not None:  # a share that reads only its files or row groups
+        files, split = found
+        name = f"{options.dataset}[{split}]"
+        return ParquetShardSource(name, files, options.shard, options.image_column, options.id_column)
     return DatasetSource(
         options.dataset, options.split, options.image_column, options.id_column, options.dataset_config
     )
@@ -354,7 +365,7 @@ def extract(options: ExtractOptions) -> ExtractionSummary:
     given = read_box_file(options.boxes_from, options.image_ids) if options.boxes_from is not None else None
     source = image_source(options)
     ids = source.image_ids()
-    mine = options.shard.select(range(len(ids)))
+    mine = range(len(ids)) if source.sharded else options.shard.select(range(len(ids)))
     output = options.shard.output_path(options.output)
     model, processor = load_model(options.model, device, options.dtype)
     selection = {} if given is not None else _selection(options, model.config)
@@ -365,6 +376,7 @@ def extract(options: ExtractOptions) -> ExtractionSummary:
         dtype=canonical_precision(options.dtype),
         shard_index=options.shard.index,
         shard_count=options.shard.count,
+        shard_by_units=source.sharded and options.shard.count > 1,
         source=source.describe(),
         image_ids=[ids[index] for index in mine],
         boxes_from=None if given is None else given.source(),

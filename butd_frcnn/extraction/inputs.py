@@ -67,7 +67,9 @@ class ImageEntry:
 class ImageSource:
     """Where a run's images come from. `image_ids` lists every image once, in a fixed order (all processes of a
     distributed run list the same), before any work; `images` then yields the chosen ones lazily, so that only the
-    images in flight are ever in memory."""
+    images in flight are ever in memory. A `sharded` source was given its share and lists only that."""
+
+    sharded = False
 
     def image_ids(self) -> list[str]:
         """Every image's id, in order; an `ExtractionError` if the listing is unusable (e.g. duplicate ids)."""

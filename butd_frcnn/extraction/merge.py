@@ -67,6 +67,8 @@ def _expected_ids(shards: list[Path]) -> list[str] | None:
             else f"a shard is given twice: {indices}"
         )
     by_index = {m.shard_index: m.image_ids for m in manifests}
+    if any(m.shard_by_units for m in manifests):  # each shard read its own files or row groups
+        return [image_id for index in range(count) for image_id in by_index[index]]
     total = sum(len(ids) for ids in by_index.values())
     return [by_index[position % count][position // count] for position in range(total)]
 
