@@ -15,7 +15,7 @@ from huggingface_hub import ModelCard
 from safetensors import safe_open
 
 from butd_frcnn.conversion.convert import EXPECTED_FILES
-from butd_frcnn.remote_code import MODEL_FILES
+from butd_frcnn.remote_code import model_files
 
 # Tolerances against the original (CPU Caffe + OpenBLAS; another BLAS agrees to float rounding): probabilities and
 # features differ by ~2e-6 at most, proposals and boxes by ~1e-4 pixels.
@@ -67,7 +67,7 @@ def test_folder_holds_exactly_the_hub_files(converted):
     with safe_open(converted / "model.safetensors", framework="pt") as f:
         assert f.metadata() == {"format": "pt"}
         assert f.get_tensor("proposal_generator.anchor_generator.cell_anchors").shape == (12, 4)
-    for name in MODEL_FILES:  # checked against what transformers needs in test_modeling.py
+    for name in model_files():  # what transformers finds from the model file
         assert (converted / name).read_text() == (REPO_ROOT / "butd_frcnn" / name).read_text()
 
 
