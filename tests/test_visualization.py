@@ -2,13 +2,11 @@
 subprocess on a golden image."""
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
-from golden import REPO_ROOT, golden_image_path
+from cli_runner import run_cli
+from golden import golden_image_path
 from hub_support import save_tiny_hub_folder
 from PIL import Image
 
@@ -148,26 +146,8 @@ def test_show_regions_draws_the_best_boxes(camera_regions):
 def test_show_command_writes_a_picture_of_the_input_size(camera_regions, hub_folder, tmp_path):
     path, _, _, boxes = camera_regions
     output = tmp_path / "camera_boxes.png"
-    completed = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "butd_frcnn.cli",
-            "show",
-            str(path),
-            "--model",
-            str(hub_folder),
-            "-o",
-            str(output),
-            "--top-k",
-            "8",
-        ],
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1"},
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
+    completed = run_cli(
+        "show", path, "--model", hub_folder, "-o", output, "--top-k", "8", cwd=tmp_path, threads=None, check=False
     )
     assert completed.returncode == 0, completed.stderr
     assert f"the best 8 drawn in {output}" in completed.stdout

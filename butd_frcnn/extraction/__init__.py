@@ -2,24 +2,32 @@
 vision-and-language code reads out.
 
 `extract` runs a (sharded, resumable) extraction, `merge_outputs` combines shards, `read_features` reads any of the
-formats back as `RegionRecord`s, `push_features` shares a Parquet output on the Hub as a dataset.
+formats back as `RegionRecord`s, `push_features` shares a Parquet output on the Hub as a dataset. They load on first
+use, so that `butd-frcnn extract --help` imports neither torch nor transformers.
 """
 
-from .dataset_push import push_features
-from .extract import ExtractionSummary, ExtractOptions, extract
-from .formats import FORMATS, detect_format, read_features
-from .merge import merge_outputs
-from .records import ExtractionError, RegionRecord
+import importlib
 
-__all__ = [
-    "FORMATS",
-    "ExtractOptions",
-    "ExtractionError",
-    "ExtractionSummary",
-    "RegionRecord",
-    "detect_format",
-    "extract",
-    "merge_outputs",
-    "push_features",
-    "read_features",
-]
+_EXPORTS = {
+    "FORMATS": "formats",
+    "ExtractOptions": "extract",
+    "ExtractionError": "records",
+    "ExtractionSummary": "extract",
+    "RegionRecord": "records",
+    "detect_format": "formats",
+    "extract": "extract",
+    "merge_outputs": "merge",
+    "push_features": "dataset_push",
+    "read_features": "formats",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

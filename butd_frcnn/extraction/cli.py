@@ -7,18 +7,14 @@ import re
 from datetime import timedelta
 from pathlib import Path
 
-import torch
-
-from .dataset_push import push_features, push_token
-from .decoding import DEFAULT_MAX_PIXELS
-from .extract import PROBS_DTYPES, ExtractionSummary, ExtractOptions, default_num_workers, extract
+from .defaults import DEFAULT_MAX_PIXELS, PRECISION_CHOICES, PROBS_DTYPES, default_num_workers
 from .feature_format import DEFAULT_PARQUET_SHARD_MB
 from .formats import FORMATS, format_from_path
 from .inputs import ID_STYLES
-from .merge import find_shards, merge_outputs
-from .model_loading import PRECISION_CHOICES
 from .records import ExtractionError
 from .sharding import Shard, all_shard_paths
+
+# torch, transformers and the Hub client load in the run_* functions: `butd-frcnn extract --help` needs none of them
 
 logger = logging.getLogger(__name__)
 
@@ -153,7 +149,7 @@ def add_parser(subparsers) -> None:
     speed.add_argument(
         "--num-workers", type=int, default=default_num_workers(), help="processes decoding images (0: in this one)"
     )
-    speed.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
+    speed.add_argument("--device", help="cpu or cuda (default: cuda where available)")
     speed.add_argument(
         "--dtype",
         choices=PRECISION_CHOICES,
@@ -202,7 +198,9 @@ def add_parser(subparsers) -> None:
     merge_parser.set_defaults(func=run_merge)
 
 
-def _options(args, shard: Shard, device: str) -> ExtractOptions:
+def _options(args, shard: Shard, device: str):
+    from .extract import ExtractOptions
+
     min_boxes, max_boxes = args.boxes or (None, None)
     return ExtractOptions(
         model=args.model,
@@ -266,6 +264,12 @@ def run_extract(args) -> int:
     if problem:
         logger.error("%s", problem)
         return 2
+    import torch
+
+    from .dataset_push import push_token
+    from .extract import extract
+
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.push_to_hub:
         try:
             push_token(args.token)  # before the work: a missing login should not wait for the end of the run
@@ -292,6 +296,8 @@ def _push(args, complete: bool) -> int:
     if not complete:
         print(f"  not pushed to {args.push_to_hub}: the run is incomplete; rerun it with --resume to finish and push")
         return 0
+    from .dataset_push import push_features
+
     try:
         url = push_features(args.output, args.push_to_hub, private=args.private, token=args.token)
     except ExtractionError as error:
@@ -304,6 +310,9 @@ def _push(args, complete: bool) -> int:
 def _run_distributed(args, shard: Shard) -> int:
     """One rank of a torchrun: extract this rank's shard, then rank 0 merges all of them once every rank is done."""
     import torch.distributed as dist
+
+    from .extract import ExtractionSummary, extract
+    from .merge import merge_outputs
 
     device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if args.device == "cuda" else args.device
     dist.init_process_group(backend="gloo", timeout=DISTRIBUTED_TIMEOUT)
@@ -343,6 +352,8 @@ def _run_distributed(args, shard: Shard) -> int:
 
 
 def run_merge(args) -> int:
+    from .merge import find_shards, merge_outputs
+
     shards = args.shards or find_shards(args.output)
     try:
         if not shards:

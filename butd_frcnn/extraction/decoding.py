@@ -24,10 +24,8 @@ from ..image_processing_butd_frcnn import (
     load_image_bgr,
     opened_image_to_bgr,
 )
+from .defaults import DEFAULT_MAX_PIXELS
 from .inputs import ImageEntry
-
-# Pillow's own warning threshold (it refuses only twice as many); extraction refuses anything above it
-DEFAULT_MAX_PIXELS = 89_478_485
 
 
 def decode_image_bytes(
