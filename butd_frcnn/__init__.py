@@ -24,7 +24,13 @@ _EXPORTS = {
     "ButdFrcnnModelOutput": "modeling_butd_frcnn",
     "ButdFrcnnPreTrainedModel": "modeling_butd_frcnn",
 }
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "ButdFrcnnConfig",
+    "ButdFrcnnImageProcessor",
+    "ButdFrcnnModel",
+    "ButdFrcnnModelOutput",
+    "ButdFrcnnPreTrainedModel",
+]
 
 
 def __getattr__(name: str):

@@ -195,7 +195,7 @@ def test_the_parquet_output_loads_with_datasets_pandas_and_pyarrow(parquet_outpu
 
 def test_read_features_compare_and_random_access_read_parquet(parquet_output, model_folder, files, tmp_path):
     output, _ = parquet_output
-    assert detect_format(output) == "parquet" and detect_format(min(output.glob("*.parquet"))) == "parquet"
+    assert detect_format(output).name == "parquet" and detect_format(min(output.glob("*.parquet"))).name == "parquet"
     records = list(read_features(output))
     with open_source(output) as source:
         assert source.ids == [record.image_id for record in records]

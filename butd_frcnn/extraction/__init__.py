@@ -20,7 +20,18 @@ _EXPORTS = {
     "push_features": "dataset_push",
     "read_features": "formats",
 }
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "FORMATS",
+    "ExtractOptions",
+    "ExtractionError",
+    "ExtractionSummary",
+    "RegionRecord",
+    "detect_format",
+    "extract",
+    "merge_outputs",
+    "push_features",
+    "read_features",
+]
 
 
 def __getattr__(name: str):

@@ -246,12 +246,13 @@ def _usage_problem(args, torchrun: bool) -> str | None:
         return "--shard and torchrun both split the work: use one of them"
     if args.boxes_from is not None and (args.boxes is not None or args.score_threshold is not None):
         return "--boxes and --score-threshold choose among detected regions; with --boxes-from every given box is one"
-    format = args.format or format_from_path(args.output)
-    if args.probs_dtype is not None and not args.save_class_probs and format != "uniter-npz":
+    format = FORMATS[args.format] if args.format else format_from_path(args.output)
+    keeps_class_probs = args.save_class_probs or (format is not None and format.needs_class_probs)
+    if args.probs_dtype is not None and not keeps_class_probs:
         return "--probs-dtype goes with --save-class-probs (or --format uniter-npz, for its soft_labels)"
     if not args.push_to_hub:
         return "--private and --token only go with --push-to-hub" if args.private or args.token else None
-    if format != "parquet":
+    if format is None or not format.hub_dataset:
         return "--push-to-hub uploads a Parquet output: add --format parquet"
     if args.shard is not None or (torchrun and args.no_merge):
         return "--push-to-hub needs the whole output: with --shard or --no-merge, merge the shards, then push"

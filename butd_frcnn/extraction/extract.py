@@ -19,7 +19,7 @@ from .dataset_input import DatasetSource
 from .decoding import FailedImage, ImageDataset, PreparedImage, image_loader
 from .defaults import DEFAULT_MAX_PIXELS, PROBS_DTYPES, canonical_precision, default_num_workers
 from .feature_format import DEFAULT_PARQUET_SHARD_MB, OutputFormat, WriterOptions
-from .formats import FORMATS, get_format, resolve_format
+from .formats import FORMATS, resolve_format
 from .inputs import FileSource, ImageEntry, ImageSource
 from .model_loading import load_model, resolve_device
 from .records import ExtractionError, records_from_model_output
@@ -339,7 +339,7 @@ def extract(options: ExtractOptions) -> ExtractionSummary:
         ExtractionError: a problem the user must fix (listing, model, output), before work starts where possible.
     """
     started = time.perf_counter()
-    format = get_format(resolve_format(options.format, options.output))
+    format = resolve_format(options.format, options.output)
     format.require()
     device = resolve_device(options.device)
     batch_size = DEFAULT_BATCH_SIZES.get(device.type, 1) if options.batch_size is None else options.batch_size
