@@ -160,7 +160,8 @@ def direct_outputs(
         for image_id, path in paths.items():
             inputs = processor([str(path)], return_tensors="pt")
             regions = selection if boxes is None else {"boxes": [torch.from_numpy(boxes[image_id])]}
-            outputs = model(**inputs, **regions)
+            with torch.no_grad():
+                outputs = model(**inputs, **regions)
             count = int(outputs.num_boxes[0])
             rows = outputs.proposal_indices[0, :count]
             results[image_id] = {

@@ -17,6 +17,9 @@ from safetensors import safe_open
 
 from butd_frcnn.conversion.convert import EXPECTED_FILES
 
+# the model runs with gradients off here, as users run it for features (tests about gradients turn them on)
+pytestmark = pytest.mark.usefixtures("no_grad")
+
 # Tolerances against the original (CPU Caffe + OpenBLAS; another BLAS agrees to float rounding): probabilities and
 # features differ by ~2e-6 at most, proposals and boxes by ~1e-4 pixels.
 PROBABILITY_ATOL = 1e-5

@@ -13,6 +13,9 @@ from golden import tiny_config
 from butd_frcnn import ButdFrcnnModel
 from butd_frcnn.modeling_butd_frcnn import ButdFrcnnBottleneck, ButdFrcnnConv2d, drop_derived_weights
 
+# the model runs with gradients off here, as users run it for features (tests about gradients turn them on)
+pytestmark = pytest.mark.usefixtures("no_grad")
+
 
 def unfolded(conv: ButdFrcnnConv2d, x: torch.Tensor) -> torch.Tensor:
     """Caffe's order of layers: the convolution, then BatchNorm + Scale as a separate affine map."""

@@ -8,6 +8,9 @@ import torch
 from golden import REPO_ROOT, golden_image_path
 from hub_support import run_without_package, save_tiny_hub_folder
 
+# the model runs with gradients off here, as users run it for features (tests about gradients turn them on)
+pytestmark = pytest.mark.usefixtures("no_grad")
+
 RESPONSE_KEYS = {
     "image_size",
     "num_boxes",

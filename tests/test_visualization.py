@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from cli_runner import run_cli
 from golden import golden_image_path
 from hub_support import save_tiny_hub_folder
@@ -18,6 +19,9 @@ from butd_frcnn.visualization import (
     show_regions,
     text_color_on,
 )
+
+# the model runs with gradients off here, as users run it for features (tests about gradients turn them on)
+pytestmark = pytest.mark.usefixtures("no_grad")
 
 
 def test_colours_are_distinct_and_text_contrasts_with_them():
@@ -121,7 +125,8 @@ def camera_regions(hub_folder):
     model = ButdFrcnnModel.from_pretrained(hub_folder).eval()
     processor = ButdFrcnnImageProcessor.from_pretrained(hub_folder)
     path = golden_image_path("camera")
-    outputs = model(**processor(str(path), return_tensors="pt"))
+    with torch.no_grad():
+        outputs = model(**processor(str(path), return_tensors="pt"))
     count = int(outputs.num_boxes[0])
     order = np.argsort(-outputs.object_scores[0, :count].numpy(), kind="stable")
     return path, model, processor, outputs.boxes[0, :count].numpy()[order]
