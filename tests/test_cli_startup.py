@@ -24,7 +24,9 @@ def imported_modules(*args: str) -> set[str]:
     return set(lines)
 
 
-@pytest.mark.parametrize("command", [[], ["extract"], ["merge"], ["convert"], ["compare"], ["show"]])
+@pytest.mark.parametrize(
+    "command", [[], ["extract"], ["merge"], ["convert"], ["compare"], ["show"]], ids=lambda command: " ".join(command)
+)
 def test_help_imports_neither_torch_nor_transformers(command):
     modules = imported_modules("-m", "butd_frcnn.cli", *command, "--help")
     assert "butd_frcnn.cli" in modules or "butd_frcnn" in modules  # the listing is real
@@ -67,3 +69,19 @@ def test_importing_the_package_registers_the_classes(first):
 
 def test_help_lists_the_configs_precisions():
     assert CLI_PRECISIONS == PRECISIONS
+
+
+def test_the_extraction_package_exports_the_function_once_its_module_is_loaded():
+    """`extract` names both a function and the submodule defining it: loading the submodule first (as the command
+    line does) must leave `butd_frcnn.extraction.extract` the function."""
+    code = (
+        "import importlib, types\n"
+        "importlib.import_module('butd_frcnn.extraction.extract')\n"
+        "from butd_frcnn.extraction import ExtractOptions, extract\n"
+        "assert isinstance(extract, types.FunctionType), extract\n"
+        "print('function')\n"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", code], env=cli_env(), capture_output=True, text=True, check=False
+    )
+    assert completed.returncode == 0 and completed.stdout.strip() == "function", completed.stderr[-3000:]

@@ -7,6 +7,8 @@ use, so that `butd-frcnn extract --help` imports neither torch nor transformers.
 """
 
 import importlib
+import sys
+import types
 
 _EXPORTS = {
     "FORMATS": "formats",
@@ -42,3 +44,17 @@ def __getattr__(name: str):
 
 def __dir__() -> list[str]:
     return sorted([*globals(), *_EXPORTS])
+
+
+class _Package(types.ModuleType):
+    """Keeps each exported name bound to what it exports: `extract` is both a function and the submodule defining
+    it, and importing a submodule binds its name on the package (an eager `from .extract import extract` used to
+    rebind it right after)."""
+
+    def __setattr__(self, name: str, value) -> None:
+        if name in _EXPORTS and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
