@@ -11,9 +11,10 @@ own lazy modules do), and the registration happens now if transformers is alread
 is (an Auto* factory cannot be reached before that).
 """
 
-import importlib
 import importlib.abc
 import sys
+
+from .lazy_exports import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -33,14 +34,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 
 def _register_with_auto_classes() -> None:

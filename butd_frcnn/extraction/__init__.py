@@ -6,9 +6,10 @@ formats back as `RegionRecord`s, `push_features` shares a Parquet output on the 
 use, so that `butd-frcnn extract --help` imports neither torch nor transformers.
 """
 
-import importlib
 import sys
 import types
+
+from ..lazy_exports import lazy_exports
 
 _EXPORTS = {
     "FORMATS": "formats",
@@ -36,14 +37,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 
 class _Package(types.ModuleType):
