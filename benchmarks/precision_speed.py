@@ -1,4 +1,4 @@
-"""The precisions' speed against fp32's, interleaved in one process: the ratios of the README's table of modes.
+"""The precisions' speed against fp32's, interleaved in one process: the ratios of docs/precision.md's table of modes.
 
 The FULL golden network (ResNet-101 with the golden generator's seed-0 weights, whose class probabilities decide how
 many proposals fp32-screened settles) runs one golden image under each precision in turn, round after round, each

@@ -183,7 +183,7 @@ def direct_outputs(
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Plain readers: what a user's downstream code does (the README's snippets), independent of our package
+# Plain readers: what a user's downstream code does (the reading snippets of docs/formats.md), independent of our package
 # ---------------------------------------------------------------------------------------------------------------
 
 

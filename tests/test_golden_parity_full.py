@@ -21,7 +21,7 @@ from parity import (
     selection_scores,
 )
 
-from butd_frcnn.modeling_butd_frcnn import objectness_probabilities
+from butd_frcnn.ops_butd_frcnn import objectness_probabilities
 
 # the model runs with gradients off here, as users run it for features (tests about gradients turn them on)
 pytestmark = pytest.mark.usefixtures("no_grad")

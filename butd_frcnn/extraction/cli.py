@@ -136,7 +136,7 @@ def add_parser(subparsers) -> None:
         metavar="FILE",
         type=Path,
         help="describe these boxes instead of detecting: JSON {image_id: [[x1, y1, x2, y2], ...]}, JSON lines, COCO "
-        "annotations (bbox [x, y, w, h]) or a feature file or folder of ours (see README)",
+        "annotations (bbox [x, y, w, h]) or a feature file or folder of ours (see docs/given-boxes.md)",
     )
     speed = extract_parser.add_argument_group("speed and decoding")
     speed.add_argument(
@@ -144,7 +144,7 @@ def add_parser(subparsers) -> None:
         type=int,
         help="images of one resized size per forward pass (default: 4 on a CPU, where a batch gives every image "
         "the bits it gets alone and fp32 runs ~1.1x faster; 1 on a GPU, where cuDNN may pick other kernels for "
-        "other batch sizes, so larger batches may round differently there: see the README)",
+        "other batch sizes, so larger batches may round differently there: see docs/extraction.md)",
     )
     speed.add_argument(
         "--num-workers", type=int, default=default_num_workers(), help="processes decoding images (0: in this one)"
@@ -157,10 +157,10 @@ def add_parser(subparsers) -> None:
         metavar="PRECISION",
         help="how the model computes (ButdFrcnnConfig.precision): fp32 (default; the original's numbers), bf16 "
         "(about 2x faster on CPUs with bf16 units, more with AMX; near-tied regions may swap, mean feature "
-        "cosine ~0.9999), fp16, fp32-screened (fp32's selection and features bit for bit: res5 screened in bf16, redone in "
-        "fp32 for every proposal whose selection is in doubt; faster than fp32 only where bf16 is far faster and few "
-        "proposals are in doubt, slower on CPUs without AMX: see the README), tf32 (CUDA only). float32, bfloat16, "
-        "float16 are accepted spellings of fp32, bf16, fp16",
+        "cosine ~0.9999), fp16, fp32-screened (fp32's selection and features bit for bit: res5 screened in bf16, "
+        "redone in fp32 for every proposal whose selection is in doubt; faster than fp32 only where bf16 is far "
+        "faster and few proposals are in doubt, slower on CPUs without AMX: see docs/precision.md), tf32 (CUDA "
+        "only). float32, bfloat16, float16 are accepted spellings of fp32, bf16, fp16",
     )
     speed.add_argument(
         "--max-pixels",
