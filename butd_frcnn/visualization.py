@@ -15,14 +15,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from .extraction.box_files import read_box_file
 from .extraction.inputs import image_id_from_path
 from .extraction.records import ExtractionError
 from .hub_errors import failure_line, show_traceback
-from .image_processing_butd_frcnn import load_image_bgr, pil_to_bgr
+
+# torch and the model files load where the model runs: `butd-frcnn show --help` needs neither
 
 logger = logging.getLogger(__name__)
 
@@ -112,6 +112,8 @@ def draw_detections(
     image: Image.Image, detections: dict, id2label: dict[int, str], attribute_names: Sequence[str], top_k: int = 20
 ) -> Image.Image:
     """Draw the `top_k` highest-scoring regions of one image's `post_process_object_detection` result."""
+    import torch
+
     scores = detections["scores"]
     order = torch.sort(scores, descending=True, stable=True).indices[:top_k].tolist()
     boxes = [detections["boxes"][i].tolist() for i in order]
@@ -136,6 +138,10 @@ def detect_regions(
         The decoded image (RGB, the pixels the model saw) and its selected (or given) regions as
         `post_process_object_detection` gives them (no score threshold).
     """
+    import torch
+
+    from .image_processing_butd_frcnn import load_image_bgr, pil_to_bgr
+
     bgr = pil_to_bgr(image) if isinstance(image, Image.Image) else load_image_bgr(image)
     rgb = np.ascontiguousarray(bgr[..., ::-1])
     inputs = processor(rgb, input_channel_order="rgb", boxes=boxes, return_tensors="pt").to(model.device)

@@ -3,8 +3,6 @@ behind. Also the output folder's atomicity, the selection defaults of the releas
 with an injected client (no network)."""
 
 import os
-import subprocess
-import sys
 from types import SimpleNamespace
 
 import httpx2
@@ -13,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 from caffe_wire import random_layers, write_caffemodel
-from golden import GOLDEN, REPO_ROOT, VOCAB
+from cli_runner import run_cli, run_cli_process
+from golden import GOLDEN, VOCAB
 from huggingface_hub.errors import HfHubHTTPError
 from safetensors import safe_open
 
@@ -52,23 +51,10 @@ def assert_nothing_written(tmp_path):
     assert sorted(path.name for path in tmp_path.iterdir()) == ["model.caffemodel"]
 
 
-def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    environment = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")}
-    environment.update(PYTHONPATH=str(REPO_ROOT), HF_HUB_OFFLINE="1", **(env or {}))
-    return subprocess.run(
-        [sys.executable, "-m", "butd_frcnn.cli", *args],
-        check=False,
-        capture_output=True,
-        text=True,
-        env=environment,
-        timeout=600,
-    )
-
-
 def test_cli_reports_a_truncated_file_without_traceback(tmp_path, golden_dir):
     data = (golden_dir / "tiny_seed0.caffemodel").read_bytes()
     (tmp_path / "cut.caffemodel").write_bytes(data[: len(data) // 2])
-    result = run_cli("convert", str(tmp_path / "cut.caffemodel"), str(tmp_path / "out"))
+    result = run_cli("convert", str(tmp_path / "cut.caffemodel"), str(tmp_path / "out"), check=False)
     assert result.returncode == 1
     assert "butd-frcnn convert: error:" in result.stderr and "cut.caffemodel" in result.stderr
     assert "truncated" in result.stderr and "Traceback" not in result.stderr
@@ -327,13 +313,14 @@ def test_push_without_token_fails_before_converting(tmp_path, golden_dir, monkey
 
 
 def test_cli_push_without_token(tmp_path, golden_dir):
-    result = run_cli(
+    result = run_cli_process(  # HF_HOME is read when huggingface_hub is imported: a fresh process
         "convert",
         str(golden_dir / "tiny_seed0.caffemodel"),
         str(tmp_path / "out"),
         "--push-to-hub",
         "org/m",
-        env={"HF_HOME": str(tmp_path / "hf-home")},
+        env={"HF_HOME": str(tmp_path / "hf-home"), "HF_TOKEN": None, "HUGGING_FACE_HUB_TOKEN": None},
+        check=False,
     )
     assert result.returncode == 1
     assert "error: no Hugging Face token found" in result.stderr and "Traceback" not in result.stderr

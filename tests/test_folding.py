@@ -14,6 +14,9 @@ from butd_frcnn import ButdFrcnnModel
 from butd_frcnn.kernels_butd_frcnn import drop_derived_weights
 from butd_frcnn.modeling_butd_frcnn import ButdFrcnnBottleneck, ButdFrcnnConvNormActivation
 
+# the model runs with gradients off here, as users run it for features (tests about gradients turn them on)
+pytestmark = pytest.mark.usefixtures("no_grad")
+
 
 def unfolded(conv: ButdFrcnnConvNormActivation, x: torch.Tensor) -> torch.Tensor:
     """Caffe's order of layers: the convolution, then BatchNorm + Scale as a separate affine map."""

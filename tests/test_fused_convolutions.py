@@ -10,12 +10,15 @@ import pytest
 import torch
 from golden import REPO_ROOT, golden_image_path, tiny_config
 
-from butd_frcnn import ButdFrcnnConfig, ButdFrcnnModel
+from butd_frcnn import ButdFrcnnModel
 from butd_frcnn import kernels_butd_frcnn as kernels
 from butd_frcnn import modeling_butd_frcnn as modeling
 from butd_frcnn.kernels_butd_frcnn import onednn_fused_convolutions
 from butd_frcnn.modeling_butd_frcnn import ButdFrcnnConvNormActivation
 from butd_frcnn.ops_butd_frcnn import generate_cell_anchors, global_average_pool, shift_anchors
+
+# the model runs with gradients off here, as users run it for features (tests about gradients turn them on)
+pytestmark = pytest.mark.usefixtures("no_grad")
 
 FIELDS = ("proposals", "proposal_scores", "proposal_features", "class_probs", "attribute_probs", "box_deltas",
           "region_features", "boxes", "object_ids", "object_scores", "attribute_ids", "attribute_scores")  # fmt: skip
@@ -70,10 +73,9 @@ def test_fused_path_gives_the_portable_float32_bits(name, tiny_golden_model, pro
 
 
 @pytest.mark.slow
-def test_fused_path_gives_the_portable_float32_bits_full_size(processor, monkeypatch):
+def test_fused_path_gives_the_portable_float32_bits_full_size(full_random_model, processor, monkeypatch):
     """The full-size network's shapes take other oneDNN kernels than TINY's (brgconv 1x1, dilated 3x3 at 512)."""
-    torch.manual_seed(0)
-    model = ButdFrcnnModel(ButdFrcnnConfig()).eval()
+    model = full_random_model
     image = torch.linspace(0, 255, 3 * 300 * 400).reshape(300, 400, 3).round().to(torch.uint8).numpy()
     batch = processor(image, return_tensors="pt")
     fused, _ = run(model, batch, True, monkeypatch)

@@ -14,6 +14,9 @@ from golden import GOLDEN_IMAGES, golden_image_path
 
 from butd_frcnn.ops_butd_frcnn import roi_pool_bins
 
+# the model runs with gradients off here, as users run it for features (tests about gradients turn them on)
+pytestmark = pytest.mark.usefixtures("no_grad")
+
 HEAD_FIELDS = ("proposal_features", "class_probs", "attribute_probs", "box_deltas")
 REGION_FIELDS = (
     "region_features", "boxes", "object_ids", "object_scores", "attribute_ids", "attribute_scores",

@@ -24,6 +24,9 @@ from parity import (
 from butd_frcnn.modeling_butd_frcnn import ButdFrcnnHeadOutputs
 from butd_frcnn.ops_butd_frcnn import objectness_probabilities
 
+# the model runs with gradients off here, as users run it for features (tests about gradients turn them on)
+pytestmark = pytest.mark.usefixtures("no_grad")
+
 FULL_BOX_ATOL = 5e-4
 
 
@@ -32,7 +35,8 @@ def runs(full_golden_model, processor):
     results = {}
     for name in FULL_IMAGES:
         batch = processor(golden_image_path(name), return_tensors="pt")
-        outputs = full_golden_model(**batch, output_hidden_states=name == "astronaut")
+        with torch.no_grad():
+            outputs = full_golden_model(**batch, output_hidden_states=name == "astronaut")
         results[name] = (load_golden("full", name), batch, outputs)
     return results
 

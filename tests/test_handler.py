@@ -21,6 +21,9 @@ from hub_support import (
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+# the model runs with gradients off here, as users run it for features (tests about gradients turn them on)
+pytestmark = pytest.mark.usefixtures("no_grad")
+
 DETECTION_KEYS = {"score", "label", "box", "attribute", "attribute_score"}
 RESPONSE_KEYS = {
     "image_size",

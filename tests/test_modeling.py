@@ -19,6 +19,9 @@ from butd_frcnn import ButdFrcnnConfig, ButdFrcnnImageProcessor, ButdFrcnnModel,
 from butd_frcnn.conversion.convert import EXPECTED_FILES
 from butd_frcnn.remote_code import model_files
 
+# the model runs with gradients off here, as users run it for features (tests about gradients turn them on)
+pytestmark = pytest.mark.usefixtures("no_grad")
+
 OUTPUT_FIELDS = [
     "region_features", "boxes", "object_ids", "object_scores", "attribute_ids", "attribute_scores", "num_boxes",
     "proposals", "num_proposals", "proposal_scores", "proposal_features", "class_probs", "attribute_probs",
@@ -245,16 +248,16 @@ def test_model_files_import_each_other_without_a_cycle():
         visit(module, ())
 
 
-def test_full_size_default_architecture_runs(processor):
+def test_full_size_default_architecture_runs(full_random_model, processor):
     """ResNet-101 with the released heads (random weights): a 600x800 input gives 10-100 regions of 2048-d."""
-    torch.manual_seed(0)
     config = ButdFrcnnConfig()
     assert config.depths == [3, 4, 23, 3] and config.num_labels == 1601 and config.num_attributes == 401
-    model = ButdFrcnnModel(config).eval()
+    model = full_random_model
     assert sum(p.numel() for p in model.parameters()) > 60_000_000
     batch = processor(random_images([(600, 800)], seed=1), return_tensors="pt")
     assert batch["pixel_values"].shape == (1, 3, 600, 800)
-    outputs = model(**batch)
+    with torch.inference_mode():
+        outputs = model(**batch)
     count = int(outputs.num_boxes[0])
     assert 10 <= count <= 100
     assert outputs.region_features.shape == (1, count, 2048) and torch.isfinite(outputs.region_features).all()

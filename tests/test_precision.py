@@ -25,6 +25,9 @@ from butd_frcnn.precision_butd_frcnn import (
     settlement_granularity,
 )
 
+# the model runs with gradients off here, as users run it for features (tests about gradients turn them on)
+pytestmark = pytest.mark.usefixtures("no_grad")
+
 SELECTED = ("region_features", "boxes", "object_ids", "object_scores", "attribute_ids", "attribute_scores",
             "num_boxes", "proposals", "num_proposals", "proposal_scores", "proposal_indices",
             "selection_scores")  # fmt: skip
@@ -232,9 +235,8 @@ def test_res5_rows_do_not_depend_on_the_other_rows_tiny(tiny_golden_model):
 
 
 @pytest.mark.slow
-def test_res5_rows_do_not_depend_on_the_other_rows_full_size():
-    torch.manual_seed(0)
-    heads = ButdFrcnnModel(ButdFrcnnConfig()).eval().roi_heads
+def test_res5_rows_do_not_depend_on_the_other_rows_full_size(full_random_model):
+    heads = full_random_model.roi_heads
     pooled = pooled_regions(150, 1024)
     granularity = settlement_granularity(heads, pooled)
     assert granularity is not None

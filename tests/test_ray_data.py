@@ -17,7 +17,7 @@ from test_dataset_shares import write_tars
 from test_datasets import extract_args, extract_in_process, our_rows
 
 from butd_frcnn.extraction import ExtractionError, ExtractOptions
-from butd_frcnn.extraction.decoding import DEFAULT_MAX_PIXELS
+from butd_frcnn.extraction.defaults import DEFAULT_MAX_PIXELS
 from butd_frcnn.extraction.ray_data import (
     FeaturizeImages,
     _actor_resources,

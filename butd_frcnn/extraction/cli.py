@@ -7,20 +7,15 @@ import re
 from datetime import timedelta
 from pathlib import Path
 
-import torch
-
 from ..hub_errors import failure_line, hub_failure, show_traceback
-from .dataset_push import push_features, push_token
-from .decoding import DEFAULT_MAX_PIXELS
-from .extract import PROBS_DTYPES, ExtractionSummary, ExtractOptions, default_num_workers, extract
+from .defaults import DEFAULT_MAX_PIXELS, PRECISION_CHOICES, PROBS_DTYPES, RAY_INSTALL_HINT, default_num_workers
 from .feature_format import DEFAULT_PARQUET_SHARD_MB
 from .formats import FORMATS, format_from_path
 from .inputs import ID_STYLES
-from .merge import find_shards, merge_outputs
-from .model_loading import PRECISION_CHOICES
-from .ray_data import add_ray_arguments, ray_usage_problem, run_with_ray
 from .records import ExtractionError
 from .sharding import Shard, all_shard_paths
+
+# torch, transformers, Ray and the Hub client load in the run_* functions: `butd-frcnn extract --help` needs none
 
 logger = logging.getLogger(__name__)
 
@@ -159,7 +154,7 @@ def add_parser(subparsers) -> None:
     speed.add_argument(
         "--num-workers", type=int, default=default_num_workers(), help="processes decoding images (0: in this one)"
     )
-    speed.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
+    speed.add_argument("--device", help="cpu or cuda (default: cuda where available)")
     speed.add_argument(
         "--dtype",
         choices=PRECISION_CHOICES,
@@ -215,7 +210,9 @@ def add_parser(subparsers) -> None:
     merge_parser.set_defaults(func=run_merge)
 
 
-def _options(args, shard: Shard, device: str) -> ExtractOptions:
+def _options(args, shard: Shard, device: str):
+    from .extract import ExtractOptions
+
     min_boxes, max_boxes = args.boxes or (None, None)
     return ExtractOptions(
         model=args.model,
@@ -261,12 +258,13 @@ def _usage_problem(args, torchrun: bool) -> str | None:
         return "--shard and torchrun both split the work: use one of them"
     if args.boxes_from is not None and (args.boxes is not None or args.score_threshold is not None):
         return "--boxes and --score-threshold choose among detected regions; with --boxes-from every given box is one"
-    format = args.format or format_from_path(args.output)
-    if args.probs_dtype is not None and not args.save_class_probs and format != "uniter-npz":
+    format = FORMATS[args.format] if args.format else format_from_path(args.output)
+    keeps_class_probs = args.save_class_probs or (format is not None and format.needs_class_probs)
+    if args.probs_dtype is not None and not keeps_class_probs:
         return "--probs-dtype goes with --save-class-probs (or --format uniter-npz, for its soft_labels)"
     if not args.push_to_hub:
         return "--private and --token only go with --push-to-hub" if args.private or args.token else None
-    if format != "parquet":
+    if format is None or not format.hub_dataset:
         return "--push-to-hub uploads a Parquet output: add --format parquet"
     if args.shard is not None or (torchrun and args.no_merge):
         return "--push-to-hub needs the whole output: with --shard or --no-merge, merge the shards, then push"
@@ -279,6 +277,12 @@ def run_extract(args) -> int:
     if problem:
         logger.error("%s", problem)
         return 2
+    import torch
+
+    from .dataset_push import push_token
+    from .extract import extract
+
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.push_to_hub:
         try:  # before the work: a bad login should not wait for the end of the run
             _, warning = push_token(args.token)
@@ -312,6 +316,8 @@ def run_extract(args) -> int:
 
 
 def _run_on_ray(args, torchrun: bool) -> int:
+    from .ray_data import run_with_ray
+
     problem = "--ray and torchrun both spread the work: use one of them" if torchrun else ray_usage_problem(args)
     if problem:
         logger.error("%s", problem)
@@ -325,6 +331,44 @@ def _run_on_ray(args, torchrun: bool) -> int:
     return _push(args, complete=True)
 
 
+def add_ray_arguments(parser) -> None:
+    """The `extract` options of a Ray run (Ray itself is imported only when `--ray` is given)."""
+    group = parser.add_argument_group(f"a Ray cluster (needs {RAY_INSTALL_HINT}; Parquet output)")
+    group.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        metavar="ADDRESS",
+        help="run on Ray Data: decoding in CPU tasks, the model in an actor pool; ADDRESS of an existing cluster "
+        "(host:6379, or auto), or none to start one on this machine",
+    )
+    group.add_argument(
+        "--ray-actors",
+        type=int,
+        metavar="N",
+        help="model actors (default: one per GPU with --device cuda; on CPUs, one per --ray-actor-cpus CPUs of the "
+        "cluster's, one CPU left to read and decode)",
+    )
+    group.add_argument(
+        "--ray-actor-cpus",
+        type=float,
+        default=1,
+        metavar="C",
+        help="CPUs each model actor holds (default 1; its PyTorch threads)",
+    )
+
+
+def ray_usage_problem(args) -> str | None:
+    """What `--ray` cannot be combined with, before anything is loaded."""
+    if args.resume:
+        return "--ray does not resume: Ray retries what fails during the run; rerun into a new output"
+    if args.shard is not None:
+        return "--ray splits the work itself: leave out --shard"
+    if args.format is not None and not FORMATS[args.format].hub_dataset:
+        return f"--ray writes the parquet format: leave out --format {args.format}"
+    return None
+
+
 def _push(args, complete: bool) -> int:
     """Push the finished output when asked (the exit status of the run: 1 if the push failed)."""
     if not args.push_to_hub:
@@ -333,6 +377,8 @@ def _push(args, complete: bool) -> int:
         print(f"  not pushed to {args.push_to_hub}: the run is incomplete; rerun it with --resume to finish and push")
         return 0
     try:
+        from .dataset_push import push_features
+
         url = push_features(args.output, args.push_to_hub, private=args.private, token=args.token)
     except ExtractionError as error:
         logger.error("%s", error)
@@ -344,6 +390,9 @@ def _push(args, complete: bool) -> int:
 def _run_distributed(args, shard: Shard) -> int:
     """One rank of a torchrun: extract this rank's shard, then rank 0 merges all of them once every rank is done."""
     import torch.distributed as dist
+
+    from .extract import ExtractionSummary, extract
+    from .merge import merge_outputs
 
     device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if args.device == "cuda" else args.device
     dist.init_process_group(backend="gloo", timeout=DISTRIBUTED_TIMEOUT)
@@ -383,6 +432,8 @@ def _run_distributed(args, shard: Shard) -> int:
 
 
 def run_merge(args) -> int:
+    from .merge import find_shards, merge_outputs
+
     shards = args.shards or find_shards(args.output)
     try:
         if not shards:

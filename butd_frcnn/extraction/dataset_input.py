@@ -163,7 +163,6 @@ class DatasetSource(ImageSource):
                 features[self.image_column],
             )
         self.dataset = dataset.with_format("arrow")
-        self._ids: list[str] = []
 
     def _find_image_column(self, features) -> str:
         import datasets
@@ -198,15 +197,14 @@ class DatasetSource(ImageSource):
                 "before is kept: repair or replace the data, then rerun with --resume."
             ) from None
 
-    def image_ids(self) -> list[str]:
+    def _list_image_ids(self) -> list[str]:
         if self.id_column is None:
-            self._ids = [str(index) for index in range(self._row_count())]
-            return self._ids
-        self._ids = []
+            return [str(index) for index in range(self._row_count())]
+        ids = []
         for table in self._column_batches(self.id_column, 1000):
-            self._ids.extend("" if value is None else str(value) for value in table.column(0).to_pylist())
-        check_image_ids(self._ids, self.location, ID_REMEDY)
-        return self._ids
+            ids.extend("" if value is None else str(value) for value in table.column(0).to_pylist())
+        check_image_ids(ids, self.location, ID_REMEDY)
+        return ids
 
     def _row_count(self) -> int:
         """The split's rows: its length, or for a streamed split its metadata where the dataset has it, else counted
@@ -250,5 +248,6 @@ class DatasetSource(ImageSource):
                            len(wanted) - position)  # fmt: skip
 
     def _entries(self, table, indices: list[int]) -> Iterator[ImageEntry]:
+        ids = self.image_ids()  # listed once, whichever is asked first
         for index, value in zip(indices, table.column(0).to_pylist()):
-            yield _image_entry(self._ids[index], self.location(index), value)
+            yield _image_entry(ids[index], self.location(index), value)

@@ -18,6 +18,7 @@ from ..conversion.push import HubClient, HubPushError, check_token, resolve_toke
 from ..hub_errors import failure_line
 from .dataset_card import render_dataset_card
 from .durable import link_into_new_folder
+from .formats import FORMATS
 from .model_loading import model_revision
 from .parquet import shard_files
 from .records import ExtractionError
@@ -55,7 +56,8 @@ def push_features(
     """
     output = Path(output)
     manifest = RunManifest.load(output)
-    if manifest is None or manifest.format != "parquet":
+    format = FORMATS.get(manifest.format) if manifest is not None else None
+    if format is None or not format.hub_dataset:
         raise ExtractionError(f"{output}: only a Parquet output of `butd-frcnn extract` (--format parquet) is pushed")
     try:
         token = resolve_token(token)

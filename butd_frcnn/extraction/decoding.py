@@ -17,9 +17,6 @@ from torch.utils.data import DataLoader, Dataset
 from ..image_processing_butd_frcnn import ImageDecodeError, ImageTooLargeError, decode_image_bytes, load_image_bgr
 from .inputs import ImageEntry
 
-# Pillow's own warning threshold (it refuses only twice as many); extraction refuses anything above it
-DEFAULT_MAX_PIXELS = 89_478_485
-
 
 @dataclass
 class PreparedImage:

@@ -2,7 +2,6 @@
 records to the output, log what failed, and stop cleanly when asked."""
 
 import logging
-import os
 import signal
 import threading
 import time
@@ -17,11 +16,12 @@ from tqdm import tqdm
 from .batching import SizeBatcher, collate
 from .box_files import GivenBoxes, read_box_file
 from .dataset_input import DatasetSource
-from .decoding import DEFAULT_MAX_PIXELS, FailedImage, ImageDataset, PreparedImage, image_loader
+from .decoding import FailedImage, ImageDataset, PreparedImage, image_loader
+from .defaults import DEFAULT_MAX_PIXELS, PROBS_DTYPES, canonical_precision, default_num_workers
 from .feature_format import DEFAULT_PARQUET_SHARD_MB, OutputFormat, WriterOptions
-from .formats import FORMATS, get_format, resolve_format
+from .formats import FORMATS, resolve_format
 from .inputs import FileSource, ImageEntry, ImageSource
-from .model_loading import canonical_precision, load_model, resolve_device
+from .model_loading import load_model, resolve_device
 from .parquet_shards import ParquetShardSource, parquet_files
 from .records import ExtractionError, records_from_model_output
 from .sharding import Shard
@@ -34,7 +34,6 @@ logger = logging.getLogger(__name__)
 # The original drops proposals under RPN_MIN_SIZE (16 px) in original pixels: an image with a side under 16 px keeps
 # none. Such a row would hold empty arrays, which LXMERT's and the original's readers cannot reshape.
 NO_REGIONS = "no region survives the proposal size filter (a side under 16 pixels?): nothing to write"
-PROBS_DTYPES = ("float32", "float16")
 # ids of box-file entries for images the run was not given, named in the summary
 UNLISTED_SHOWN = 10
 
@@ -43,10 +42,6 @@ DEFAULT_BATCH_SIZES = {"cpu": 4}
 """Images per forward by device when not asked: on a CPU a batch gives each image the bits it gets alone (the model
 runs the images one at a time where PyTorch would give a batch other kernels) and is faster (its backbone's small
 maps use the cores better); elsewhere 1, bit-identical to one image at a time."""
-
-
-def default_num_workers() -> int:
-    return min(8, max(1, (os.cpu_count() or 2) - 1))
 
 
 @dataclass
@@ -355,7 +350,7 @@ def extract(options: ExtractOptions) -> ExtractionSummary:
         ExtractionError: a problem the user must fix (listing, model, output), before work starts where possible.
     """
     started = time.perf_counter()
-    format = get_format(resolve_format(options.format, options.output))
+    format = resolve_format(options.format, options.output)
     format.require()
     device = resolve_device(options.device)
     batch_size = DEFAULT_BATCH_SIZES.get(device.type, 1) if options.batch_size is None else options.batch_size

@@ -14,18 +14,10 @@ from transformers.utils import logging as transformers_logging
 from .. import ButdFrcnnImageProcessor, ButdFrcnnModel
 from ..configuration_butd_frcnn import PRECISIONS
 from ..hub_errors import capitalised, hub_failure, one_line
+from .defaults import PRECISION_CHOICES, canonical_precision
 from .records import ExtractionError
 
 logger = logging.getLogger(__name__)
-
-DTYPE_SPELLINGS = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
-"""`--dtype` spellings of the precisions (`ButdFrcnnConfig.precision`) that older versions accepted."""
-PRECISION_CHOICES = (*PRECISIONS, *DTYPE_SPELLINGS)
-
-
-def canonical_precision(name: str) -> str:
-    """The `ButdFrcnnConfig.precision` that a `--dtype` value names (`bfloat16` -> `bf16`)."""
-    return DTYPE_SPELLINGS.get(name, name)
 
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")

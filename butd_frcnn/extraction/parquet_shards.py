@@ -141,7 +141,7 @@ class ParquetShardSource(ImageSource):
     def _mine(self, row: int) -> bool:
         return not self.by_rows or row % self.shard.count == self.shard.index
 
-    def image_ids(self) -> list[str]:
+    def _list_image_ids(self) -> list[str]:
         ids, rows = [], []
         for unit in self.units:
             numbers = [row for row in range(unit.first_row, unit.first_row + unit.rows) if self._mine(row)]
@@ -163,6 +163,7 @@ class ParquetShardSource(ImageSource):
         return f"{self.name} row {row}"
 
     def images(self, indices: Iterable[int]) -> Iterator[ImageEntry]:
+        self.image_ids()  # lists the images once, if not yet done
         wanted = {self._rows[index]: index for index in indices}
         rows = sorted(wanted)
         for unit in self.units:

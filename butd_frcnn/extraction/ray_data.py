@@ -26,13 +26,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .decoding import DEFAULT_MAX_PIXELS, FailedImage, ImageDataset, PreparedImage
+from .decoding import FailedImage, ImageDataset, PreparedImage
+from .defaults import DEFAULT_MAX_PIXELS, RAY_INSTALL_HINT
 from .inputs import ImageEntry, list_images
 from .records import ExtractionError, RegionRecord
 
 logger = logging.getLogger(__name__)
 
-INSTALL_HINT = "pip install 'butd-frcnn[ray]'"
 # the columns every reader below gives, the decoding stage reads, and the model stage passes on
 ID_COLUMN, IMAGE_COLUMN = "image_id", "image"
 # the columns the decoding stage adds and the model stage reads (besides ID_COLUMN); a reader may give `where` (the
@@ -46,7 +46,7 @@ def require_ray():
         import ray
         import ray.data
     except ImportError as error:  # the cause says why, when ray is installed but broken
-        raise ExtractionError(f"--ray needs Ray Data: {INSTALL_HINT}") from error
+        raise ExtractionError(f"--ray needs Ray Data: {RAY_INSTALL_HINT}") from error
     return ray
 
 
@@ -395,44 +395,6 @@ def write_features(dataset, output: str | os.PathLike, overwrite: bool = False):
 # ---------------------------------------------------------------------------------------------------------------
 # `butd-frcnn extract --ray [ADDRESS]`
 # ---------------------------------------------------------------------------------------------------------------
-
-
-def add_ray_arguments(parser) -> None:
-    """The `extract` options of a Ray run (Ray itself is imported only when `--ray` is given)."""
-    group = parser.add_argument_group(f"a Ray cluster (needs {INSTALL_HINT}; Parquet output)")
-    group.add_argument(
-        "--ray",
-        nargs="?",
-        const="local",
-        metavar="ADDRESS",
-        help="run on Ray Data: decoding in CPU tasks, the model in an actor pool; ADDRESS of an existing cluster "
-        "(host:6379, or auto), or none to start one on this machine",
-    )
-    group.add_argument(
-        "--ray-actors",
-        type=int,
-        metavar="N",
-        help="model actors (default: one per GPU with --device cuda; on CPUs, one per --ray-actor-cpus CPUs of the "
-        "cluster's, one CPU left to read and decode)",
-    )
-    group.add_argument(
-        "--ray-actor-cpus",
-        type=float,
-        default=1,
-        metavar="C",
-        help="CPUs each model actor holds (default 1; its PyTorch threads)",
-    )
-
-
-def ray_usage_problem(args) -> str | None:
-    """What `--ray` cannot be combined with, before anything is loaded."""
-    if args.resume:
-        return "--ray does not resume: Ray retries what fails during the run; rerun into a new output"
-    if args.shard is not None:
-        return "--ray splits the work itself: leave out --shard"
-    if (args.format or "parquet") != "parquet":
-        return f"--ray writes the parquet format: leave out --format {args.format}"
-    return None
 
 
 def _connect(address: str):

@@ -6,9 +6,9 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .defaults import canonical_precision
 from .durable import atomic_write_bytes, output_error
 from .inputs import ImageEntry
-from .model_loading import canonical_precision
 from .records import ExtractionError
 
 MANIFEST_VERSION = 1

@@ -79,8 +79,8 @@ def encode_uniter_npz(record: RegionRecord, keep_attr_prob: bool, given_boxes: b
     return buffer.getvalue()
 
 
-def read_uniter_file(path: Path, suffix: str | None = None) -> RegionRecord:
-    """One UNITER-ready file of ours as a record (id from the file name; `suffix` is not used)."""
+def read_uniter_file(path: Path) -> RegionRecord:
+    """One UNITER-ready file of ours as a record (id from the file name)."""
     try:
         with np.load(path) as data:
             missing = [key for key in (*UNITER_KEYS, *READ_BACK_KEYS) if key not in data.files]
@@ -102,7 +102,8 @@ def read_uniter_file(path: Path, suffix: str | None = None) -> RegionRecord:
 
 
 class UniterNpzFormat(NpzFormat):
-    """A folder of UNITER-ready files: written, resumed, merged and listed as `npz` folders are."""
+    """A folder of UNITER-ready files: written, resumed, merged and listed as `npz` folders are (its keys carry no
+    selection suffix: `selecting` changes nothing it reads)."""
 
     name = "uniter-npz"
     needs_class_probs = True
@@ -121,11 +122,11 @@ class UniterNpzFormat(NpzFormat):
             keys=(*UNITER_KEYS, *READ_BACK_KEYS),
         )
 
-    def read(self, path: Path, suffix: str | None = None) -> Iterator[RegionRecord]:
+    def read(self, path: Path) -> Iterator[RegionRecord]:
         return (read_uniter_file(file) for file in sorted(path.glob("*.npz")))
 
-    def open_source(self, path: Path, suffix: str | None = None) -> NpzSource:
-        return NpzSource(path, suffix, read_uniter_file)
+    def open_source(self, path: Path) -> NpzSource:
+        return NpzSource(path, read_uniter_file)
 
 
 UNITER_NPZ_FORMAT = UniterNpzFormat()

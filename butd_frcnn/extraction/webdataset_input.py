@@ -140,7 +140,7 @@ class WebDatasetSource(ImageSource):
             if key is not None:
                 yield key, tar, members
 
-    def image_ids(self) -> list[str]:
+    def _list_image_ids(self) -> list[str]:
         ids, where = [], []
         for key, tar, _ in self._samples(read_data=False):
             ids.append(key)
@@ -152,6 +152,7 @@ class WebDatasetSource(ImageSource):
         return ids
 
     def images(self, indices: Iterable[int]) -> Iterator[ImageEntry]:
+        self.image_ids()  # lists the images once, if not yet done
         wanted = {self._ids[index] for index in indices}
         for key, tar, members in self._samples(read_data=True):
             if key not in wanted:
