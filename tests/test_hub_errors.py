@@ -19,7 +19,7 @@ import huggingface_hub
 import numpy as np
 import pytest
 import requests
-from extraction_helpers import TEST_MAX_PIXELS, make_image_folder, run_cli, save_test_model
+from extraction_helpers import TEST_MAX_PIXELS, make_image_folder, run_cli, run_cli_process, save_test_model
 from golden import GOLDEN
 from huggingface_hub import errors as hub_errors_2x
 
@@ -297,12 +297,12 @@ def test_the_real_client_in_a_process_one_line_and_the_traceback_only_with_debug
     output = tmp_path / "out"
     args = ["convert", GOLDEN / "tiny_seed0.caffemodel", output, "--push-to-hub", "org/m", "--token", "hf_expired"]
     env = {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": refusing_hub, "HF_HOME": str(tmp_path / "hf-home")}
-    plain = run_cli(*args, env=env, check=False)
+    plain = run_cli_process(*args, env=env, check=False)
     assert plain.returncode == 1 and "Traceback" not in plain.stderr, plain.stderr
     errors = [line for line in plain.stderr.splitlines() if "error" in line.lower()]
     assert len(errors) == 1 and "checking the Hub token failed: the Hub refused the token" in errors[0]
     assert not output.exists()
-    debug = run_cli("--debug", *args, env=env, check=False)
+    debug = run_cli_process("--debug", *args, env=env, check=False)
     assert debug.returncode == 1 and "Traceback" in debug.stderr and "HfHubHTTPError" in debug.stderr
 
 
