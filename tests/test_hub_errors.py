@@ -19,7 +19,7 @@ import huggingface_hub
 import numpy as np
 import pytest
 import requests
-from extraction_helpers import TEST_MAX_PIXELS, make_image_folder, run_cli, run_cli_process, save_test_model
+from extraction_helpers import TEST_MAX_PIXELS, make_image_folder, run_cli_process, save_test_model
 from golden import GOLDEN
 from huggingface_hub import errors as hub_errors_2x
 

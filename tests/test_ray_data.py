@@ -11,8 +11,8 @@ import datasets
 import pytest
 import ray
 from dataset_helpers import BAD_IMAGES, GOOD_IMAGES, image_files, write_parquet_dataset
-from extraction_helpers import REPO_ROOT, assert_rows_equal, make_image_folder, run_cli
-from golden import GOLDEN_IMAGES, golden_image_path
+from extraction_helpers import assert_rows_equal, make_image_folder, run_cli_process
+from golden import GOLDEN_IMAGES, REPO_ROOT, golden_image_path
 from test_dataset_shares import write_tars
 from test_datasets import extract_args, extract_in_process, our_rows
 
@@ -110,7 +110,7 @@ def test_a_killed_actor_costs_a_retry_not_a_hole_or_a_duplicate(ray_address, mod
 def test_cli_ray_over_a_parquet_dataset(ray_address, model_folder, files, tmp_path):
     parquet = write_parquet_dataset(tmp_path / "parquet", {key: files[key] for key in list(files)[-6:]})
     extract_in_process(model_folder, tmp_path / "cli", dataset=str(parquet), id_column="name")
-    completed = run_cli(*extract_args(model_folder, tmp_path / "ray", "--format", "parquet"), "--dataset", parquet,
+    completed = run_cli_process(*extract_args(model_folder, tmp_path / "ray", "--format", "parquet"), "--dataset", parquet,
                         "--id-column", "name", "--ray", ray_address)  # fmt: skip
     assert "Done: 2 images extracted" in completed.stdout and "1 model actors" in completed.stdout
     assert_rows_equal(our_rows(tmp_path / "ray"), our_rows(tmp_path / "cli"))
@@ -121,13 +121,13 @@ def test_cli_ray_over_a_parquet_dataset(ray_address, model_folder, files, tmp_pa
     ]
     assert {"no_image", "garbage"} <= {e[0] for e in ray_errors}
     # without an id column, Ray's parallel reads have no row numbers to name the rows by
-    completed = run_cli(*extract_args(model_folder, tmp_path / "x", "--format", "parquet"), "--dataset", parquet,
+    completed = run_cli_process(*extract_args(model_folder, tmp_path / "x", "--format", "parquet"), "--dataset", parquet,
                         "--ray", ray_address, check=False)  # fmt: skip
     assert completed.returncode == 1 and "--id-column" in completed.stderr and "Traceback" not in completed.stderr
 
 
 def test_an_unreachable_cluster_is_one_line(model_folder, tmp_path):
-    completed = run_cli(*extract_args(model_folder, tmp_path / "out", "--format", "parquet"), tmp_path,
+    completed = run_cli_process(*extract_args(model_folder, tmp_path / "out", "--format", "parquet"), tmp_path,
                         "--ray", "127.0.0.1:1", check=False)  # fmt: skip
     assert completed.returncode == 1
     assert completed.stderr.strip().splitlines() == [
