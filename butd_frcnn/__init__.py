@@ -6,8 +6,9 @@ pipeline) and `AutoModelForObjectDetection` (the `object-detection` pipeline): i
 features first and the selected, labelled boxes that `post_process_object_detection` reads.
 """
 
-from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForObjectDetection
+from transformers import AutoConfig, AutoModel, AutoModelForObjectDetection
 
+from .compat_butd_frcnn import register_image_processor
 from .configuration_butd_frcnn import ButdFrcnnConfig
 from .image_processing_butd_frcnn import ButdFrcnnImageProcessor
 from .modeling_butd_frcnn import ButdFrcnnModel, ButdFrcnnModelOutput, ButdFrcnnPreTrainedModel
@@ -15,9 +16,7 @@ from .modeling_butd_frcnn import ButdFrcnnModel, ButdFrcnnModelOutput, ButdFrcnn
 AutoConfig.register(ButdFrcnnConfig.model_type, ButdFrcnnConfig, exist_ok=True)
 AutoModel.register(ButdFrcnnConfig, ButdFrcnnModel, exist_ok=True)
 AutoModelForObjectDetection.register(ButdFrcnnConfig, ButdFrcnnModel, exist_ok=True)
-AutoImageProcessor.register(
-    ButdFrcnnConfig, image_processor_classes={"torchvision": ButdFrcnnImageProcessor}, exist_ok=True
-)
+register_image_processor(ButdFrcnnConfig, ButdFrcnnImageProcessor)
 
 __version__ = "0.1.0"
 

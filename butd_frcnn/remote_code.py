@@ -18,6 +18,7 @@ MODEL_FILES = (
     "modeling_butd_frcnn.py",
     "ops_butd_frcnn.py",
     "image_processing_butd_frcnn.py",
+    "compat_butd_frcnn.py",
 )
 # the object-detection pipeline loads its model through AutoModelForObjectDetection; the feature-extraction one
 # through AutoModel

@@ -184,7 +184,7 @@ def test_folder_carries_the_endpoint_files_and_package_pins(hub_folder):
     assert (hub_folder / "pipeline_butd_frcnn.py").read_bytes() == (
         REPO_ROOT / "butd_frcnn" / "pipeline_butd_frcnn.py"
     ).read_bytes()
-    pinned = r"^\W*((?:torch|torchvision|transformers)[=~][^\s\",]+)"
+    pinned = r"^\W*((?:torch|torchvision|transformers)[=~>][^\s\",]+)"
     requirements = re.findall(pinned, (hub_folder / "requirements.txt").read_text(), flags=re.MULTILINE)
     package = re.findall(pinned, (REPO_ROOT / "pyproject.toml").read_text(), flags=re.MULTILINE)
     assert len(requirements) == 3 and requirements == package, "requirements.txt and pyproject.toml disagree"
