@@ -49,7 +49,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from butd_frcnn import ButdFrcnnConfig, ButdFrcnnImageProcessor, ButdFrcnnModel
 from butd_frcnn.configuration_butd_frcnn import PRECISIONS
-from butd_frcnn.ops_butd_frcnn import screening_plan
+from butd_frcnn.precision_butd_frcnn import screened_roi_heads, screening_plan
 
 CONVOLUTION_OPS = ("mkldnn::_convolution_pointwise", "mkldnn::_convolution_pointwise_", "aten::mkldnn_convolution",
                    "aten::_slow_conv2d_forward", "aten::thnn_conv2d")  # fmt: skip
@@ -209,7 +209,7 @@ def staged_forward(model, processor, image, device, counter, timings, flops):
             exact_ties=config.exact_tie_order,
         )
         with stage("res5"):
-            region_features, class_probs, _, attribute_probs, _ = heads.screened(features, boxes, plan)
+            region_features, class_probs, _, attribute_probs, _ = screened_roi_heads(heads, features, boxes, plan)
     else:
         with stage("roi_pool"):
             pooled = heads.pool_regions(features, boxes)

@@ -60,8 +60,7 @@ def max_cosine_matching(ours: np.ndarray, theirs: np.ndarray) -> float:
 
 def report(variant: str, model, names: list[str]):
     from butd_frcnn import ButdFrcnnImageProcessor
-    from butd_frcnn.modeling_butd_frcnn import objectness_probabilities
-    from butd_frcnn.ops_butd_frcnn import per_class_nms_max_scores
+    from butd_frcnn.ops_butd_frcnn import objectness_probabilities, per_class_nms_max_scores
 
     processor = ButdFrcnnImageProcessor()
     generator = model.proposal_generator

@@ -1,19 +1,21 @@
 """The bottom-up-attention Faster R-CNN (ResNet C4 + attribute head), computing what the original Caffe test network
 and `tools/generate_tsv.py` compute.
 
-This file holds the network: layers, backbone, region proposal network, RoI heads and the model. The original's
-arithmetic (its sort order among ties, numpy's float32 `exp`, anchors, box decoding, NMS, RoI pooling, the region
-selection) lives in `ops_butd_frcnn.py`, whose docstring states the conventions both files follow.
+This file holds the network: layers, backbone, region proposal network, RoI heads, outputs and the model. Beside
+it, each imported relatively (they travel together as Hub remote code):
+- `ops_butd_frcnn.py`: the original's arithmetic (its sort order among ties, numpy's float32 `exp`, anchors, box
+  decoding, NMS, RoI pooling, the region selection), whose docstring states the conventions every file follows;
+- `kernels_butd_frcnn.py`: how the layers run fast without changing a bit (derived weights such as the folded
+  BatchNorm, oneDNN's fused convolutions, batching that gives each image the bits it gets alone);
+- `precision_butd_frcnn.py`: the precision modes' machinery (the screened selection of "fp32-screened", CUDA
+  float32 math).
 
 The state-dict names follow the detectron2 / transformers FRCNN layout so that other checkpoints map onto it.
 """
 
-import contextlib
 import functools
-import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -25,214 +27,41 @@ from transformers.utils.generic import can_return_tuple
 
 from .compat_butd_frcnn import init
 from .configuration_butd_frcnn import PRECISIONS, ButdFrcnnConfig
-from .ops_butd_frcnn import (
-    ScreeningPlan,
-    argmax_last,
-    box_sizes_at_least,
+from .kernels_butd_frcnn import (
+    ButdFrcnnDerivedKey,
+    ButdFrcnnDerivedWeights,
+    batch_changes_kernels,
     chunks_without_singletons,
+    derived_weight_stores,
+    drop_derived_weights,
+    group_by_size,
+    is_channels_last,
+    onednn_fused_convolution,
+    onednn_prepacked_weight,
+    onednn_runs,
+    pad_and_stack,
+    scatter_feature_maps,
+    weight_and_bias_in_dtype,
+)
+from .ops_butd_frcnn import (
+    argmax_last,
+    at_least_two_rows,
+    box_sizes_at_least,
     clip_boxes,
     decode_boxes,
     descending_order,
     generate_cell_anchors,
+    global_average_pool,
     greedy_nms,
-    group_by_size,
-    pad_and_stack,
+    objectness_probabilities,
     per_class_nms_max_scores,
     roi_max_pool,
-    scatter_feature_maps,
-    screening_plan,
     select_regions,
-    settle_screened,
     shift_anchors,
 )
+from .precision_butd_frcnn import cuda_float32_math, screened_roi_heads, screening_plan
 
 logger = logging.get_logger(__name__)
-
-# ---------------------------------------------------------------------------------------------------------------
-# Derived weights: computed from the parameters for speed, never saved
-# ---------------------------------------------------------------------------------------------------------------
-
-
-class ButdFrcnnDerivedKey(NamedTuple):
-    """What a derived weight is: `variant` names the computation (`"folded"`: BatchNorm + Scale folded into the
-    convolution), `dtype` and `memory_format` the form the forward uses it in."""
-
-    variant: str
-    dtype: torch.dtype
-    memory_format: torch.memory_format = torch.contiguous_format
-
-
-class ButdFrcnnDerivedEntry(NamedTuple):
-    """Derived tensors and what they were computed from (weak references: an entry never keeps old tensors alive)."""
-
-    sources: tuple[weakref.ref, ...]
-    source_kinds: tuple[tuple[torch.dtype, torch.device], ...]
-    tensors: tuple[torch.Tensor, ...]
-
-    def built_from(self, sources: Sequence[torch.Tensor]) -> bool:
-        """Whether the module still holds the very tensors this entry was computed from, in their dtype and device."""
-        return len(sources) == len(self.sources) and all(
-            ref() is tensor and kind == (tensor.dtype, tensor.device)
-            for ref, kind, tensor in zip(self.sources, self.source_kinds, sources)
-        )
-
-
-class ButdFrcnnDerivedWeights:
-    """The one home of the tensors a module computes from its parameters and buffers to run faster (BatchNorm +
-    Scale folded into a convolution; more variants may come, e.g. other dtypes), which the checkpoint does not hold.
-
-    An entry is built on first use, for one [`ButdFrcnnDerivedKey`], and costs memory until it is dropped
-    ([`ButdFrcnnPreTrainedModel.derived_weights_nbytes`] says how much: about one more copy of every convolution
-    weight). Its lifetime:
-    - it is used only while gradients are off (`torch.no_grad()`, `torch.inference_mode()`, as extraction and the
-      pipelines run the model). With gradients on, the module computes the tensors in the call, so that gradients
-      reach its parameters, and drops its entries when one of its parameters requires gradients: an optimizer step
-      is likely to change them next;
-    - it is rebuilt when the module no longer holds the very tensors it was computed from, in the same dtype and on
-      the same device: after `.to()`, `.half()`, `.cuda()` and the like (which replace the buffers and change dtype or
-      device), or after new tensors are assigned;
-    - it is dropped when weights are loaded (`load_state_dict`), on `model.train()` and `model.eval()`, and by
-      [`ButdFrcnnPreTrainedModel.clear_derived_weights`]. Only that last one is needed by hand, after writing
-      parameters in place with gradients off (`with torch.no_grad(): param.copy_(...)`, writes through `.data`):
-      PyTorch tells nobody about those.
-
-    Derived weights are never saved or copied: pickling or deep-copying a module leaves the copy's store empty.
-    """
-
-    def __init__(self) -> None:
-        self._entries: dict[ButdFrcnnDerivedKey, ButdFrcnnDerivedEntry] = {}
-
-    def get(
-        self,
-        key: ButdFrcnnDerivedKey,
-        sources: Sequence[torch.Tensor],
-        build: Callable[[], tuple[torch.Tensor, ...]],
-    ) -> tuple[torch.Tensor, ...]:
-        """The tensors `build()` returns for `key`, computed from `sources`: from the store when it holds them for
-        these very sources, else built (and stored while gradients are off)."""
-        if torch.compiler.is_compiling():  # traced into the graph, which keeps what it needs
-            return build()
-        if torch.is_grad_enabled():
-            if any(source.requires_grad for source in sources):
-                self.clear()
-            return build()
-        entry = self._entries.get(key)
-        if entry is None or not entry.built_from(sources):
-            # what was built from other tensors will not be used again
-            self._entries = {k: e for k, e in self._entries.items() if e.built_from(sources)}
-            entry = ButdFrcnnDerivedEntry(
-                tuple(weakref.ref(source) for source in sources),
-                tuple((source.dtype, source.device) for source in sources),
-                tuple(build()),
-            )
-            self._entries[key] = entry
-        return entry.tensors
-
-    def clear(self) -> None:
-        self._entries = {}
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes held by the stored tensors."""
-        return sum(tensor.nbytes for entry in self._entries.values() for tensor in entry.tensors)
-
-    def __getstate__(self) -> dict:
-        return {"_entries": {}}  # derived, never saved (weak references cannot be pickled anyway)
-
-    def __deepcopy__(self, memo: dict) -> "ButdFrcnnDerivedWeights":
-        return ButdFrcnnDerivedWeights()
-
-
-def derived_weight_stores(module: nn.Module) -> Iterator[ButdFrcnnDerivedWeights]:
-    """The derived-weight stores of `module` and its submodules."""
-    for submodule in module.modules():
-        store = getattr(submodule, "derived_weights", None)
-        if isinstance(store, ButdFrcnnDerivedWeights):
-            yield store
-
-
-def drop_derived_weights(module: nn.Module, incompatible_keys: object = None) -> None:
-    """Empty the derived-weight stores of `module` and its submodules (also a `load_state_dict` post-hook)."""
-    for store in derived_weight_stores(module):
-        store.clear()
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# oneDNN fused convolutions (CPU, without gradients)
-# ---------------------------------------------------------------------------------------------------------------
-
-
-@functools.cache
-def onednn_fused_convolutions() -> bool:
-    """Whether this torch runs oneDNN's fused convolutions with the signatures used here: checked once, on first use.
-
-    They are the private ops that torch.compile's CPU backend emits (`mkldnn._convolution_pointwise`, its in-place
-    `.binary` form, `mkldnn._reorder_convolution_weight`), plus `torch._C._select_conv_backend`, which says whether
-    `F.conv2d` itself would run oneDNN. Being private, they may be missing or different in another torch version
-    (this file also runs as Hub remote code): a small problem is run through them and compared with `F.conv2d`, and
-    any failure means the portable path (`F.conv2d` and in-place epilogues) everywhere.
-    """
-    mkldnn = torch.ops.mkldnn
-    try:
-        if not torch.backends.mkldnn.is_available():
-            return False
-        # fixed values, not random ones: the check must not consume the caller's random numbers
-        x = torch.linspace(-1, 1, 2 * 8 * 5 * 5).reshape(2, 8, 5, 5).contiguous(memory_format=torch.channels_last)
-        weight = torch.linspace(-0.5, 0.5, 8 * 8 * 3 * 3).reshape(8, 8, 3, 3)
-        weight = weight.contiguous(memory_format=torch.channels_last)
-        bias = torch.linspace(-0.1, 0.1, 8)
-        geometry = ([1, 1], [1, 1], [1, 1], 1)  # padding, stride, dilation, groups
-        torch._C._select_conv_backend(x, weight, bias, [1, 1], [1, 1], [1, 1], False, [0, 0], 1)
-        packed = mkldnn._reorder_convolution_weight(weight, *geometry[:3], 1, list(x.shape))
-        expected = F.conv2d(x, weight, bias, 1, 1, 1)
-        fused = mkldnn._convolution_pointwise(x, packed, bias, *geometry, "relu", [], "")
-        residual = torch.ones_like(expected)
-        mkldnn._convolution_pointwise_.binary(residual, x, packed, bias, *geometry, "add", 1.0, "relu", [], "")
-        return torch.allclose(fused, expected.relu(), atol=1e-5) and torch.allclose(
-            residual, (expected + 1).relu(), atol=1e-5
-        )
-    except (AttributeError, RuntimeError, TypeError, NotImplementedError):
-        return False
-
-
-def convolution_backend(x: torch.Tensor, conv: nn.Conv2d) -> object:
-    """The backend `F.conv2d` picks for `conv` on `x` (oneDNN, PyTorch's own kernels, cuDNN...): where it picks
-    matters for the bits. Needs `onednn_fused_convolutions()` (which checks that this private query exists)."""
-    return torch._C._select_conv_backend(
-        x, conv.weight, None, list(conv.stride), list(conv.padding), list(conv.dilation), False, [0, 0], conv.groups
-    )
-
-
-def batch_changes_kernels(x: torch.Tensor, conv: nn.Conv2d) -> bool:
-    """Whether `F.conv2d` would run this batch of images through other kernels than each image alone.
-
-    PyTorch runs a small float32 problem of one image on its own kernels (e.g. a res4 map of 20480 values or fewer:
-    small images in a small network) and the same problem for two images on oneDNN, which rounds differently. The
-    layers whose batch holds images then run them one at a time, so that an image's results never depend on the
-    batch it came in. Known on CPUs only (cuDNN picks its algorithms by shape as well, out of sight).
-    """
-    if x.shape[0] < 2 or x.device.type != "cpu" or torch.compiler.is_compiling() or not onednn_fused_convolutions():
-        return False
-    return convolution_backend(x, conv) != convolution_backend(x[:1], conv)
-
-
-def onednn_runs(x: torch.Tensor, conv: nn.Conv2d) -> bool:
-    """Whether `F.conv2d` would run `conv` on `x` through oneDNN, and the fused ops can run it instead.
-
-    `F.conv2d` sends small float32 problems (one image and a small map; 1x1 kernels on fewer than 16 images with one
-    thread) to PyTorch's own kernels, which round differently: the fused path runs exactly where oneDNN would, so
-    that no result depends on which path ran. Never with gradients (the fused ops have no backward), never while
-    torch.compile traces (it fuses by itself).
-    """
-    if torch.is_grad_enabled() or x.device.type != "cpu" or torch.compiler.is_compiling():
-        return False
-    return onednn_fused_convolutions() and convolution_backend(x, conv) == torch._C._ConvBackend.Mkldnn
-
-
-def is_channels_last(x: torch.Tensor) -> bool:
-    """Whether `x` is laid out channels_last (and not also plainly contiguous, as 1x1 maps are)."""
-    return not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
-
 
 # ---------------------------------------------------------------------------------------------------------------
 # Layers
@@ -330,8 +159,7 @@ class ButdFrcnnConv2d(nn.Conv2d):
 
         def build() -> tuple[torch.Tensor, torch.Tensor]:
             weight, bias = self.fold(x.dtype, torch.channels_last)
-            geometry = (list(self.padding), list(self.stride), list(self.dilation), self.groups)
-            return torch.ops.mkldnn._reorder_convolution_weight(weight, *geometry, list(x.shape)), bias
+            return onednn_prepacked_weight(weight, x, self), bias
 
         key = ButdFrcnnDerivedKey("prepacked", x.dtype, torch.channels_last)
         return self.derived_weights.get(key, self.fold_sources(), build)
@@ -346,17 +174,8 @@ class ButdFrcnnConv2d(nn.Conv2d):
             return torch.cat([self(image, relu, rest) for image, rest in zip(x.split(1), residuals)])
         channels_last = is_channels_last(x)
         if onednn_runs(x, self):
-            if channels_last:
-                weight, bias = self.prepacked(x)
-            else:
-                weight, bias = self.folded(x.dtype)
-            geometry = (list(self.padding), list(self.stride), list(self.dilation), self.groups)
-            activation = "relu" if relu else "none"
-            if residual is None:
-                return torch.ops.mkldnn._convolution_pointwise(x, weight, bias, *geometry, activation, [], "")
-            return torch.ops.mkldnn._convolution_pointwise_.binary(
-                residual, x, weight, bias, *geometry, "add", 1.0, activation, [], ""
-            )
+            weight, bias = self.prepacked(x) if channels_last else self.folded(x.dtype)
+            return onednn_fused_convolution(x, weight, bias, self, relu, residual)
         weight, bias = self.folded(x.dtype, torch.channels_last if channels_last else torch.contiguous_format)
         # in place on the convolution's fresh output: bit-identical to the out-of-place ops, autograd-safe, and it
         # saves a pass over memory (res5 is memory-bound between its convolutions)
@@ -364,17 +183,6 @@ class ButdFrcnnConv2d(nn.Conv2d):
         if residual is not None:
             out = out.add_(residual)
         return out.relu_() if relu else out
-
-
-def weights_in(module: nn.Linear | nn.Conv2d, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The module's weight and bias in `dtype`: its own, or copies kept in its `derived_weights` (precision "bf16"
-    on float32 weights)."""
-    if module.weight.dtype == dtype:
-        return module.weight, module.bias
-    sources = (module.weight,) if module.bias is None else (module.weight, module.bias)
-    key = ButdFrcnnDerivedKey("cast", dtype)
-    copies = module.derived_weights.get(key, sources, lambda: tuple(source.to(dtype) for source in sources))
-    return copies[0], copies[1] if len(copies) > 1 else None
 
 
 class ButdFrcnnLinear(nn.Linear):
@@ -386,7 +194,7 @@ class ButdFrcnnLinear(nn.Linear):
         self.register_load_state_dict_post_hook(drop_derived_weights)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, *weights_in(self, x.dtype))
+        return F.linear(x, *weight_and_bias_in_dtype(self, x.dtype))
 
 
 class ButdFrcnnPlainConv2d(nn.Conv2d):
@@ -400,7 +208,7 @@ class ButdFrcnnPlainConv2d(nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if batch_changes_kernels(x, self):  # its batch holds images (the RPN head)
             return torch.cat([self(image) for image in x.split(1)])
-        return self._conv_forward(x, *weights_in(self, x.dtype))
+        return self._conv_forward(x, *weight_and_bias_in_dtype(self, x.dtype))
 
 
 class ButdFrcnnBottleneck(nn.Module):
@@ -572,14 +380,6 @@ class ButdFrcnnRPNHead(nn.Module):
         return self.objectness_logits(hidden), self.anchor_deltas(hidden)
 
 
-def objectness_probabilities(logits: torch.Tensor) -> torch.Tensor:
-    """Caffe's softmax over the (bg, fg) pair of each anchor: `(B, 2A, H, W)` logits -> `(B, 2A, H, W)` probabilities
-    in the same channel layout (`rpn_cls_prob_reshape`)."""
-    batch, channels, height, width = logits.shape
-    pairs = logits.float().reshape(batch, 2, channels // 2, height, width)
-    return torch.softmax(pairs, dim=1).reshape(batch, channels, height, width)
-
-
 class ButdFrcnnRegionProposalNetwork(nn.Module):
     """The RPN and the Python `ProposalLayer` of the original (test mode)."""
 
@@ -672,22 +472,6 @@ class ButdFrcnnAttributePredictor(nn.Module):
         return self.attr_score(F.relu(self.fc_attr(hidden)))
 
 
-def global_average_pool(x: torch.Tensor) -> torch.Tensor:
-    """The mean of each channel over its map: `(N, C, H, W)` -> `(N, C)`.
-
-    float32 keeps `mean`, whose sums are today's bits. In half precision, `mean` of a channels_last map casts it to
-    float32 through a strided copy (150 ms for 64 regions of res5, more than a convolution); a batched product with a
-    vector of ones sums the same values in float32 accumulators (one rounding of the sum to the half type, so within
-    one ulp of `mean`) at memory speed.
-    """
-    if x.dtype in (torch.float32, torch.float64):
-        return x.mean(dim=(2, 3))
-    count, channels, height, width = x.shape
-    rows = x.permute(0, 2, 3, 1).reshape(count, height * width, channels)  # a view for channels_last maps
-    sums = torch.bmm(x.new_ones((count, 1, height * width)), rows).squeeze(1)
-    return (sums.float() / (height * width)).to(x.dtype)
-
-
 class ButdFrcnnRoIHeads(nn.Module):
     """RoI pooling on res4, res5 at stride 1 with dilation, global average pooling (the region features), and the
     class, box and attribute predictors."""
@@ -762,168 +546,10 @@ class ButdFrcnnRoIHeads(nn.Module):
         logits = self.box_predictor.cls_score(at_least_two_rows(region_features))
         return torch.softmax(logits[: region_features.shape[0]].float(), dim=1)
 
-    def screened(
-        self,
-        features: torch.Tensor,
-        boxes: torch.Tensor,
-        plan: Callable[[torch.Tensor, torch.Tensor, float], ScreeningPlan],
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """`forward` for precision "fp32-screened" (float32 weights and `features`): the outputs the selection
-        `plan` needs, exactly as `forward` computes them, for much less than `forward` where few regions are in
-        doubt.
-
-        res5 runs in bfloat16 on every region (bf16 copies of the folded weights), the class scores in float32 on
-        the result; then `settle_screened` asks `plan` which regions need their float32 scores, res5 runs in
-        float32 on those, and so on until the selection is certain. The class, box and attribute heads always run
-        on all regions at once, as in `forward`: BLAS picks other kernels for fewer rows (other bits).
-
-        Returns:
-            `forward`'s four outputs, float32 values on the settled regions and bf16-screened ones elsewhere, and
-            `settled` `(K,)` bool.
-        """
-        pooled = self.pool_regions(features, boxes)
-        region_features = self.region_features(pooled.to(torch.bfloat16)).float()
-        granularity = self.settlement_granularity(pooled)
-        settled = torch.zeros(pooled.shape[0], dtype=torch.bool, device=pooled.device)
-
-        def settle(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            nonlocal settled
-            for batch in self.settlement_batches(rows, settled, granularity):
-                region_features[batch] = self.region_features(pooled[batch], granularity or 2)
-                settled[batch] = True
-            return self.class_probabilities(region_features)[:, 1:], settled.clone()
-
-        result = settle_screened(self.class_probabilities(region_features)[:, 1:], settle, plan)
-        logger.debug(
-            "fp32-screened: %d of %d regions settled in %d rounds (margin %.3f)",
-            int(result.settled.sum()),
-            result.settled.numel(),
-            result.rounds,
-            result.margin,
-        )
-        if result.exact_ties:
-            logger.info(
-                "fp32-screened: %d exact float32 ties decide the selection; their order may differ from fp32's",
-                result.exact_ties,
-            )
-        return region_features, *self.predict(region_features), result.settled
-
-    def settlement_granularity(self, pooled: torch.Tensor) -> int | None:
-        """The fewest regions a float32 res5 call of the screened precision may take so that every region gets the
-        bits the full pass (`region_features` on all of them) gives it; `None` when only the full pass's own chunks
-        promise that.
-
-        oneDNN computes each region's output the same way whatever other regions share the call (2 to 300 of them;
-        tested), but `F.conv2d` leaves some problems to PyTorch's own kernels (1x1 convolutions of fewer than 16
-        regions on one thread), and on GPUs cuDNN picks kernels by shape: every call of the full pass and of the
-        settlement must then take oneDNN for every res5 convolution, or only whole chunks are recomputed.
-        """
-        if pooled.device.type != "cpu" or not onednn_fused_convolutions():
-            return None
-        inputs = convolution_inputs(self.res5, pooled.shape[1:])
-
-        def onednn(rows: int) -> bool:
-            return all(
-                convolution_backend(torch.empty((1, *shape), dtype=pooled.dtype).expand(rows, *shape), conv)
-                == torch._C._ConvBackend.Mkldnn
-                for conv, shape in inputs
-            )
-
-        if not all(onednn(chunk.shape[0]) for chunk in chunks_without_singletons(pooled, self.chunk_size)):
-            return None
-        for rows in range(2, self.chunk_size + 1):
-            if all(onednn(count) for count in range(rows, rows + self.chunk_size)):
-                return rows
-        return None
-
-    def settlement_batches(
-        self, rows: torch.Tensor, settled: torch.Tensor, granularity: int | None
-    ) -> list[torch.Tensor]:
-        """The regions to run through float32 res5 for `rows` (`(K,)` bool): one batch of at least `granularity`
-        regions (more unsettled ones taken along if needed), or without a granularity every chunk of the full pass
-        that holds one of `rows`, whole."""
-        count = rows.shape[0]
-        if granularity is None:
-            chunk_of = torch.cat(
-                [
-                    torch.full((len(chunk),), index, device=rows.device)
-                    for index, chunk in enumerate(chunks_without_singletons(torch.arange(count), self.chunk_size))
-                ]
-            )
-            return [(chunk_of == index).nonzero().flatten() for index in chunk_of[rows].unique().tolist()]
-        batch = rows.clone()
-        missing = min(granularity, count) - int(batch.sum())
-        if missing > 0:  # others along: unsettled ones first (they may be needed next), else settled ones again
-            candidates = torch.cat([(~batch & ~settled).nonzero().flatten(), (~batch & settled).nonzero().flatten()])
-            batch[candidates[:missing]] = True
-        return [batch.nonzero().flatten()]
-
-
-def at_least_two_rows(x: torch.Tensor) -> torch.Tensor:
-    """`x`, a single row doubled: BLAS runs one row through other kernels (other roundings) than several."""
-    return x if x.shape[0] != 1 else torch.cat([x] * 2)
-
-
-def convolution_inputs(stage: nn.Module, input_shape: Sequence[int]) -> list[tuple[nn.Conv2d, tuple[int, ...]]]:
-    """Every convolution of a ResNet stage with the `(C, H, W)` shape of its input, for an input of `input_shape`."""
-
-    def output_shape(conv: nn.Conv2d, shape: tuple[int, ...]) -> tuple[int, ...]:
-        sizes = [
-            (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
-            for size, padding, dilation, kernel, stride in zip(
-                shape[1:], conv.padding, conv.dilation, conv.kernel_size, conv.stride
-            )
-        ]
-        return (conv.out_channels, *sizes)
-
-    inputs = []
-    shape = tuple(input_shape)
-    for block in stage:
-        inputs += [(conv, shape) for conv in (block.shortcut, block.conv1) if conv is not None]
-        inner = output_shape(block.conv1, shape)
-        inputs.append((block.conv2, inner))
-        inner = output_shape(block.conv2, inner)
-        inputs.append((block.conv3, inner))
-        shape = output_shape(block.conv3, inner)
-    return inputs
-
 
 # ---------------------------------------------------------------------------------------------------------------
-# Model
+# Outputs and model
 # ---------------------------------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def cuda_float32_math(device: torch.device, precision: str) -> Iterator[None]:
-    """On CUDA, float32 convolutions and matrix products in TF32 for precision "tf32", in full float32 otherwise,
-    for the duration of the forward only (the process-wide settings are restored after: they are the caller's).
-
-    PyTorch lets cuDNN run float32 convolutions in TF32 by default (about 1e-3 relative): "fp32" must not. For "fp32"
-    and "fp32-screened", cuDNN also picks its algorithms deterministically, by shape, so that a region gets the same
-    bits in every call. These flags are process-wide: do not run the model concurrently with other CUDA work that
-    needs other settings.
-    """
-    if device.type != "cuda":
-        yield
-        return
-    mode = "tf32" if precision == "tf32" else "ieee"
-    cudnn = torch.backends.cudnn
-    settings: list[tuple[object, str, object]] = []
-    if hasattr(getattr(cudnn, "conv", None), "fp32_precision"):  # torch >= 2.9: do not mix with the legacy flags
-        settings += [(torch.backends.cuda.matmul, "fp32_precision", mode), (cudnn.conv, "fp32_precision", mode)]
-    else:
-        tf32 = mode == "tf32"
-        settings += [(torch.backends.cuda.matmul, "allow_tf32", tf32), (cudnn, "allow_tf32", tf32)]
-    if precision in ("fp32", "fp32-screened"):
-        settings += [(cudnn, "benchmark", False), (cudnn, "deterministic", True)]
-    saved = [(owner, name, getattr(owner, name)) for owner, name, _ in settings]
-    try:
-        for owner, name, value in settings:
-            setattr(owner, name, value)
-        yield
-    finally:
-        for owner, name, value in saved:
-            setattr(owner, name, value)
 
 
 @dataclass
@@ -1260,7 +886,7 @@ class ButdFrcnnModel(ButdFrcnnPreTrainedModel):
                     nms_threshold=self.config.selection_nms_threshold,
                     exact_ties=self.config.exact_tie_order,
                 )
-                *outputs, settled[j] = self.roi_heads.screened(features[j : j + 1], rois, plan)
+                *outputs, settled[j] = screened_roi_heads(self.roi_heads, features[j : j + 1], rois, plan)
                 heads.append(tuple(outputs))
         else:
             # given boxes are not selected, so there is nothing to screen: "fp32-screened" computes them in float32

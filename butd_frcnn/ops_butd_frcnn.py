@@ -1,9 +1,6 @@
 """The arithmetic of the original bottom-up-attention Faster R-CNN (py-faster-rcnn and `tools/generate_tsv.py`),
 reproduced operation for operation so that every threshold decision and every tie comes out as it did there.
 
-It also holds the screened selection of the "fp32-screened" precision (`screening_plan`): which regions need exact
-float32 scores for the selection to come out as fp32's.
-
 `modeling_butd_frcnn.py` holds the network and calls these functions; they take and return tensors, hold no
 weights, and import nothing from the rest of the package (this file travels with the model files as Hub remote code).
 
@@ -20,8 +17,7 @@ Conventions of the original, stated once here and followed everywhere below:
 
 import functools
 import math
-from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -226,7 +222,7 @@ def numpy_float32_exp(x: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Anchors and box arithmetic (py-faster-rcnn conventions, float32)
+# Anchors, objectness and box arithmetic (py-faster-rcnn conventions, float32)
 # ---------------------------------------------------------------------------------------------------------------
 
 
@@ -313,6 +309,14 @@ def box_sizes_at_least(boxes: torch.Tensor, min_size: torch.Tensor) -> torch.Ten
     widths = boxes[:, 2] - boxes[:, 0] + 1
     heights = boxes[:, 3] - boxes[:, 1] + 1
     return (widths >= min_size) & (heights >= min_size)
+
+
+def objectness_probabilities(logits: torch.Tensor) -> torch.Tensor:
+    """Caffe's softmax over the (bg, fg) pair of each anchor: `(B, 2A, H, W)` logits -> `(B, 2A, H, W)` probabilities
+    in the same channel layout (`rpn_cls_prob_reshape`)."""
+    batch, channels, height, width = logits.shape
+    pairs = logits.float().reshape(batch, 2, channels // 2, height, width)
+    return torch.softmax(pairs, dim=1).reshape(batch, channels, height, width)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -482,7 +486,7 @@ def per_class_nms_kept(
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Region selection (`generate_tsv.py`) and Caffe's ArgMax
+# Region selection (`generate_tsv.py`), Caffe's ArgMax, rows for BLAS
 # ---------------------------------------------------------------------------------------------------------------
 
 
@@ -507,198 +511,13 @@ def argmax_last(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
     return size - 1 - torch.argmax(torch.flip(x, dims=[dim]), dim=dim)
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Screened selection (precision "fp32-screened"): which regions need exact scores
-# ---------------------------------------------------------------------------------------------------------------
-
-SCREENING_MARGIN = 0.3
-"""First bound on `|log p - log q|`, p a float32 class probability and q its screened (bf16 res5) estimate: twice
-the largest seen on the FULL golden weights (0.14-0.19). Raised as settled regions show larger errors."""
-SCREENING_MARGIN_SAFETY = 2.0
-"""The margin is kept at least this many times the largest error seen on the settled regions."""
-SCREENING_MAX_ROUNDS = 6
-"""Settlement rounds before the rest is settled at once (each round is a res5 pass; 2-5 are typical)."""
-
-
-class ScreeningPlan(NamedTuple):
-    """One decision of `screening_plan`: the regions to settle next (none: the selection is certain) and the exact
-    float32 ties met, whose order no screening can promise (see `screening_plan`)."""
-
-    to_settle: torch.Tensor
-    exact_ties: int
-
-
-def screening_plan(
-    boxes: torch.Tensor,
-    values: torch.Tensor,
-    settled: torch.Tensor,
-    margin: float,
-    score_threshold: float,
-    min_boxes: int,
-    max_boxes: int,
-    nms_threshold: float,
-    exact_ties: bool = True,
-) -> ScreeningPlan:
-    """The regions whose exact class probabilities the selection still needs, so that the selection computed on
-    `values` (`select_regions` after `per_class_nms_max_scores`) is the one the exact probabilities give.
-
-    `values` `(R, C)` holds, per region, exact float32 probabilities (foreground classes) where `settled`, else a
-    screened estimate q, the true p being within `q e^-margin <= p <= q e^margin`. The selection on `values`,
-    "V", picks `S`; its cutoff `c` is its lowest `max_conf`. The rules:
-
-    1. Settle `S` first (its features must be exact anyway), and when more than `max_boxes` regions reach the
-       threshold, the next-best one too (then more than `max_boxes` certainly reach it).
-    2. A floor `tau`: the threshold when V keeps `S` in region order; `c` when V takes the best `min_boxes`; the
-       next-best region's `max_conf` when V takes the best `max_boxes`. An entry whose interval stays below
-       `tau` can neither be selected nor suppress an entry above it (it ranks below): the rest ignores it.
-    3. Pairs: in every class, two overlapping entries (IoU >= the NMS threshold) that can both reach `tau` and
-       whose intervals intersect are settled, unless both are: greedy NMS keeps a box iff no kept box ranked above
-       it overlaps it, so these orders are all it depends on above the floor.
-    4. Doubtful regions: with those orders certain, an unsettled region's `max_conf`, if it reaches `tau`, is at
-       most the upper end of its kept entries' intervals. Settled: those that could reach the threshold (V keeps
-       `S` in region order) or `c` (V takes the best `min_boxes` or `max_boxes`).
-
-    When nothing is left to settle, the exact probabilities give the same selection, in the same order, except
-    where two settled values tie exactly (`exact_ties` counts them): the original orders exact ties by numpy's sort
-    of the whole column, which here holds estimates. Every rule runs on all classes at once (no loop over classes).
-
-    Returns:
-        [`ScreeningPlan`]: `to_settle` `(R,)` bool, never a settled region.
-    """
-    num_rows = values.shape[0]
-    device = values.device
-    nothing = torch.zeros(num_rows, dtype=torch.bool, device=device)
-    if num_rows == 0:
-        return ScreeningPlan(nothing, 0)
-    max_scores = selection_max_scores(boxes, values, score_threshold, min_boxes, max_boxes, nms_threshold, exact_ties)
-    selected = select_regions(max_scores, score_threshold, min_boxes, max_boxes, exact_ties)
-    must = nothing.clone()
-    must[selected] = True
-    cutoff = float(max_scores[selected].min())
-    reaching = int((max_scores.double() >= score_threshold).sum())
-    in_region_order = min_boxes <= reaching <= max_boxes
-    if reaching > max_boxes:
-        runner_up = descending_order(max_scores.double(), exact_ties, top_k=max_boxes + 1)[-1]
-        must[runner_up] = True
-        floor = float(max_scores[runner_up])
-    else:
-        floor = score_threshold if in_region_order else cutoff
-    if bool((must & ~settled).any()):  # rule 1
-        return ScreeningPlan(must & ~settled, 0)
-
-    # rule 2: intervals, and the entries that can reach the floor (only their classes matter)
-    settled_rows = settled[:, None]
-    low = torch.where(settled_rows, values, values * math.exp(-margin))
-    high = torch.where(settled_rows, values, (values * math.exp(margin)).clamp(max=1.0))
-    members = high.double() >= floor
-    classes = members.any(dim=0).nonzero().flatten()
-    members, low, high, values = members[:, classes], low[:, classes], high[:, classes], values[:, classes]
-
-    # rule 3: overlapping pairs of members whose order is uncertain
-    overlaps = pairwise_iou(boxes, boxes) >= float32_threshold(nms_threshold)
-    active = members.any(dim=1)
-    pairs = torch.triu(overlaps & active[:, None] & active[None, :], diagonal=1).nonzero()
-    ambiguous = nothing.clone()
-    ties = 0
-    for block in pairs.split(4096):
-        a, b = block[:, 0], block[:, 1]
-        both = members[a] & members[b]
-        exact = (settled[a] & settled[b])[:, None]
-        intersect = (low[a] <= high[b]) & (low[b] <= high[a])
-        uncertain = (both & intersect & ~exact).any(dim=1)
-        ambiguous[a[uncertain]] = True
-        ambiguous[b[uncertain]] = True
-        ties += int((both & exact & (values[a] == values[b])).sum())
-
-    # rule 4: the kept members (the NMS on members only: the others rank below every member that matters)
-    kept = per_class_nms_kept(boxes[None], torch.where(members, values, -1.0)[None], nms_threshold, False)[0]
-    best_possible = torch.where(kept & members, high, torch.full_like(high, -1.0)).amax(dim=1).double()
-    bound = score_threshold if in_region_order else cutoff
-    doubtful = best_possible >= bound
-    if not in_region_order:
-        ties += int((settled & ~must & (max_scores == cutoff)).sum())
-    return ScreeningPlan((ambiguous | doubtful) & ~settled, ties)
-
-
-def selection_max_scores(
-    boxes: torch.Tensor,
-    class_scores: torch.Tensor,
-    score_threshold: float,
-    min_boxes: int,
-    max_boxes: int,
-    nms_threshold: float,
-    exact_ties: bool = True,
-) -> torch.Tensor:
-    """`per_class_nms_max_scores` as far as `select_regions` can tell: exact wherever it reaches the threshold.
-
-    Scores below the threshold rank below every score that reaches it, so they neither reach it nor suppress one
-    that does: only the classes where some score reaches it need the NMS (a few dozen of 1600), unless fewer than
-    `min_boxes` regions reach it (then the best ones below count too), or the best `max_boxes` must be sorted and
-    two of them tie exactly (the original's tie order depends on every value).
-    """
-    reaching_classes = (class_scores.double() >= score_threshold).any(dim=0)
-    if int(reaching_classes.sum()) > 0:
-        max_scores = per_class_nms_max_scores(boxes, class_scores[:, reaching_classes], nms_threshold, exact_ties)
-        reaching = max_scores[max_scores.double() >= score_threshold]
-        tied = exact_ties and reaching.unique().numel() < reaching.numel()
-        if reaching.numel() >= min_boxes and not (reaching.numel() > max_boxes and tied):
-            return max_scores
-    return per_class_nms_max_scores(boxes, class_scores, nms_threshold, exact_ties)
-
-
-class ScreeningResult(NamedTuple):
-    """What `settle_screened` found: the class probabilities (exact on `settled` rows), and how it got there."""
-
-    values: torch.Tensor
-    settled: torch.Tensor
-    margin: float
-    rounds: int
-    exact_ties: int
-
-
-def log_ratio_error(exact: torch.Tensor, estimate: torch.Tensor, rows: torch.Tensor) -> float:
-    """The largest `|log p - log q|` over the given rows (entries where both are positive)."""
-    p, q = exact[rows].double(), estimate[rows].double()
-    positive = (p > 0) & (q > 0)
-    return float((p[positive].log() - q[positive].log()).abs().max()) if bool(positive.any()) else 0.0
-
-
-def settle_screened(
-    estimate: torch.Tensor,
-    settle: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
-    plan: Callable[[torch.Tensor, torch.Tensor, float], ScreeningPlan],
-    margin: float = SCREENING_MARGIN,
-    max_rounds: int = SCREENING_MAX_ROUNDS,
-) -> ScreeningResult:
-    """Settle regions until `plan` is certain: the loop of the "fp32-screened" precision.
-
-    Args:
-        estimate (`torch.Tensor` of shape `(R, C)`): every region's screened class probabilities.
-        settle: `settle(rows)` computes the exact probabilities of `rows` (`(R,)` bool; it may do more rows) and
-            returns all rows' probabilities, exact on every row settled so far, and the rows it settled.
-        plan: `plan(values, settled, margin)`, e.g. `screening_plan` with the selection's settings.
-        margin: the first bound on `|log p - log q|`; after every round it is raised to `SCREENING_MARGIN_SAFETY`
-            times the largest error seen on the settled rows, if that is larger (a check, not a proof: rows never
-            settled are never seen).
-        max_rounds: after this many rounds, every remaining row is settled at once.
-    """
-    values = estimate
-    settled = torch.zeros(estimate.shape[0], dtype=torch.bool, device=estimate.device)
-    rounds = 0
-    while True:
-        decision = plan(values, settled, margin)
-        if not bool(decision.to_settle.any()):
-            return ScreeningResult(values, settled, margin, rounds, decision.exact_ties)
-        to_settle = ~settled if rounds >= max_rounds else decision.to_settle
-        values, now_settled = settle(to_settle)
-        new_rows = now_settled & ~settled
-        settled = settled | now_settled
-        rounds += 1
-        margin = max(margin, SCREENING_MARGIN_SAFETY * log_ratio_error(values, estimate, new_rows))
+def at_least_two_rows(x: torch.Tensor) -> torch.Tensor:
+    """`x`, a single row doubled: BLAS runs one row through other kernels (other roundings) than several."""
+    return x if x.shape[0] != 1 else torch.cat([x] * 2)
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# RoI pooling (Caffe's ROIPooling)
+# RoI pooling (Caffe's ROIPooling) and the global average pool (`pool5_flat`)
 # ---------------------------------------------------------------------------------------------------------------
 
 
@@ -788,52 +607,17 @@ def roi_max_pool(features: torch.Tensor, boxes: torch.Tensor, pool_size: int, sp
     return pooled.permute(0, 3, 1, 2)  # (K, C, P, P), channels_last
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Batches: images grouped by size, results padded, regions in chunks
-# ---------------------------------------------------------------------------------------------------------------
+def global_average_pool(x: torch.Tensor) -> torch.Tensor:
+    """The mean of each channel over its map: `(N, C, H, W)` -> `(N, C)`.
 
-
-def pad_and_stack(tensors: list[torch.Tensor], value: float = 0) -> torch.Tensor:
-    """Stack per-image tensors of different lengths along a new batch dimension, padding at the end."""
-    length = max(t.shape[0] for t in tensors)
-    out = tensors[0].new_full((len(tensors), length, *tensors[0].shape[1:]), value)
-    for i, t in enumerate(tensors):
-        out[i, : t.shape[0]] = t
-    return out
-
-
-def group_by_size(image_sizes: torch.Tensor) -> dict[tuple[int, int], list[int]]:
-    """Batch indices of the images of each distinct `(height, width)`, in order of first appearance."""
-    groups: dict[tuple[int, int], list[int]] = {}
-    for index, (height, width) in enumerate(image_sizes.tolist()):
-        groups.setdefault((int(height), int(width)), []).append(index)
-    return groups
-
-
-def scatter_feature_maps(
-    hidden_states: tuple[torch.Tensor, ...] | None,
-    maps: Sequence[torch.Tensor],
-    indices: list[int],
-    batch_size: int,
-) -> tuple[torch.Tensor, ...]:
-    """Place one size group's feature maps into batch-wide, zero-padded tensors (grown as larger groups come)."""
-    hidden_states = list(hidden_states) if hidden_states is not None else [None] * len(maps)
-    for level, feature_map in enumerate(maps):
-        current = hidden_states[level]
-        height = max(feature_map.shape[2], 0 if current is None else current.shape[2])
-        width = max(feature_map.shape[3], 0 if current is None else current.shape[3])
-        grown = feature_map.new_zeros((batch_size, feature_map.shape[1], height, width))
-        if current is not None:
-            grown[:, :, : current.shape[2], : current.shape[3]] = current
-        grown[indices, :, : feature_map.shape[2], : feature_map.shape[3]] = feature_map
-        hidden_states[level] = grown
-    return tuple(hidden_states)
-
-
-def chunks_without_singletons(x: torch.Tensor, chunk_size: int, min_rows: int = 2) -> list[torch.Tensor]:
-    """Split along dim 0 into chunks of `chunk_size`, merging a last chunk of fewer than `min_rows` rows into the
-    previous one: single rows take other kernels (and other roundings) than batches do."""
-    chunks = list(torch.split(x, chunk_size))
-    if len(chunks) > 1 and chunks[-1].shape[0] < min_rows:
-        chunks[-2:] = [torch.cat(chunks[-2:])]
-    return chunks
+    float32 keeps `mean`, whose sums are today's bits. In half precision, `mean` of a channels_last map casts it to
+    float32 through a strided copy (150 ms for 64 regions of res5, more than a convolution); a batched product with a
+    vector of ones sums the same values in float32 accumulators (one rounding of the sum to the half type, so within
+    one ulp of `mean`) at memory speed.
+    """
+    if x.dtype in (torch.float32, torch.float64):
+        return x.mean(dim=(2, 3))
+    count, channels, height, width = x.shape
+    rows = x.permute(0, 2, 3, 1).reshape(count, height * width, channels)  # a view for channels_last maps
+    sums = torch.bmm(x.new_ones((count, 1, height * width)), rows).squeeze(1)
+    return (sums.float() / (height * width)).to(x.dtype)

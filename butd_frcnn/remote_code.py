@@ -12,11 +12,14 @@ from .image_processing_butd_frcnn import ButdFrcnnImageProcessor
 from .modeling_butd_frcnn import ButdFrcnnModel
 
 # The flat files the model runs from. `save_pretrained` copies the file of each registered class and, recursively,
-# the files it imports relatively (`modeling_butd_frcnn.py` imports the configuration and `ops_butd_frcnn.py`).
+# the files it imports relatively (`modeling_butd_frcnn.py` imports the configuration, the ops, the kernels and the
+# precision modes); tests check that this list is exactly what transformers finds.
 MODEL_FILES = (
     "configuration_butd_frcnn.py",
     "modeling_butd_frcnn.py",
     "ops_butd_frcnn.py",
+    "kernels_butd_frcnn.py",
+    "precision_butd_frcnn.py",
     "image_processing_butd_frcnn.py",
     "compat_butd_frcnn.py",
 )

@@ -70,6 +70,8 @@ def test_folder_holds_exactly_the_hub_files(converted):
         "configuration_butd_frcnn.py",
         "modeling_butd_frcnn.py",
         "ops_butd_frcnn.py",
+        "kernels_butd_frcnn.py",
+        "precision_butd_frcnn.py",
         "image_processing_butd_frcnn.py",
     ):
         assert (converted / name).read_text() == (REPO_ROOT / "butd_frcnn" / name).read_text()

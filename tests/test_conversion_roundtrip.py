@@ -16,7 +16,7 @@ from butd_frcnn.conversion.caffemodel import read_caffemodel
 from butd_frcnn.conversion.checkpoints import FORMAT_CAFFEMODEL2PYTORCH, FORMAT_DETECTRON, CheckpointError
 from butd_frcnn.conversion.convert import convert_caffemodel
 from butd_frcnn.conversion.weights import caffe_to_state_dict, config_from_caffe
-from butd_frcnn.modeling_butd_frcnn import objectness_probabilities
+from butd_frcnn.ops_butd_frcnn import objectness_probabilities
 
 # The relation head and heat maps of the released file: present in the .caffemodel, not in the test network.
 UNUSED_LAYERS = [

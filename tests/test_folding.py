@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from golden import tiny_config
 
 from butd_frcnn import ButdFrcnnModel
-from butd_frcnn.modeling_butd_frcnn import ButdFrcnnBottleneck, ButdFrcnnConv2d, drop_derived_weights
+from butd_frcnn.kernels_butd_frcnn import drop_derived_weights
+from butd_frcnn.modeling_butd_frcnn import ButdFrcnnBottleneck, ButdFrcnnConv2d
 
 
 def unfolded(conv: ButdFrcnnConv2d, x: torch.Tensor) -> torch.Tensor:

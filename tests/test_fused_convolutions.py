@@ -11,9 +11,11 @@ import torch
 from golden import REPO_ROOT, golden_image_path, tiny_config
 
 from butd_frcnn import ButdFrcnnConfig, ButdFrcnnModel
+from butd_frcnn import kernels_butd_frcnn as kernels
 from butd_frcnn import modeling_butd_frcnn as modeling
-from butd_frcnn.modeling_butd_frcnn import ButdFrcnnConv2d, global_average_pool, onednn_fused_convolutions
-from butd_frcnn.ops_butd_frcnn import generate_cell_anchors
+from butd_frcnn.kernels_butd_frcnn import onednn_fused_convolutions
+from butd_frcnn.modeling_butd_frcnn import ButdFrcnnConv2d
+from butd_frcnn.ops_butd_frcnn import generate_cell_anchors, global_average_pool, shift_anchors
 
 FIELDS = ("proposals", "proposal_scores", "proposal_features", "class_probs", "attribute_probs", "box_deltas",
           "region_features", "boxes", "object_ids", "object_scores", "attribute_ids", "attribute_scores")  # fmt: skip
@@ -34,14 +36,14 @@ def smooth_image(height: int, width: int, seed: int) -> np.ndarray:
 
 
 def derived_variants(model) -> set[str]:
-    return {key.variant for store in modeling.derived_weight_stores(model) for key in store._entries}
+    return {key.variant for store in kernels.derived_weight_stores(model) for key in store._entries}
 
 
 def run(model, batch, fused: bool, monkeypatch):
     """The model's outputs with the fused path on or off (the portable `F.conv2d` path, as without oneDNN)."""
     with monkeypatch.context() as patch:
         if not fused:
-            patch.setattr(modeling, "onednn_fused_convolutions", lambda: False)
+            patch.setattr(kernels, "onednn_fused_convolutions", lambda: False)
         model.clear_derived_weights()
         with torch.inference_mode():
             outputs = model(**batch, output_hidden_states=True)
@@ -117,11 +119,11 @@ def test_fused_path_only_where_conv2d_runs_onednn():
     take them, or results would depend on which path ran."""
     conv = ButdFrcnnConv2d(8, 8, 1).eval()
     with torch.no_grad():
-        assert modeling.onednn_runs(torch.zeros(2, 8, 20, 20), conv)
-        assert not modeling.onednn_runs(torch.zeros(1, 8, 4, 4), conv), "one tiny map: PyTorch's own kernel"
-        assert not modeling.onednn_runs(torch.zeros(2, 8, 20, 20, dtype=torch.float64), conv)
+        assert kernels.onednn_runs(torch.zeros(2, 8, 20, 20), conv)
+        assert not kernels.onednn_runs(torch.zeros(1, 8, 4, 4), conv), "one tiny map: PyTorch's own kernel"
+        assert not kernels.onednn_runs(torch.zeros(2, 8, 20, 20, dtype=torch.float64), conv)
     with torch.enable_grad():
-        assert not modeling.onednn_runs(torch.zeros(2, 8, 20, 20), conv), "the fused ops have no backward"
+        assert not kernels.onednn_runs(torch.zeros(2, 8, 20, 20), conv), "the fused ops have no backward"
 
 
 def test_prepacked_weights_are_derived_weights(tiny_random_model_fp32, processor):
@@ -153,7 +155,7 @@ def test_forward_does_not_import_inductor_passes():
         "model = ButdFrcnnModel(tiny_config()).eval()\n"
         "with torch.inference_mode():\n"
         "    model(pixel_values=torch.zeros(1, 3, 96, 128))\n"
-        "from butd_frcnn.modeling_butd_frcnn import onednn_fused_convolutions\n"
+        "from butd_frcnn.kernels_butd_frcnn import onednn_fused_convolutions\n"
         "assert onednn_fused_convolutions()\n"
         "print(sorted(m for m in sys.modules if m.startswith('torch._inductor.fx_passes')))\n"
     )
@@ -195,7 +197,7 @@ def test_half_precision_models_decode_boxes_on_float32_anchors(how, tmp_path):
     generator = model.proposal_generator.anchor_generator
     assert generator.float32_cell_anchors().dtype == torch.float32
     assert torch.equal(generator.float32_cell_anchors(), exact)
-    assert torch.equal(generator(2, 3), modeling.shift_anchors(exact, 2, 3, 16))
+    assert torch.equal(generator(2, 3), shift_anchors(exact, 2, 3, 16))
 
 
 def test_other_half_precision_anchors_are_used_as_they_are():

@@ -21,7 +21,7 @@ from parity import (
     selection_scores,
 )
 
-from butd_frcnn.modeling_butd_frcnn import objectness_probabilities
+from butd_frcnn.ops_butd_frcnn import objectness_probabilities
 
 FULL_BOX_ATOL = 5e-4
 

@@ -19,8 +19,7 @@ import torch
 from golden import FLAT_IMAGES, GOLDEN_IMAGES, golden_image_path, load_golden
 from parity import BOX_ATOL, assert_same_boxes_up_to_tied_order, cosine
 
-from butd_frcnn.modeling_butd_frcnn import objectness_probabilities
-from butd_frcnn.ops_butd_frcnn import argmax_last, per_class_nms_max_scores
+from butd_frcnn.ops_butd_frcnn import argmax_last, objectness_probabilities, per_class_nms_max_scores
 
 NOT_FLAT = [name for name in GOLDEN_IMAGES if name not in FLAT_IMAGES]
 SELECTIONS = {

@@ -1,7 +1,9 @@
 """ButdFrcnnModel as a Transformers model: outputs, batching without drift, determinism, selection modes,
 safetensors round trips, Auto classes installed and as remote code, the full-size default architecture."""
 
+import inspect
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,9 +13,10 @@ from images import make_odd_images
 from remote import run_without_package
 from safetensors import safe_open
 from transformers import AutoConfig, AutoImageProcessor, AutoModel
+from transformers.dynamic_module_utils import get_relative_import_files
 
 from butd_frcnn import ButdFrcnnConfig, ButdFrcnnImageProcessor, ButdFrcnnModel, ButdFrcnnModelOutput
-from butd_frcnn.remote_code import registered_for_remote_code
+from butd_frcnn.remote_code import MODEL_FILES, registered_for_remote_code
 
 OUTPUT_FIELDS = [
     "region_features", "boxes", "object_ids", "object_scores", "attribute_ids", "attribute_scores", "num_boxes",
@@ -190,8 +193,9 @@ def test_remote_code_without_the_package(tiny_golden_model, processor, tmp_path)
     folder = tmp_path / "hub"
     save_hub_folder(tiny_golden_model, folder)
     assert sorted(p.name for p in folder.iterdir()) == [
-        "config.json", "configuration_butd_frcnn.py", "image_processing_butd_frcnn.py", "model.safetensors",
-        "modeling_butd_frcnn.py", "ops_butd_frcnn.py", "preprocessor_config.json",
+        "config.json", "configuration_butd_frcnn.py", "image_processing_butd_frcnn.py", "kernels_butd_frcnn.py",
+        "model.safetensors", "modeling_butd_frcnn.py", "ops_butd_frcnn.py", "precision_butd_frcnn.py",
+        "preprocessor_config.json",
     ]  # fmt: skip
     image = golden_image_path("astronaut")
     run_without_package(
@@ -212,6 +216,18 @@ def test_remote_code_without_the_package(tiny_golden_model, processor, tmp_path)
     local = tiny_golden_model(**processor(image, return_tensors="pt"), min_boxes=36, max_boxes=36)
     for field in OUTPUT_FIELDS:
         assert np.array_equal(remote[field], getattr(local, field).numpy()), field
+
+
+def test_model_files_are_what_transformers_finds_from_the_model():
+    """The converter's `MODEL_FILES` are exactly the files transformers' remote code needs: the model and the image
+    processor files and every file they import relatively, found as `save_pretrained` finds them
+    (`get_relative_import_files`), so that a new model-side file cannot be left out of converted folders."""
+    package = Path(inspect.getfile(ButdFrcnnModel)).parent
+    needed = set()
+    for entry in ("modeling_butd_frcnn.py", "image_processing_butd_frcnn.py"):
+        needed |= {entry, *(Path(name).name for name in get_relative_import_files(package / entry))}
+    assert "kernels_butd_frcnn.py" in needed and "precision_butd_frcnn.py" in needed
+    assert sorted(name for name in MODEL_FILES if name.endswith(".py")) == sorted(needed)
 
 
 def test_full_size_default_architecture_runs(processor):

@@ -12,14 +12,17 @@ from huggingface_hub.errors import StrictDataclassClassValidationError
 from transformers import AutoModel
 
 from butd_frcnn import ButdFrcnnConfig, ButdFrcnnModel
-from butd_frcnn import modeling_butd_frcnn as modeling
-from butd_frcnn.modeling_butd_frcnn import ButdFrcnnRoIHeads, cuda_float32_math
-from butd_frcnn.ops_butd_frcnn import (
+from butd_frcnn import kernels_butd_frcnn as kernels
+from butd_frcnn import precision_butd_frcnn as precision
+from butd_frcnn.modeling_butd_frcnn import ButdFrcnnRoIHeads
+from butd_frcnn.ops_butd_frcnn import per_class_nms_max_scores, select_regions
+from butd_frcnn.precision_butd_frcnn import (
     SCREENING_MARGIN,
-    per_class_nms_max_scores,
+    cuda_float32_math,
     screening_plan,
-    select_regions,
     settle_screened,
+    settlement_batches,
+    settlement_granularity,
 )
 
 SELECTED = ("region_features", "boxes", "object_ids", "object_scores", "attribute_ids", "attribute_scores",
@@ -100,7 +103,7 @@ def test_bf16_precision_computes_in_bf16_from_float32_weights(tiny_golden_model,
     assert model.dtype == torch.float32
     assert all(level.dtype == torch.bfloat16 for level in bf16.hidden_states)
     assert bf16.region_features.dtype == torch.bfloat16 and bf16.class_probs.dtype == torch.float32
-    stores = list(modeling.derived_weight_stores(model))
+    stores = list(kernels.derived_weight_stores(model))
     variants = {(key.variant, key.dtype) for store in stores for key in store._entries}
     assert ("cast", torch.bfloat16) in variants and all(dtype == torch.bfloat16 for _, dtype in variants)
     res4, reference = bf16.hidden_states[-1].float(), fp32.hidden_states[-1]
@@ -222,7 +225,7 @@ def assert_rows_invariant(heads: ButdFrcnnRoIHeads, pooled: torch.Tensor, subset
 
 def test_res5_rows_do_not_depend_on_the_other_rows_tiny(tiny_golden_model):
     heads = tiny_golden_model.roi_heads
-    granularity = heads.settlement_granularity(pooled_regions(300, 128))
+    granularity = settlement_granularity(heads, pooled_regions(300, 128))
     assert granularity is not None
     subsets = sorted({max(granularity, size) for size in (2, 3, 7, 33, 65, 128)})
     assert_rows_invariant(heads, pooled_regions(300, 128), subsets, [2, 16, 100, 300])
@@ -233,7 +236,7 @@ def test_res5_rows_do_not_depend_on_the_other_rows_full_size():
     torch.manual_seed(0)
     heads = ButdFrcnnModel(ButdFrcnnConfig()).eval().roi_heads
     pooled = pooled_regions(150, 1024)
-    granularity = heads.settlement_granularity(pooled)
+    granularity = settlement_granularity(heads, pooled)
     assert granularity is not None
     assert_rows_invariant(heads, pooled, sorted({max(granularity, size) for size in (2, 7, 33, 65)}), [16, 150])
 
@@ -256,12 +259,13 @@ def test_heads_rows_do_not_depend_on_the_other_rows(tiny_golden_model):
 def test_without_onednn_whole_chunks_are_settled(tiny_golden_model, processor, monkeypatch):
     """Where oneDNN's row invariance cannot be counted on (other backends, GPUs), the settlement recomputes whole
     chunks of the full pass: the same shapes, the same bits."""
-    monkeypatch.setattr(modeling, "onednn_fused_convolutions", lambda: False)
+    monkeypatch.setattr(kernels, "onednn_fused_convolutions", lambda: False)
+    monkeypatch.setattr(precision, "onednn_fused_convolutions", lambda: False)
     heads = tiny_golden_model.roi_heads
-    assert heads.settlement_granularity(pooled_regions(300, 128)) is None
+    assert settlement_granularity(heads, pooled_regions(300, 128)) is None
     rows = torch.zeros(300, dtype=torch.bool)
     rows[[5, 70, 299]] = True
-    batches = heads.settlement_batches(rows, torch.zeros(300, dtype=torch.bool), None)
+    batches = settlement_batches(heads, rows, torch.zeros(300, dtype=torch.bool), None)
     assert [batch.tolist() for batch in batches] == [list(range(64)), list(range(64, 128)), list(range(256, 300))]
     tiny_golden_model.clear_derived_weights()
     assert_screened_equals_fp32(tiny_golden_model, processor(golden_image_path("rocket"), return_tensors="pt"))
