@@ -67,10 +67,10 @@ echo "== $end: venv ready in $((SECONDS - started)) s ($(du -sh "$venv" | cut -f
 
 export PATH=$venv/bin:$PATH
 export PYTHONPATH=$repo${PYTHONPATH:+:$PYTHONPATH}
-# golden parity (TINY and FULL), the model and its remote code, the pipelines, the Endpoints handler, the CLI
+# golden parity (TINY and FULL), the model and its remote code, the compatibility module, the pipelines, the Endpoints handler, the CLI
 # (convert; extract and compare against the original's selection), the transformers hooks and oneDNN's fused paths
 exec "$venv/bin/python" -m pytest -p no:cacheprovider \
-    tests/test_golden_parity_tiny.py tests/test_golden_parity_full.py tests/test_modeling.py \
+    tests/test_golden_parity_tiny.py tests/test_golden_parity_full.py tests/test_modeling.py tests/test_compat.py \
     tests/test_conversion_golden.py tests/test_pipelines.py tests/test_handler.py tests/test_transformers_pins.py \
     tests/test_fused_convolutions.py tests/test_compare.py::test_our_extraction_agrees_with_the_original_on_the_golden_image \
     "$@"
