@@ -7,6 +7,8 @@ the model files expect (the tests in ci/test_at_end.sh check that the results ar
 """
 
 import functools
+import inspect
+from types import SimpleNamespace
 
 import torch
 
@@ -48,7 +50,7 @@ except ImportError:
         """Name and default of each field of a `PreTrainedConfig` subclass, base classes first."""
         fields = {}
         for klass in reversed(cls.__mro__[: cls.__mro__.index(PreTrainedConfig)]):
-            for name in klass.__dict__.get("__annotations__", {}):
+            for name in inspect.get_annotations(klass):
                 fields[name] = getattr(cls, name)
         return fields
 
@@ -68,8 +70,9 @@ except ImportError:
                     try:
                         getattr(self, name)()
                     except (ValueError, TypeError) as error:
-                        raise StrictDataclassClassValidationError(f"Class validation error for validator '{name}':\n"
-                                                                  f"    {type(error).__name__}: {error}") from error
+                        raise StrictDataclassClassValidationError(
+                            f"Class validation error for validator '{name}':\n    {type(error).__name__}: {error}"
+                        ) from error
 
         cls.__init__ = __init__
         cls.validate = validate
@@ -80,17 +83,18 @@ try:  # transformers 5: initialisers that leave weights loaded from a checkpoint
     from transformers import initialization as init
 except ImportError:  # transformers 4 itself skips the modules a checkpoint fills
 
-    class init:  # noqa: N801 (stands in for a module)
-        constant_ = staticmethod(torch.nn.init.constant_)
-        zeros_ = staticmethod(torch.nn.init.zeros_)
-        ones_ = staticmethod(torch.nn.init.ones_)
-        normal_ = staticmethod(torch.nn.init.normal_)
-        kaiming_normal_ = staticmethod(torch.nn.init.kaiming_normal_)
+    @torch.no_grad()
+    def _copy(tensor: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+        return tensor.copy_(other)
 
-        @staticmethod
-        @torch.no_grad()
-        def copy_(tensor: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
-            return tensor.copy_(other)
+    init = SimpleNamespace(
+        constant_=torch.nn.init.constant_,
+        zeros_=torch.nn.init.zeros_,
+        ones_=torch.nn.init.ones_,
+        normal_=torch.nn.init.normal_,
+        kaiming_normal_=torch.nn.init.kaiming_normal_,
+        copy_=_copy,
+    )
 
 
 try:  # transformers 5
