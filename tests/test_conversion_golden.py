@@ -73,6 +73,7 @@ def test_folder_holds_exactly_the_hub_files(converted):
         "kernels_butd_frcnn.py",
         "precision_butd_frcnn.py",
         "image_processing_butd_frcnn.py",
+        "compat_butd_frcnn.py",
     ):
         assert (converted / name).read_text() == (REPO_ROOT / "butd_frcnn" / name).read_text()
 

@@ -193,7 +193,8 @@ def test_remote_code_without_the_package(tiny_golden_model, processor, tmp_path)
     folder = tmp_path / "hub"
     save_hub_folder(tiny_golden_model, folder)
     assert sorted(p.name for p in folder.iterdir()) == [
-        "config.json", "configuration_butd_frcnn.py", "image_processing_butd_frcnn.py", "kernels_butd_frcnn.py",
+        "compat_butd_frcnn.py", "config.json", "configuration_butd_frcnn.py", "image_processing_butd_frcnn.py",
+        "kernels_butd_frcnn.py",
         "model.safetensors", "modeling_butd_frcnn.py", "ops_butd_frcnn.py", "precision_butd_frcnn.py",
         "preprocessor_config.json",
     ]  # fmt: skip
