@@ -95,25 +95,25 @@ def summarize(reference: dict, candidate: dict) -> str:
     return ", ".join(numbers)
 
 
-def golden_records(variant: str, image_names, selection: str) -> dict:
+def golden_records(variant: str, image_names, selection: str, golden: Path = GOLDEN) -> dict:
     """The original Caffe code's selections, where the golden data holds them."""
     records = {}
     for name in image_names:
-        path = GOLDEN / variant.lower() / f"{name}.npz"
+        path = golden / variant.lower() / f"{name}.npz"
         if path.exists():
             records[name] = read_npz_file(path, GOLDEN_SUFFIXES[selection])
     return records
 
 
-def report(variant: str, make_model, image_names, modes, device, processor):
+def report(variant: str, make_model, image_names, modes, device, processor, golden: Path = GOLDEN):
     batches = {}
     for name in image_names:
         if name == "rocket":  # the original decoded it with OpenCV; use the pixels it saw
-            with np.load(GOLDEN / "tiny" / "rocket.npz") as golden:
-                batches[name] = processor(golden["image_bgr"], input_channel_order="bgr", return_tensors="pt")
+            with np.load(golden / "tiny" / "rocket.npz") as data:
+                batches[name] = processor(data["image_bgr"], input_channel_order="bgr", return_tensors="pt")
         else:
-            batches[name] = processor(GOLDEN / "images" / IMAGES[name], return_tensors="pt")
-    goldens = {selection: golden_records(variant, image_names, selection) for selection in SELECTIONS}
+            batches[name] = processor(golden / "images" / IMAGES[name], return_tensors="pt")
+    goldens = {selection: golden_records(variant, image_names, selection, golden) for selection in SELECTIONS}
     reference_model = prepared(make_model(), "fp32", device)
     references = {selection: run(reference_model, batches, device, selection) for selection in SELECTIONS}
     del reference_model
@@ -149,19 +149,23 @@ def main(argv=None):
     parser.add_argument("--full", action="store_true", help="also the FULL ResNet-101 (slow on a CPU)")
     parser.add_argument("--full-images", nargs="+", choices=tuple(IMAGES), default=["astronaut", "rocket", "camera"])
     parser.add_argument("--no-tiny", action="store_true", help="only the FULL network")
+    parser.add_argument("--tiny-images", nargs="+", choices=tuple(IMAGES), default=list(IMAGES))
     parser.add_argument("--threads", type=int)
+    parser.add_argument(
+        "--golden", type=Path, default=GOLDEN, help="the golden data folder (default ../shared/golden)"
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     processor = ButdFrcnnImageProcessor()
     if not args.no_tiny:
-        tiny = GOLDEN / "tiny_seed0.caffemodel"
-        report("TINY", lambda: load_model(tiny), list(IMAGES), args.modes, device, processor)
+        tiny = args.golden / "tiny_seed0.caffemodel"
+        report("TINY", lambda: load_model(tiny), args.tiny_images, args.modes, device, processor, args.golden)
     if args.full:
         with tempfile.TemporaryDirectory() as folder:
-            weights = regenerate_full_weights(Path(folder))
-            report("FULL", lambda: load_model(weights), args.full_images, args.modes, device, processor)
+            weights = regenerate_full_weights(Path(folder), args.golden)
+            report("FULL", lambda: load_model(weights), args.full_images, args.modes, device, processor, args.golden)
 
 
 if __name__ == "__main__":

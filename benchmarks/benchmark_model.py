@@ -49,7 +49,6 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from butd_frcnn import ButdFrcnnConfig, ButdFrcnnImageProcessor, ButdFrcnnModel
 from butd_frcnn.configuration_butd_frcnn import PRECISIONS
-from butd_frcnn.precision_butd_frcnn import screened_roi_heads, screening_plan
 
 CONVOLUTION_OPS = ("mkldnn::_convolution_pointwise", "mkldnn::_convolution_pointwise_", "aten::mkldnn_convolution",
                    "aten::_slow_conv2d_forward", "aten::thnn_conv2d")  # fmt: skip
@@ -199,34 +198,18 @@ def staged_forward(model, processor, image, device, counter, timings, flops):
         boxes, _ = model.proposal_generator(features, height, width, scales)[0]
     heads = model.roi_heads
     if config.precision == "fp32-screened":
-        plan = functools.partial(
-            screening_plan,
-            boxes / scales[0],
-            score_threshold=config.score_threshold,
-            min_boxes=config.min_boxes,
-            max_boxes=config.max_boxes,
-            nms_threshold=config.selection_nms_threshold,
-            exact_ties=config.exact_tie_order,
-        )
+        selection = {key: getattr(config, key) for key in ("min_boxes", "max_boxes", "score_threshold")}
         with stage("res5"):
-            region_features, class_probs, _, attribute_probs, _ = screened_roi_heads(heads, features, boxes, plan)
+            outputs = model.heads_for_selection(features, boxes, boxes / scales[0], **selection)
     else:
         with stage("roi_pool"):
             pooled = heads.pool_regions(features, boxes)
         with stage("res5"):
             region_features = heads.region_features(pooled)
         with stage("heads"):
-            class_probs, _, attribute_probs = heads.predict(region_features)
+            outputs = heads.predict(region_features)
     with stage("selection"):
-        selected = model.select(
-            boxes / scales[0],
-            region_features,
-            class_probs,
-            attribute_probs,
-            config.min_boxes,
-            config.max_boxes,
-            config.score_threshold,
-        )
+        selected = model.select(boxes / scales[0], outputs, config.min_boxes, config.max_boxes, config.score_threshold)
         selected["boxes"].cpu()
     return boxes.shape[0], selected["boxes"].shape[0]
 

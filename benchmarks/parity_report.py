@@ -133,10 +133,10 @@ def report(variant: str, model, names: list[str]):
         )
 
 
-def regenerate_full_weights(folder: Path) -> Path:
+def regenerate_full_weights(folder: Path, golden: Path = GOLDEN) -> Path:
     """The FULL ResNet-101 seed-0 weights (262 MB), written into `folder` by the golden generator."""
     weights = folder / "full_seed0.caffemodel"
-    generator = [sys.executable, str(GOLDEN / "refgen" / "make_caffemodel.py"), str(GOLDEN / "test_full.prototxt")]
+    generator = [sys.executable, str(golden / "refgen" / "make_caffemodel.py"), str(golden / "test_full.prototxt")]
     subprocess.run([*generator, str(weights), "--seed", "0"], check=True, capture_output=True)
     return weights
 

@@ -1,4 +1,4 @@
-"""The precisions' speed against fp32's, interleaved in one process: the ratios of the README's table of modes.
+"""The precisions' speed against fp32's, interleaved in one process: the ratios of docs/precision.md's table of modes.
 
 The FULL golden network (ResNet-101 with the golden generator's seed-0 weights, whose class probabilities decide how
 many proposals fp32-screened settles) runs one golden image under each precision in turn, round after round, each
@@ -9,6 +9,14 @@ per precision that builds its derived weights.
 
     python benchmarks/precision_speed.py --threads 2
     python benchmarks/precision_speed.py --modes bf16 fp32-screened --image rocket --boxes 36 --rounds 5
+
+`--sharpen S [S ...]` sweeps the sharpness of the class probabilities: the class head's weights and bias are
+multiplied by each S in turn (1 = the golden weights, whose probabilities are flat; trained weights are sharp, with
+a median top class probability near 0.9), and per S and per selection (`--boxes 10-100 36`) it prints the median top
+foreground probability, the regions selected, the proposals fp32-screened settled, its time against fp32's and
+whether its outputs equal fp32's bit for bit:
+
+    python benchmarks/precision_speed.py --threads 2 --modes fp32-screened --sharpen 1 2 3 4 --boxes 10-100 36
 """
 
 import argparse
@@ -44,22 +52,74 @@ def timed_call(model: ButdFrcnnModel, batch, precision: str, boxes: tuple[int, i
     return seconds, float(outputs.settled_proposals[0, :count].float().mean())
 
 
+SELECTIONS = {"10-100": (10, 100), "36": (36, 36)}
+COMPARED_FIELDS = ("boxes", "region_features", "object_ids", "object_scores", "attribute_ids", "proposal_indices")
+
+
+def sharpen(model: ButdFrcnnModel, factor: float) -> None:
+    """Multiply the class head's logits by `factor` (its weights and bias; the derived copies dropped)."""
+    head = model.roi_heads.box_predictor.cls_score
+    with torch.no_grad():
+        head.weight.mul_(factor)
+        head.bias.mul_(factor)
+    model.clear_derived_weights()
+
+
+def sharpness_sweep(model: ButdFrcnnModel, batch, scales: list[float], selections: list[str], rounds: int) -> None:
+    """Per class-head scale and selection: sharpness, regions, settled share, fp32-screened's time vs fp32's."""
+    print(f"{'scale':>5} {'selection':>9} {'median top prob':>15} {'regions':>7} {'settled':>11} "
+          f"{'screened vs fp32 time':>21} {'bit-equal':>9}")  # fmt: skip
+    current = 1.0
+    for scale in scales:
+        sharpen(model, scale / current)
+        current = scale
+        for name in selections:
+            boxes = SELECTIONS[name]
+            model.config.precision = "fp32"
+            with torch.inference_mode():
+                reference = model(**batch, min_boxes=boxes[0], max_boxes=boxes[1])
+            model.config.precision = "fp32-screened"
+            with torch.inference_mode():
+                screened = model(**batch, min_boxes=boxes[0], max_boxes=boxes[1])
+            equal = all(torch.equal(getattr(screened, f), getattr(reference, f)) for f in COMPARED_FIELDS)
+            count = int(reference.num_proposals[0])
+            top = reference.class_probs[0, :count, 1:].amax(dim=1).median()
+            settled = int(screened.settled_proposals[0, :count].sum())
+            ratios = []
+            for round_index in range(rounds):
+                order = ["fp32", "fp32-screened"][:: 1 if round_index % 2 == 0 else -1]
+                times = {mode: timed_call(model, batch, mode, boxes)[0] for mode in order}
+                ratios.append(times["fp32-screened"] / times["fp32"])
+            ratio = statistics.median(ratios)
+            print(f"{scale:5g} {name:>9} {float(top):15.2f} {int(reference.num_boxes[0]):7d} "
+                  f"{settled:4d} of {count:3d} {ratio:11.2f}x ({'faster' if ratio < 1 else 'slower'}) "
+                  f"{'yes' if equal else 'NO':>9}", flush=True)  # fmt: skip
+    sharpen(model, 1.0 / current)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--modes", nargs="+", choices=[p for p in PRECISIONS if p != "fp32"],
                         default=["bf16", "fp16", "fp32-screened"])  # fmt: skip
     parser.add_argument("--image", choices=tuple(IMAGES), default="astronaut")
-    parser.add_argument("--boxes", choices=("10-100", "36"), default="10-100")
+    parser.add_argument("--boxes", nargs="+", choices=tuple(SELECTIONS), default=["10-100"])
+    parser.add_argument("--sharpen", nargs="+", type=float, metavar="S",
+                        help="sweep the class head's scale: settled share and speed per sharpness")  # fmt: skip
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    boxes = (10, 100) if args.boxes == "10-100" else (36, 36)
     with tempfile.TemporaryDirectory() as folder:
         model = load_model(regenerate_full_weights(Path(folder))).to(args.device)
     batch = ButdFrcnnImageProcessor()(GOLDEN / "images" / IMAGES[args.image], return_tensors="pt").to(args.device)
+    if args.sharpen:
+        print(f"FULL network, {args.image}, device {args.device}, {torch.get_num_threads()} threads, {args.rounds} "
+              f"interleaved rounds, load average {os.getloadavg()[0]:.1f}")  # fmt: skip
+        sharpness_sweep(model, batch, args.sharpen, args.boxes, args.rounds)
+        return
+    boxes = SELECTIONS[args.boxes[0]]
     modes = ["fp32", *args.modes]
     for mode in modes:
         timed_call(model, batch, mode, boxes)  # builds the mode's derived weights
@@ -71,7 +131,7 @@ def main(argv=None) -> None:
             seconds[mode].append(elapsed)
             if share is not None:
                 settled.append(share)
-    print(f"FULL network, {args.image}, {args.boxes} boxes, device {args.device}, {torch.get_num_threads()} threads, "
+    print(f"FULL network, {args.image}, {args.boxes[0]} boxes, device {args.device}, {torch.get_num_threads()} threads, "
           f"{args.rounds} interleaved rounds, load average {os.getloadavg()[0]:.1f}")  # fmt: skip
     for mode in modes:
         ratios = [ours / fp32 for ours, fp32 in zip(seconds[mode], seconds["fp32"], strict=True)]

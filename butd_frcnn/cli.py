@@ -15,6 +15,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Bottom-up-attention Faster R-CNN: convert the original weights, extract region features.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debugging details")
+    parser.add_argument(
+        "--debug", action="store_true", help="log debugging details, and the traceback behind each error message"
+    )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add_parser in _tool_parsers():
         add_parser(subparsers)
@@ -34,8 +37,19 @@ def _tool_parsers():
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s: %(message)s")
-    return args.func(args)
+    debug = args.verbose or args.debug
+    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, format="%(levelname)s: %(message)s")
+    try:
+        return args.func(args)
+    except Exception as error:  # a Hub failure no tool foresaw: still one line, not a traceback
+        from .hub_errors import failure_line, hub_failure, show_traceback
+
+        if hub_failure(error) is None:
+            raise
+        logger = logging.getLogger("butd_frcnn")
+        logger.error("%s", failure_line(error, f"butd-frcnn {args.command}", "Files it wrote are kept.", "rerun it"))
+        show_traceback(logger)
+        return 1
 
 
 if __name__ == "__main__":

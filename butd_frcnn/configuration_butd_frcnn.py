@@ -81,7 +81,7 @@ class ButdFrcnnConfig(PreTrainedConfig):
         precision (`str`, defaults to `"fp32"`): how the forward computes. Also a `from_pretrained` argument
             (`ButdFrcnnModel.from_pretrained(path, precision="bf16")`) and `butd-frcnn extract --dtype`. One of:
 
-            - `"fp32"`: float32 throughout, the original's numbers (see the README's parity section). A model
+            - `"fp32"`: float32 throughout, the original's numbers (see the package's `docs/parity.md`). A model
               whose weights were cast to another dtype (`model.to(torch.bfloat16)`, `from_pretrained(...,
               dtype=...)`) computes in that dtype, as any PyTorch module; on CUDA, convolutions and matrix
               products run in full float32 (no TF32) during the forward.
@@ -112,6 +112,8 @@ class ButdFrcnnConfig(PreTrainedConfig):
     """
 
     model_type = "butd_frcnn"
+    # saved as remote code (this file and its `auto_map` entry), as transformers saves the classes it loads as such
+    _auto_class = "AutoConfig"
 
     num_channels: int = 3
     stem_channels: int = 64

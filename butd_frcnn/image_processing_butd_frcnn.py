@@ -10,6 +10,7 @@ The original (`_get_image_blob` of py-faster-rcnn, fed by `cv2.imread`):
 """
 
 import contextlib
+import io
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -25,6 +26,9 @@ from transformers.utils import TensorType
 from .compat_butd_frcnn import TorchvisionBackend
 
 PIXEL_MEANS_BGR = (102.9801, 115.9465, 122.7717)
+# Largest image (in pixels) the processor decodes unless told otherwise: one image at this size stays under 3 GB of
+# peak memory in a process running the full-size model (docs/hosted-inference.md has the measurement).
+DEFAULT_MAX_PIXELS = 25_000_000
 
 
 class ImageDecodeError(ValueError):
@@ -40,11 +44,17 @@ class ButdFrcnnImageProcessorKwargs(ImagesKwargs, total=False):
         `np.array(pil_image)` gives) or `"bgr"` (what `cv2.imread` gives). Paths and PIL images are unaffected.
     apply_exif_orientation (`bool`, defaults to `True`):
         Rotate images by their EXIF orientation tag, as `cv2.imread` does.
+    max_pixels (`int`, defaults to `DEFAULT_MAX_PIXELS`):
+        Refuse (with `ImageTooLargeError`, a `ValueError`) image files, encoded bytes and PIL images of more pixels,
+        checked from the file's header before anything is decoded: preprocessing needs about 60 bytes per input
+        pixel at its peak, the model only ever sees at most 1000 pixels on the longer side. 0: no limit; `None`:
+        Pillow's own (`PIL.Image.MAX_IMAGE_PIXELS`). Arrays and tensors, already decoded, are not checked.
     """
 
     pixel_means_bgr: list[float] | tuple[float, ...]
     input_channel_order: str
     apply_exif_orientation: bool
+    max_pixels: int | None
 
 
 # inputs that keep their precision when a batch is cast to the model's dtype: the original computes with float32
@@ -127,15 +137,24 @@ def _pillow_bomb_check_off():
         Image.MAX_IMAGE_PIXELS = saved
 
 
-def opened_image_to_bgr(image: Image.Image, max_pixels: int | None, apply_exif_orientation: bool) -> np.ndarray:
-    """Refuse an opened image whose header claims more than `max_pixels` (0 or `None`: no limit) before decoding it,
-    then decode it into BGR uint8: the one path of image files and of encoded bytes held in memory (datasets)."""
+def check_pixel_count(image: Image.Image, max_pixels: int | None) -> None:
+    """Raise `ImageTooLargeError` if `image` has more than `max_pixels` pixels (0 or `None`: no limit).
+
+    An image opened by `Image.open` knows its size from the file's header alone: checked before `load()`, nothing
+    has been decoded yet. The one size check of image files, encoded bytes and PIL images.
+    """
     width, height = image.size
     if max_pixels and width * height > max_pixels:
         raise ImageTooLargeError(
             f"refused as a decompression bomb: {width} x {height} = {width * height} pixels is above the limit of "
-            f"{max_pixels}"
+            f"{max_pixels} (max_pixels)"
         )
+
+
+def opened_image_to_bgr(image: Image.Image, max_pixels: int | None, apply_exif_orientation: bool) -> np.ndarray:
+    """Refuse an opened image whose header claims more than `max_pixels` (0 or `None`: no limit) before decoding it,
+    then decode it into BGR uint8: the one path of image files and of encoded bytes held in memory (datasets)."""
+    check_pixel_count(image, max_pixels)
     image.load()
     return pil_to_bgr(image, apply_exif_orientation)
 
@@ -167,6 +186,25 @@ def load_image_bgr(
         raise ImageTooLargeError(f"{path}: refused as a decompression bomb: {error}") from None
     except (OSError, SyntaxError, ValueError) as error:
         raise ImageDecodeError(f"{path}: cannot decode: {error}") from error
+
+
+def decode_image_bytes(data: bytes, apply_exif_orientation: bool = True, max_pixels: int | None = None) -> np.ndarray:
+    """Decode an encoded image held in memory exactly as `load_image_bgr` decodes a file holding the same bytes (the
+    same decoder, checks and conversion to OpenCV's BGR); errors say why, without a path. `max_pixels` as there."""
+    if not data:
+        raise ImageDecodeError("the image is empty (0 bytes)")
+    limit = contextlib.nullcontext() if max_pixels is None else _pillow_bomb_check_off()
+    try:
+        with limit, Image.open(io.BytesIO(data)) as image:
+            return opened_image_to_bgr(image, max_pixels, apply_exif_orientation)
+    except ImageDecodeError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageDecodeError(f"not an image Pillow can read ({len(data)} bytes)") from None
+    except Image.DecompressionBombError as error:
+        raise ImageTooLargeError(f"refused as a decompression bomb: {error}") from None
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ImageDecodeError(f"cannot decode the image: {error}") from error
 
 
 def array_to_bgr(array, channel_order: str = "rgb") -> np.ndarray:
@@ -352,7 +390,8 @@ class ButdFrcnnImageProcessor(TorchvisionBackend):
     r"""
     Prepares images for [`ButdFrcnnModel`] exactly as the original `generate_tsv.py` did (see the module docstring).
 
-    Accepts image paths, PIL images, numpy arrays and tensors, one or a list. Returns a [`BatchFeature`] with:
+    Accepts image paths, image files' bytes, PIL images, numpy arrays and tensors, one or a list. Returns a
+    [`BatchFeature`] with:
     - `pixel_values` (`(B, 3, H, W)` float32): BGR, mean-subtracted, resized, zero-padded to the batch's largest;
     - `image_sizes` (`(B, 2)` int64): each image's resized `(height, width)`;
     - `scales` (`(B,)` float64): each image's resize factor;
@@ -366,7 +405,8 @@ class ButdFrcnnImageProcessor(TorchvisionBackend):
             size (scale 1: still decoded, mean-subtracted and batched).
         size (`dict[str, int]`, defaults to `{"shortest_edge": 600, "longest_edge": 1000}`):
             The original's `TEST.SCALES` (600) and `TEST.MAX_SIZE` (1000).
-        pixel_means_bgr, input_channel_order, apply_exif_orientation: see [`ButdFrcnnImageProcessorKwargs`].
+        pixel_means_bgr, input_channel_order, apply_exif_orientation, max_pixels: see
+            [`ButdFrcnnImageProcessorKwargs`].
         return_tensors (`str`, *optional*): `"pt"` (also the default) or `"np"`.
         boxes (per call only, *optional*): regions to describe instead of detecting, `(x1, y1, x2, y2)` in the
             image's own (original) pixels, inclusive: for one image, its `(K, 4)` boxes; for a list of images, a
@@ -378,12 +418,15 @@ class ButdFrcnnImageProcessor(TorchvisionBackend):
     """
 
     valid_kwargs = ButdFrcnnImageProcessorKwargs
+    # saved as remote code (this file and its `auto_map` entry), as transformers saves the classes it loads as such
+    _auto_class = "AutoImageProcessor"
     model_input_names = ["pixel_values", "image_sizes", "scales", "original_sizes"]  # noqa: RUF012 (transformers class attributes)
     size = {"shortest_edge": 600, "longest_edge": 1000}  # noqa: RUF012 (transformers class attributes)
     default_to_square = False
     pixel_means_bgr = list(PIXEL_MEANS_BGR)  # noqa: RUF012 (transformers class attributes)
     input_channel_order = "rgb"
     apply_exif_orientation = True
+    max_pixels = DEFAULT_MAX_PIXELS
     do_resize = True
     do_rescale = False
     do_normalize = False
@@ -404,6 +447,7 @@ class ButdFrcnnImageProcessor(TorchvisionBackend):
         pixel_means_bgr: Sequence[float] | None = None,
         input_channel_order: str | None = None,
         apply_exif_orientation: bool | None = None,
+        max_pixels: int | None = None,
         return_tensors: str | TensorType | None = None,
         boxes: Any = None,
         **flags: Any,
@@ -424,7 +468,7 @@ class ButdFrcnnImageProcessor(TorchvisionBackend):
         given_boxes = None if boxes is None else boxes_per_image(boxes, images, len(flat_images))
         resized, image_sizes, scales, original_sizes = [], [], [], []
         for image in flat_images:
-            bgr = self.process_image(image, input_channel_order, apply_exif_orientation)
+            bgr = self.process_image(image, input_channel_order, apply_exif_orientation, max_pixels)
             height, width = bgr.shape[:2]
             scale = compute_scale(height, width, shortest_edge, longest_edge) if do_resize else 1.0
             blob = subtract_means(bgr, means)
@@ -455,19 +499,31 @@ class ButdFrcnnImageProcessor(TorchvisionBackend):
         return ButdFrcnnBatchFeature(data=data)
 
     def process_image(
-        self, image: Any, input_channel_order: str | None = None, apply_exif_orientation: bool | None = None
+        self,
+        image: Any,
+        input_channel_order: str | None = None,
+        apply_exif_orientation: bool | None = None,
+        max_pixels: int | None = None,
     ) -> np.ndarray:
-        """Decode one input (a path, a PIL image, an array or a tensor) into H x W x 3 BGR uint8."""
+        """Decode one input (a path, an image file's bytes, a PIL image, an array or a tensor) into H x W x 3 BGR
+        uint8; paths, bytes and PIL images of more than `max_pixels` are refused before they are decoded."""
         input_channel_order = input_channel_order or self.input_channel_order
         if apply_exif_orientation is None:
             apply_exif_orientation = self.apply_exif_orientation
+        if max_pixels is None:
+            max_pixels = self.max_pixels
         if isinstance(image, (str, os.PathLike)):
-            return load_image_bgr(image, apply_exif_orientation)
+            return load_image_bgr(image, apply_exif_orientation, max_pixels)
+        if isinstance(image, (bytes, bytearray)):
+            return decode_image_bytes(bytes(image), apply_exif_orientation, max_pixels)
         if isinstance(image, Image.Image):
+            check_pixel_count(image, max_pixels)
             return pil_to_bgr(image, apply_exif_orientation)
         if isinstance(image, (np.ndarray, torch.Tensor)):
             return array_to_bgr(image, input_channel_order)
-        raise TypeError(f"cannot read an image from a {type(image).__name__}: pass a path, a PIL image or an array")
+        raise TypeError(
+            f"cannot read an image from a {type(image).__name__}: pass a path, bytes, a PIL image or an array"
+        )
 
     def post_process_object_detection(
         self,

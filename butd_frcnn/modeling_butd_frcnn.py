@@ -14,8 +14,10 @@ The state-dict names follow the detectron2 / transformers FRCNN layout so that o
 """
 
 import functools
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -96,9 +98,13 @@ class ButdFrcnnFrozenBatchNorm2d(nn.Module):
         return x * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)
 
 
-class ButdFrcnnConv2d(nn.Conv2d):
+class ButdFrcnnConvNormActivation(nn.Conv2d):
     """A bias-free Caffe convolution followed by BatchNorm + Scale, run as one convolution with the affine map folded
     into its weight and bias; optionally followed by a residual sum and a ReLU, fused into it where oneDNN runs it.
+
+    `images_in_batch`: the batch dimension of its input holds images (the backbone), each to get the bits it gets
+    alone (`batch_changes_kernels`), rather than regions (res5), whose chunks are chosen to keep their bits
+    (`chunks_without_singletons`).
 
     The folded pair lives in `derived_weights` (see [`ButdFrcnnDerivedWeights`] for when it is built and dropped);
     the checkpoint keeps Caffe's separate blobs. With gradients on, the fold is computed in the call, so that
@@ -122,14 +128,13 @@ class ButdFrcnnConv2d(nn.Conv2d):
         dilation: int = 1,
         eps: float = 1e-5,
         ends_residual_branch: bool = False,
+        images_in_batch: bool = False,
     ):
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, bias=False)
         self.norm = ButdFrcnnFrozenBatchNorm2d(out_channels, eps, ends_residual_branch)
+        self.images_in_batch = images_in_batch
         self.derived_weights = ButdFrcnnDerivedWeights()
         self.register_load_state_dict_post_hook(drop_derived_weights)
-        # set by the backbone: its batch holds images, each to get the bits it gets alone (`batch_changes_kernels`);
-        # res5's batch holds regions, whose chunks are chosen to keep their bits (`chunks_without_singletons`)
-        self.images_in_batch = False
 
     def fold_sources(self) -> tuple[torch.Tensor, ...]:
         """The tensors the fold is computed from: the weight and the BatchNorm + Scale buffers."""
@@ -197,7 +202,7 @@ class ButdFrcnnLinear(nn.Linear):
         return F.linear(x, *weight_and_bias_in_dtype(self, x.dtype))
 
 
-class ButdFrcnnPlainConv2d(nn.Conv2d):
+class ButdFrcnnConv2d(nn.Conv2d):
     """`nn.Conv2d` (with bias, no BatchNorm: the RPN head) computing in its input's dtype, as `ButdFrcnnLinear`."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, padding: int = 0):
@@ -222,19 +227,19 @@ class ButdFrcnnBottleneck(nn.Module):
         stride: int = 1,
         dilation: int = 1,
         eps: float = 1e-5,
+        images_in_batch: bool = False,
     ):
         super().__init__()
         self.stride = stride
         self.dilation = dilation
+        conv = functools.partial(ButdFrcnnConvNormActivation, eps=eps, images_in_batch=images_in_batch)
         if in_channels != out_channels or stride != 1:
-            self.shortcut = ButdFrcnnConv2d(in_channels, out_channels, 1, stride=stride, eps=eps)
+            self.shortcut = conv(in_channels, out_channels, 1, stride=stride)
         else:
             self.shortcut = None
-        self.conv1 = ButdFrcnnConv2d(in_channels, bottleneck_channels, 1, stride=stride, eps=eps)
-        self.conv2 = ButdFrcnnConv2d(
-            bottleneck_channels, bottleneck_channels, 3, padding=dilation, dilation=dilation, eps=eps
-        )
-        self.conv3 = ButdFrcnnConv2d(bottleneck_channels, out_channels, 1, eps=eps, ends_residual_branch=True)
+        self.conv1 = conv(in_channels, bottleneck_channels, 1, stride=stride)
+        self.conv2 = conv(bottleneck_channels, bottleneck_channels, 3, padding=dilation, dilation=dilation)
+        self.conv3 = conv(bottleneck_channels, out_channels, 1, ends_residual_branch=True)
 
     def forward(self, x: torch.Tensor, may_overwrite_input: bool = False) -> torch.Tensor:
         """`may_overwrite_input`: nothing else needs `x` after this block (the stage passes its own intermediate
@@ -249,7 +254,8 @@ class ButdFrcnnBottleneck(nn.Module):
 
 
 class ButdFrcnnStage(nn.Sequential):
-    """A ResNet stage: `depth` bottlenecks, the first one changing width and stride."""
+    """A ResNet stage: `depth` bottlenecks, the first one changing width and stride; `images_in_batch` as in
+    [`ButdFrcnnConvNormActivation`]."""
 
     def __init__(
         self,
@@ -260,10 +266,13 @@ class ButdFrcnnStage(nn.Sequential):
         stride: int,
         dilation: int,
         eps: float,
+        images_in_batch: bool,
     ):
-        blocks = [ButdFrcnnBottleneck(in_channels, bottleneck_channels, out_channels, stride, dilation, eps)]
+        blocks = [
+            ButdFrcnnBottleneck(in_channels, bottleneck_channels, out_channels, stride, dilation, eps, images_in_batch)
+        ]
         blocks += [
-            ButdFrcnnBottleneck(out_channels, bottleneck_channels, out_channels, 1, dilation, eps)
+            ButdFrcnnBottleneck(out_channels, bottleneck_channels, out_channels, 1, dilation, eps, images_in_batch)
             for _ in range(depth - 1)
         ]
         super().__init__(*blocks)
@@ -280,7 +289,9 @@ class ButdFrcnnStem(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, eps: float):
         super().__init__()
-        self.conv1 = ButdFrcnnConv2d(in_channels, out_channels, 7, stride=2, padding=3, eps=eps)
+        self.conv1 = ButdFrcnnConvNormActivation(
+            in_channels, out_channels, 7, stride=2, padding=3, eps=eps, images_in_batch=True
+        )
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns conv1's activation (before pooling) and the pooled map."""
@@ -305,12 +316,10 @@ class ButdFrcnnBackbone(nn.Module):
                 config.stage_strides[index],
                 config.stage_dilations[index],
                 eps,
+                images_in_batch=True,
             )
             self.add_module(name, stage)
             in_channels = config.hidden_sizes[index]
-        for module in self.modules():
-            if isinstance(module, ButdFrcnnConv2d):
-                module.images_in_batch = True
 
     def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Returns the feature maps `(conv1 after its ReLU, res2, res3, res4)` of a batch of same-size images."""
@@ -371,9 +380,9 @@ class ButdFrcnnRPNHead(nn.Module):
 
     def __init__(self, in_channels: int, hidden_channels: int, num_anchors: int):
         super().__init__()
-        self.conv = ButdFrcnnPlainConv2d(in_channels, hidden_channels, 3, padding=1)
-        self.objectness_logits = ButdFrcnnPlainConv2d(hidden_channels, 2 * num_anchors, 1)
-        self.anchor_deltas = ButdFrcnnPlainConv2d(hidden_channels, 4 * num_anchors, 1)
+        self.conv = ButdFrcnnConv2d(in_channels, hidden_channels, 3, padding=1)
+        self.objectness_logits = ButdFrcnnConv2d(hidden_channels, 2 * num_anchors, 1)
+        self.anchor_deltas = ButdFrcnnConv2d(hidden_channels, 4 * num_anchors, 1)
 
     def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         hidden = self.conv(features).relu_()
@@ -472,6 +481,32 @@ class ButdFrcnnAttributePredictor(nn.Module):
         return self.attr_score(F.relu(self.fc_attr(hidden)))
 
 
+class ButdFrcnnHeadOutputs(NamedTuple):
+    """What the RoI heads compute for one image's `K` boxes, in every precision."""
+
+    region_features: torch.Tensor
+    """`(K, hidden_size)`: `pool5_flat`, res5 and the global average pool."""
+    class_probs: torch.Tensor
+    """`(K, num_labels)`, float32: `cls_prob` (index 0 = background)."""
+    box_deltas: torch.Tensor
+    """`(K, 4 * num_labels)`: `bbox_pred`."""
+    attribute_probs: torch.Tensor
+    """`(K, num_attributes)`, float32: `attr_prob` (index 0 = "no attribute")."""
+    settled: torch.Tensor | None = None
+    """`(K,)` bool, precision "fp32-screened" only: the rows holding float32 values (the others hold values computed
+    from the bfloat16 screening)."""
+
+    def proposal_fields(self) -> dict[str, torch.Tensor]:
+        """These outputs under the names of [`ButdFrcnnModelOutput`]'s per-proposal fields."""
+        fields = {
+            "proposal_features": self.region_features,
+            "class_probs": self.class_probs,
+            "attribute_probs": self.attribute_probs,
+            "box_deltas": self.box_deltas,
+        }
+        return fields if self.settled is None else {**fields, "settled_proposals": self.settled}
+
+
 class ButdFrcnnRoIHeads(nn.Module):
     """RoI pooling on res4, res5 at stride 1 with dilation, global average pooling (the region features), and the
     class, box and attribute predictors."""
@@ -489,6 +524,7 @@ class ButdFrcnnRoIHeads(nn.Module):
             config.stage_strides[3],
             config.stage_dilations[3],
             config.batch_norm_eps,
+            images_in_batch=False,  # regions
         )
         num_classes = config.num_labels
         self.box_predictor = ButdFrcnnBoxPredictor(config.hidden_sizes[3], num_classes)
@@ -520,26 +556,23 @@ class ButdFrcnnRoIHeads(nn.Module):
         outputs = [global_average_pool(self.res5(chunk)) for chunk in chunks]
         return torch.cat(outputs) if outputs else pooled.new_zeros((0, self.res5[-1].conv3.out_channels))
 
-    def forward(
-        self, features: torch.Tensor, boxes: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, features: torch.Tensor, boxes: torch.Tensor) -> ButdFrcnnHeadOutputs:
         """Region features, class probabilities, box deltas and attribute probabilities of one image's boxes.
 
         Each image runs on its own, in chunks that depend only on its own box count, so that its results do not
         depend on which other images share its batch (BLAS kernels choose code paths by matrix size).
         """
-        region_features = self.region_features(self.pool_regions(features, boxes))
-        return region_features, *self.predict(region_features)
+        return self.predict(self.region_features(self.pool_regions(features, boxes)))
 
-    def predict(self, region_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Class probabilities, box deltas and attribute probabilities of region features `(K, C)`."""
+    def predict(self, region_features: torch.Tensor) -> ButdFrcnnHeadOutputs:
+        """The class, box and attribute heads on region features `(K, C)`."""
         rows = at_least_two_rows(region_features)
         class_logits, box_deltas = self.box_predictor(rows)
         attribute_logits = self.attribute_predictor(rows, argmax_last(class_logits, dim=1))
         count = region_features.shape[0]
         class_probs = torch.softmax(class_logits[:count].float(), dim=1)
         attribute_probs = torch.softmax(attribute_logits[:count].float(), dim=1)
-        return class_probs, box_deltas[:count], attribute_probs
+        return ButdFrcnnHeadOutputs(region_features, class_probs, box_deltas[:count], attribute_probs)
 
     def class_probabilities(self, region_features: torch.Tensor) -> torch.Tensor:
         """The class probabilities of `predict`, alone (a fifth of the heads' work), with the same bits."""
@@ -649,7 +682,7 @@ class ButdFrcnnPreTrainedModel(PreTrainedModel):
             init.ones_(module.running_var)
         elif isinstance(module, ButdFrcnnAnchorGenerator):
             init.copy_(module.cell_anchors, ButdFrcnnAnchorGenerator.default_cell_anchors(self.config))
-        elif isinstance(module, ButdFrcnnConv2d):
+        elif isinstance(module, ButdFrcnnConvNormActivation):
             init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
         elif isinstance(module, nn.Conv2d):  # the RPN head
             init.normal_(module.weight, std=0.01)
@@ -695,12 +728,39 @@ class ButdFrcnnModel(ButdFrcnnPreTrainedModel):
     respect to `pixel_values` and the parameters (ids, counts and which regions are chosen are not).
     """
 
+    # Saved as remote code, as transformers saves the classes it loads as such: `save_pretrained` copies this file
+    # and the files it imports relatively, and names the class in `config.auto_map`.
+    _auto_class = "AutoModel"
+    # Writes the files a Hub folder carries next to the model into a folder being saved (the installed package sets
+    # it: the Inference Endpoints handler and its requirements, the attribute-aware pipeline).
+    save_companion_files: Callable[[str | os.PathLike], object] | None = None
+
     def __init__(self, config: ButdFrcnnConfig):
         super().__init__(config)
         self.backbone = ButdFrcnnBackbone(config)
         self.proposal_generator = ButdFrcnnRegionProposalNetwork(config)
         self.roi_heads = ButdFrcnnRoIHeads(config)
         self.post_init()
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs) -> None:
+        """transformers' `save_pretrained`, with the class also named for `AutoModelForObjectDetection` (the
+        object-detection pipeline loads through it) and the companion files written next to the model.
+
+        With `push_to_hub=True` transformers uploads from inside its save, before the companion files exist: the
+        folder is saved first, then pushed as `push_to_hub` pushes (a fresh save)."""
+        if kwargs.pop("push_to_hub", False):
+            repo_id = kwargs.pop("repo_id", os.path.basename(os.path.normpath(save_directory)))
+            hub = {name: kwargs.pop(name) for name in ("commit_message", "create_pr", "private") if name in kwargs}
+            self.save_pretrained(save_directory, *args, **kwargs)
+            self.push_to_hub(repo_id, token=kwargs.get("token"), **hub)
+            return
+        if self._auto_class is not None:
+            reference = f"{type(self).__module__.rsplit('.', 1)[-1]}.{type(self).__name__}"
+            auto_map = dict(getattr(self.config, "auto_map", None) or {})
+            self.config.auto_map = {**auto_map, "AutoModelForObjectDetection": reference}
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if self.save_companion_files is not None and kwargs.get("is_main_process", True):
+            self.save_companion_files(save_directory)
 
     @can_return_tuple
     def forward(
@@ -870,101 +930,81 @@ class ButdFrcnnModel(ButdFrcnnPreTrainedModel):
         if boxes is None:
             proposals = self.proposal_generator(features, image_height, image_width, scales)
             original_boxes = [rois / scale for (rois, _), scale in zip(proposals, scales)]
+            selection = {"min_boxes": min_boxes, "max_boxes": max_boxes, "score_threshold": score_threshold}
+            heads = [
+                self.heads_for_selection(features[image : image + 1], rois, original_boxes[image], **selection)
+                for image, (rois, _) in enumerate(proposals)
+            ]
+            regions = self.select_batch(original_boxes, heads, **selection)
         else:
             # the original's own RoIs are in resized pixels: the given boxes are mapped there with the float32 scale
             proposals = [(given * scale, None) for given, scale in zip(boxes, scales)]
-        settled = [None] * len(proposals)
-        if boxes is None and self.config.precision == "fp32-screened":
-            heads = []
-            for j, (rois, _) in enumerate(proposals):
-                plan = functools.partial(
-                    screening_plan,
-                    original_boxes[j],
-                    score_threshold=score_threshold,
-                    min_boxes=min_boxes,
-                    max_boxes=max_boxes,
-                    nms_threshold=self.config.selection_nms_threshold,
-                    exact_ties=self.config.exact_tie_order,
-                )
-                *outputs, settled[j] = screened_roi_heads(self.roi_heads, features[j : j + 1], rois, plan)
-                heads.append(tuple(outputs))
-        else:
             # given boxes are not selected, so there is nothing to screen: "fp32-screened" computes them in float32
-            heads = [self.roi_heads(features[j : j + 1], rois) for j, (rois, _) in enumerate(proposals)]
-        all_features, all_class_probs, _, all_attribute_probs = zip(*heads)
-        if boxes is None:
-            selections = self.select_batch(
-                original_boxes,
-                all_features,
-                all_class_probs,
-                all_attribute_probs,
-                min_boxes=min_boxes,
-                max_boxes=max_boxes,
-                score_threshold=score_threshold,
-            )
-        else:
-            selections = [
-                regions_of(torch.arange(given.shape[0], device=given.device), given, *head_outputs)
-                for given, head_outputs in zip(boxes, zip(all_features, all_class_probs, all_attribute_probs))
+            heads = [self.roi_heads(features[image : image + 1], rois) for image, (rois, _) in enumerate(proposals)]
+            regions = [
+                describe_regions(torch.arange(len(given), device=given.device), given, head)
+                for given, head in zip(boxes, heads)
             ]
         return [
-            {
-                "proposals": rois,
-                "proposal_scores": objectness,
-                "proposal_features": region_features,
-                "class_probs": class_probs,
-                "attribute_probs": attribute_probs,
-                "box_deltas": box_deltas,
-                **selection,
-                **({} if image_settled is None else {"settled_proposals": image_settled}),
-            }
-            for (rois, objectness), (
-                region_features,
-                class_probs,
-                box_deltas,
-                attribute_probs,
-            ), selection, image_settled in zip(proposals, heads, selections, settled)
+            {"proposals": rois, "proposal_scores": objectness, **head.proposal_fields(), **image_regions}
+            for (rois, objectness), head, image_regions in zip(proposals, heads, regions, strict=True)
         ]
+
+    def heads_for_selection(
+        self,
+        features: torch.Tensor,
+        rois: torch.Tensor,
+        boxes: torch.Tensor,
+        *,
+        min_boxes: int,
+        max_boxes: int,
+        score_threshold: float,
+    ) -> ButdFrcnnHeadOutputs:
+        """The RoI heads on one image's proposals `rois` (resized pixels; `boxes`: the same in original pixels), as
+        the selection needs them: all of them in the model's precision, or under "fp32-screened" what the selection
+        needs in float32 (see `screened_roi_heads`)."""
+        if self.config.precision != "fp32-screened":
+            return self.roi_heads(features, rois)
+        plan = functools.partial(
+            screening_plan,
+            boxes,
+            score_threshold=score_threshold,
+            min_boxes=min_boxes,
+            max_boxes=max_boxes,
+            nms_threshold=self.config.selection_nms_threshold,
+            exact_ties=self.config.exact_tie_order,
+        )
+        return screened_roi_heads(self.roi_heads, features, rois, plan)
 
     def select(
         self,
         boxes: torch.Tensor,
-        features: torch.Tensor,
-        class_probs: torch.Tensor,
-        attribute_probs: torch.Tensor,
+        heads: ButdFrcnnHeadOutputs,
         min_boxes: int,
         max_boxes: int,
         score_threshold: float,
     ) -> dict[str, torch.Tensor]:
         """`generate_tsv.py`'s region selection for one image; boxes in original-image pixels."""
         return self.select_batch(
-            [boxes],
-            [features],
-            [class_probs],
-            [attribute_probs],
-            min_boxes=min_boxes,
-            max_boxes=max_boxes,
-            score_threshold=score_threshold,
+            [boxes], [heads], min_boxes=min_boxes, max_boxes=max_boxes, score_threshold=score_threshold
         )[0]
 
     def select_batch(
         self,
         boxes: Sequence[torch.Tensor],
-        features: Sequence[torch.Tensor],
-        class_probs: Sequence[torch.Tensor],
-        attribute_probs: Sequence[torch.Tensor],
+        heads: Sequence[ButdFrcnnHeadOutputs],
         *,
         min_boxes: int,
         max_boxes: int,
         score_threshold: float,
     ) -> list[dict[str, torch.Tensor]]:
-        """`select` for several images at once (lists of per-image tensors): one per-class NMS runs for all of them,
-        and each image's result is the one it would get alone."""
+        """`select` for several images at once (per-image boxes and head outputs): one per-class NMS runs for all of
+        them, and each image's result is the one it would get alone."""
         exact = self.config.exact_tie_order
         counts = [b.shape[0] for b in boxes]
         max_scores = per_class_nms_max_scores(
             pad_and_stack(list(boxes)),
-            pad_and_stack([probs[:, 1:] for probs in class_probs]),
+            pad_and_stack([head.class_probs[:, 1:] for head in heads]),
             self.config.selection_nms_threshold,
             exact,
             num_boxes=counts,
@@ -973,32 +1013,26 @@ class ButdFrcnnModel(ButdFrcnnPreTrainedModel):
         for image, count in enumerate(counts):
             image_scores = max_scores[image, :count]
             keep = select_regions(image_scores, score_threshold, min_boxes, max_boxes, exact)
-            selections.append(
-                regions_of(
-                    keep, boxes[image], features[image], class_probs[image], attribute_probs[image], image_scores
-                )
-            )
+            selections.append(describe_regions(keep, boxes[image], heads[image], image_scores))
         return selections
 
 
-def regions_of(
+def describe_regions(
     keep: torch.Tensor,
     boxes: torch.Tensor,
-    features: torch.Tensor,
-    class_probs: torch.Tensor,
-    attribute_probs: torch.Tensor,
+    heads: ButdFrcnnHeadOutputs,
     selection_scores: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """The per-region output fields of the rows `keep` of one image's RoI-head outputs: features, boxes (original
     pixels), most probable object and attribute (background and "no attribute" left out), the rows themselves
     (`proposal_indices`) and their `selection_scores` (the object score where `None`: given boxes)."""
-    objects = class_probs[keep, 1:]
-    attributes = attribute_probs[keep, 1:]
+    objects = heads.class_probs[keep, 1:]
+    attributes = heads.attribute_probs[keep, 1:]
     object_ids = torch.argmax(objects, dim=1)
     attribute_ids = torch.argmax(attributes, dim=1)
     object_scores = objects.gather(1, object_ids[:, None]).squeeze(1)
     return {
-        "region_features": features[keep],
+        "region_features": heads.region_features[keep],
         "boxes": boxes[keep],
         "object_ids": object_ids + 1,
         "object_scores": object_scores,

@@ -10,7 +10,7 @@ nothing from the rest of the package.
 import contextlib
 import math
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -26,9 +26,6 @@ from .ops_butd_frcnn import (
     select_regions,
 )
 
-if TYPE_CHECKING:
-    from .modeling_butd_frcnn import ButdFrcnnRoIHeads
-
 logger = logging.get_logger(__name__)
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -42,6 +39,31 @@ SCREENING_MARGIN_SAFETY = 2.0
 """The margin is kept at least this many times the largest error seen on the settled regions."""
 SCREENING_MAX_ROUNDS = 6
 """Settlement rounds before the rest is settled at once (each round is a res5 pass; 2-5 are typical)."""
+COMPLEMENT_ROUNDING = 2.0**-20
+"""Absolute slack on `1 - p` in the complement bound (`probability_intervals`): float32 softmax rounds each
+probability by a few ulps (2^-24 near 1), so `1 - p` of a float32 `p` is its other classes' sum only to about that."""
+COMPLEMENT_CHECKED_FROM = 2.0**-10
+"""The margin's self-check compares `1 - p` with `1 - q` each raised to at least this (below it the float32
+rounding of p and q, not the screening, decides their ratio)."""
+
+
+def probability_intervals(
+    values: torch.Tensor, settled: torch.Tensor, margin: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Float64 bounds `low <= p <= high` on the exact probabilities behind `values` (exact on `settled` rows).
+
+    The margin bounds `|log p - log q|` for every class of a region, so it also bounds the log-ratio of the sum of
+    the other classes' probabilities, `1 - p`: `p` is within `q e^+-margin` and within `1 - (1 - q) e^+-margin`
+    (up to `COMPLEMENT_ROUNDING`). The second bound is the tight one for sharp probabilities (q = 0.99 and
+    margin 0.3: `[0.733, 1]` from the first, `[0.9865, 0.9926]` from the second).
+    """
+    q = values.double()
+    up, down = math.exp(margin), math.exp(-margin)
+    rest = 1.0 - q
+    low = torch.maximum(q * down, 1.0 - rest * up - COMPLEMENT_ROUNDING)
+    high = torch.minimum((q * up).clamp(max=1.0), 1.0 - rest * down + COMPLEMENT_ROUNDING)
+    settled_rows = settled[:, None]
+    return torch.where(settled_rows, q, low), torch.where(settled_rows, q, high)
 
 
 class ScreeningPlan(NamedTuple):
@@ -111,10 +133,8 @@ def screening_plan(
         return ScreeningPlan(must & ~settled, 0)
 
     # rule 2: intervals, and the entries that can reach the floor (only their classes matter)
-    settled_rows = settled[:, None]
-    low = torch.where(settled_rows, values, values * math.exp(-margin))
-    high = torch.where(settled_rows, values, (values * math.exp(margin)).clamp(max=1.0))
-    members = high.double() >= floor
+    low, high = probability_intervals(values, settled, margin)
+    members = high >= floor
     classes = members.any(dim=0).nonzero().flatten()
     members, low, high, values = members[:, classes], low[:, classes], high[:, classes], values[:, classes]
 
@@ -136,7 +156,7 @@ def screening_plan(
 
     # rule 4: the kept members (the NMS on members only: the others rank below every member that matters)
     kept = per_class_nms_kept(boxes[None], torch.where(members, values, -1.0)[None], nms_threshold, False)[0]
-    best_possible = torch.where(kept & members, high, torch.full_like(high, -1.0)).amax(dim=1).double()
+    best_possible = torch.where(kept & members, high, torch.full_like(high, -1.0)).amax(dim=1)
     bound = score_threshold if in_region_order else cutoff
     doubtful = best_possible >= bound
     if not in_region_order:
@@ -181,10 +201,13 @@ class ScreeningResult(NamedTuple):
 
 
 def log_ratio_error(exact: torch.Tensor, estimate: torch.Tensor, rows: torch.Tensor) -> float:
-    """The largest `|log p - log q|` over the given rows (entries where both are positive)."""
+    """The largest `|log p - log q|` over the given rows (entries where both are positive), and the same of `1 - p`
+    and `1 - q` (each at least `COMPLEMENT_CHECKED_FROM`): the two bounds `probability_intervals` relies on."""
     p, q = exact[rows].double(), estimate[rows].double()
     positive = (p > 0) & (q > 0)
-    return float((p[positive].log() - q[positive].log()).abs().max()) if bool(positive.any()) else 0.0
+    rest_p, rest_q = (1 - p).clamp(min=COMPLEMENT_CHECKED_FROM), (1 - q).clamp(min=COMPLEMENT_CHECKED_FROM)
+    errors = ((p[positive].log() - q[positive].log()).abs(), (rest_p.log() - rest_q.log()).abs())
+    return max((float(error.max()) for error in errors if error.numel()), default=0.0)
 
 
 def settle_screened(
@@ -227,12 +250,14 @@ def settle_screened(
 
 
 def screened_roi_heads(
-    heads: "ButdFrcnnRoIHeads",
+    heads: nn.Module,
     features: torch.Tensor,
     boxes: torch.Tensor,
     plan: Callable[[torch.Tensor, torch.Tensor, float], ScreeningPlan],
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """`heads(features, boxes)` for precision "fp32-screened" (float32 weights and `features`): the outputs the
+) -> tuple[torch.Tensor | None, ...]:
+    """`heads(features, boxes)` (the model's `ButdFrcnnRoIHeads`; not imported here: the model file imports this
+    one, and transformers 4's `get_relative_import_files` follows even typing-only imports round a cycle forever)
+    for precision "fp32-screened" (float32 weights and `features`): the outputs the
     selection `plan` needs, exactly as the heads' `forward` computes them, for much less than `forward` where few
     regions are in doubt.
 
@@ -242,8 +267,8 @@ def screened_roi_heads(
     on all regions at once, as in `forward`: BLAS picks other kernels for fewer rows (other bits).
 
     Returns:
-        `forward`'s four outputs, float32 values on the settled regions and bf16-screened ones elsewhere, and
-        `settled` `(K,)` bool.
+        [`ButdFrcnnHeadOutputs`]: float32 values on the settled regions and bf16-screened ones elsewhere, and which
+        regions are `settled`.
     """
     pooled = heads.pool_regions(features, boxes)
     region_features = heads.region_features(pooled.to(torch.bfloat16)).float()
@@ -270,10 +295,10 @@ def screened_roi_heads(
             "fp32-screened: %d exact float32 ties decide the selection; their order may differ from fp32's",
             result.exact_ties,
         )
-    return region_features, *heads.predict(region_features), result.settled
+    return heads.predict(region_features)._replace(settled=result.settled)
 
 
-def settlement_granularity(heads: "ButdFrcnnRoIHeads", pooled: torch.Tensor) -> int | None:
+def settlement_granularity(heads: nn.Module, pooled: torch.Tensor) -> int | None:
     """The fewest regions a float32 res5 call of the screened precision may take so that every region gets the
     bits the full pass (`region_features` on all of them) gives it; `None` when only the full pass's own chunks
     promise that.
@@ -303,7 +328,7 @@ def settlement_granularity(heads: "ButdFrcnnRoIHeads", pooled: torch.Tensor) -> 
 
 
 def settlement_batches(
-    heads: "ButdFrcnnRoIHeads", rows: torch.Tensor, settled: torch.Tensor, granularity: int | None
+    heads: nn.Module, rows: torch.Tensor, settled: torch.Tensor, granularity: int | None
 ) -> list[torch.Tensor]:
     """The regions to run through float32 res5 for `rows` (`(K,)` bool): one batch of at least `granularity`
     regions (more unsettled ones taken along if needed), or without a granularity every chunk of the full pass

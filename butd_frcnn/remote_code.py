@@ -1,67 +1,39 @@
-"""What a saved folder needs to load without the package (Hub remote code, `trust_remote_code=True`): `auto_map`
-entries for every Auto class the pipelines use, the model's source files, and the files that ship next to the model
-(the Inference Endpoints handler and requirements, the attribute-aware pipeline)."""
+"""What a saved folder needs to load without the package (Hub remote code, `trust_remote_code=True`).
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+transformers saves the code itself: the configuration, model and image processor classes are registered for their
+Auto classes (`_auto_class`, as transformers registers the classes it loads as remote code), so `save_pretrained`
+copies each class's file and, recursively, the files it imports relatively (`custom_object_save`), and writes the
+`auto_map` entries. What it cannot know about ships here: the Inference Endpoints handler and its requirements, and
+the attribute-aware pipeline, written next to the model by `ButdFrcnnModel.save_pretrained` once the package sets
+`ButdFrcnnModel.save_companion_files` (its `__init__` does).
+"""
+
+import sys
 from importlib import resources
 from pathlib import Path
+
+from transformers.dynamic_module_utils import get_relative_import_files
 
 from .configuration_butd_frcnn import ButdFrcnnConfig
 from .image_processing_butd_frcnn import ButdFrcnnImageProcessor
 from .modeling_butd_frcnn import ButdFrcnnModel
 
-# The flat files the model runs from. `save_pretrained` copies the file of each registered class and, recursively,
-# the files it imports relatively (`modeling_butd_frcnn.py` imports the configuration, the ops, the kernels and the
-# precision modes); tests check that this list is exactly what transformers finds.
-MODEL_FILES = (
-    "configuration_butd_frcnn.py",
-    "modeling_butd_frcnn.py",
-    "ops_butd_frcnn.py",
-    "kernels_butd_frcnn.py",
-    "precision_butd_frcnn.py",
-    "image_processing_butd_frcnn.py",
-    "compat_butd_frcnn.py",
-)
-# the object-detection pipeline loads its model through AutoModelForObjectDetection; the feature-extraction one
-# through AutoModel
-MODEL_AUTO_CLASSES = ("AutoModel", "AutoModelForObjectDetection")
 ENDPOINT_FILES = ("handler.py", "requirements.txt")
 PIPELINE_FILE = "pipeline_butd_frcnn.py"
+# the classes `save_pretrained` saves as remote code
+REMOTE_CODE_CLASSES = (ButdFrcnnConfig, ButdFrcnnModel, ButdFrcnnImageProcessor)
 
-_UNSET = object()
 
-
-@contextmanager
-def registered_for_remote_code(model: ButdFrcnnModel | None = None) -> Iterator[None]:
-    """While saving: `save_pretrained` writes `auto_map` entries and copies `MODEL_FILES`, so that the folder loads
-    as remote code.
-
-    `register_for_auto_class` records one Auto class per class, as a class attribute: it is undone afterwards so
-    that it does not leak into other saves. With `model`, its config also maps the further entries of
-    `MODEL_AUTO_CLASSES` (`save_pretrained` keeps `config.auto_map`).
-    """
-    classes = {
-        ButdFrcnnConfig: "AutoConfig",
-        ButdFrcnnModel: MODEL_AUTO_CLASSES[0],
-        ButdFrcnnImageProcessor: "AutoImageProcessor",
-    }
-    previous = {cls: cls.__dict__.get("_auto_class", _UNSET) for cls in classes}
-    for cls, auto_class in classes.items():
-        cls.register_for_auto_class(auto_class)
-    if model is not None:
-        reference = f"{type(model).__module__.rsplit('.', 1)[-1]}.{type(model).__name__}"
-        auto_map = dict(getattr(model.config, "auto_map", None) or {})
-        auto_map.update({auto_class: reference for auto_class in MODEL_AUTO_CLASSES})
-        model.config.auto_map = auto_map
-    try:
-        yield
-    finally:
-        for cls, value in previous.items():
-            if value is _UNSET:
-                del cls._auto_class
-            else:
-                cls._auto_class = value
+def model_files() -> list[str]:
+    """The source files the model runs from, as `save_pretrained` copies them: the file of each class saved as remote
+    code and every file those import relatively (so the list follows the model files' own imports)."""
+    names = []
+    for cls in REMOTE_CODE_CLASSES:
+        module_file = sys.modules[cls.__module__].__file__
+        for path in [module_file, *get_relative_import_files(module_file)]:
+            if Path(path).name not in names:
+                names.append(Path(path).name)
+    return names
 
 
 def write_hub_files(folder: str | Path) -> list[Path]:

@@ -15,13 +15,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from .extraction.box_files import read_box_file
 from .extraction.inputs import image_id_from_path
 from .extraction.records import ExtractionError
-from .image_processing_butd_frcnn import load_image_bgr, pil_to_bgr
+from .hub_errors import failure_line, show_traceback
+
+# torch and the model files load where the model runs: `butd-frcnn show --help` needs neither
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +112,8 @@ def draw_detections(
     image: Image.Image, detections: dict, id2label: dict[int, str], attribute_names: Sequence[str], top_k: int = 20
 ) -> Image.Image:
     """Draw the `top_k` highest-scoring regions of one image's `post_process_object_detection` result."""
+    import torch
+
     scores = detections["scores"]
     order = torch.sort(scores, descending=True, stable=True).indices[:top_k].tolist()
     boxes = [detections["boxes"][i].tolist() for i in order]
@@ -135,6 +138,10 @@ def detect_regions(
         The decoded image (RGB, the pixels the model saw) and its selected (or given) regions as
         `post_process_object_detection` gives them (no score threshold).
     """
+    import torch
+
+    from .image_processing_butd_frcnn import load_image_bgr, pil_to_bgr
+
     bgr = pil_to_bgr(image) if isinstance(image, Image.Image) else load_image_bgr(image)
     rgb = np.ascontiguousarray(bgr[..., ::-1])
     inputs = processor(rgb, input_channel_order="rgb", boxes=boxes, return_tensors="pt").to(model.device)
@@ -210,8 +217,13 @@ def run_show(args: argparse.Namespace) -> int:
         # the installed code, never a prompt about the folder's own copy of it
         model = AutoModel.from_pretrained(args.model, trust_remote_code=False).eval()
         processor = AutoImageProcessor.from_pretrained(args.model, trust_remote_code=False)
-    except (OSError, ValueError) as error:
-        logger.error("cannot load the model %s: %s", args.model, error)
+    except Exception as error:
+        action = f"cannot load the model {args.model}: fetching it"
+        message = failure_line(error, action, "Nothing was written.", "rerun this command")
+        if message is None:
+            raise
+        logger.error("%s", message)
+        show_traceback(logger)
         return 1
     try:
         picture, detections = detect_regions(args.image, model, processor, boxes)

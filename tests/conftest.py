@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from golden import model_from_caffemodel, require_shared
 
 
@@ -59,15 +58,30 @@ def full_golden_model(full_caffemodel):
 
 
 @pytest.fixture(scope="session")
+def full_random_model():
+    """The full-size default architecture (ResNet-101, the released heads) with seed-0 random weights, built once
+    for the tests about its shapes; they leave it as they found it."""
+    import torch
+
+    from butd_frcnn import ButdFrcnnConfig, ButdFrcnnModel
+
+    torch.manual_seed(0)
+    return ButdFrcnnModel(ButdFrcnnConfig()).eval()
+
+
+@pytest.fixture(scope="session")
 def processor():
     from butd_frcnn import ButdFrcnnImageProcessor
 
     return ButdFrcnnImageProcessor()
 
 
-@pytest.fixture(autouse=True, scope="session")
-def _no_grad():
-    """The model runs with gradients off, as users run it for features (the fixtures that run it included); a test
-    about gradients turns them on itself (`torch.enable_grad()`)."""
+@pytest.fixture
+def no_grad():
+    """Gradients off for one test, as users run the model for features. Test modules that run the model ask for it
+    (`pytestmark = pytest.mark.usefixtures("no_grad")`); a test about gradients turns them on itself
+    (`torch.enable_grad()`), and fixtures shared by several tests run the model under `torch.no_grad()` themselves."""
+    import torch
+
     with torch.no_grad():
         yield

@@ -101,6 +101,12 @@ class FakeHub:
 
     def __init__(self, fail: Exception | None = None):
         self.calls, self.fail, self.card = [], fail, None
+        self.checked_tokens = []
+
+    def whoami(self, token=None, **kwargs):
+        """The token check before the work (kept apart from `calls`, the push itself)."""
+        self.checked_tokens.append(token)
+        return {"name": "someone", "auth": {"accessToken": {"role": "write"}}}
 
     def create_repo(self, repo_id, **kwargs):
         self.calls.append(("create_repo", repo_id, kwargs))

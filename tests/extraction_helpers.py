@@ -1,19 +1,18 @@
 """Helpers of the extraction and compare tests: a small converted model, a folder of good and bad images, the
-model's direct outputs, plain readers of each format and a way to run the CLI in a subprocess."""
+model's direct outputs and plain readers of each format (the CLI runners live in `cli_runner.py`)."""
 
 import base64
 import csv
 import io
-import os
 import struct
-import subprocess
 import sys
 import zlib
 from pathlib import Path
 
 import numpy as np
 import torch
-from golden import GOLDEN, REPO_ROOT
+from cli_runner import cli_env, run_cli, run_cli_process, run_torchrun, start_cli_process  # noqa: F401  (the tests import them here)
+from golden import GOLDEN
 from PIL import Image
 
 # processor size of the test model: small resized images keep every forward pass fast
@@ -38,12 +37,9 @@ def save_test_model(folder: Path) -> Path:
 
 
 def save_model_folder(model, processor, folder: Path) -> Path:
-    """Save like `butd-frcnn convert` does (remote-code files included), leaving no class registered afterwards."""
-    from butd_frcnn.remote_code import registered_for_remote_code
-
-    with registered_for_remote_code():
-        model.save_pretrained(folder)
-        processor.save_pretrained(folder)
+    """Save like `butd-frcnn convert` does (remote-code files included)."""
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
     return folder
 
 
@@ -142,34 +138,6 @@ def make_image_folder(root: Path) -> tuple[dict[str, Path], dict[str, str]]:
     return good, bad
 
 
-def run_cli(*args, env: dict | None = None, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
-    """`butd-frcnn ARGS` in a subprocess importing this worktree, one CPU thread (the tests share the machine, and
-    the thread count is part of what makes runs bit-identical)."""
-    completed = subprocess.run(
-        [sys.executable, "-m", "butd_frcnn.cli", *map(str, args)],
-        env=cli_env(env),
-        capture_output=True,
-        text=True,
-        check=False,
-        **kwargs,
-    )
-    if check and completed.returncode != 0:
-        raise AssertionError(f"exit {completed.returncode}\nstdout:\n{completed.stdout}\nstderr:\n{completed.stderr}")
-    return completed
-
-
-def run_torchrun(*args, env: dict | None = None, processes: int = 2) -> subprocess.CompletedProcess:
-    """`butd-frcnn ARGS` as `processes` CPU ranks of one `torchrun` (not checked: the caller reads the outcome)."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes),
-               "-m", "butd_frcnn.cli", *map(str, args)]  # fmt: skip
-    return subprocess.run(command, env=cli_env(env), capture_output=True, text=True, check=False)
-
-
-def cli_env(extra: dict | None = None) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    return {**env, **(extra or {})}
-
-
 def direct_outputs(
     model_folder: Path, paths: dict[str, Path], boxes: dict | None = None, **selection
 ) -> dict[str, dict]:
@@ -189,7 +157,8 @@ def direct_outputs(
         for image_id, path in paths.items():
             inputs = processor([str(path)], return_tensors="pt")
             regions = selection if boxes is None else {"boxes": [torch.from_numpy(boxes[image_id])]}
-            outputs = model(**inputs, **regions)
+            with torch.no_grad():
+                outputs = model(**inputs, **regions)
             count = int(outputs.num_boxes[0])
             rows = outputs.proposal_indices[0, :count]
             results[image_id] = {
@@ -211,7 +180,7 @@ def direct_outputs(
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Plain readers: what a user's downstream code does (the README's snippets), independent of our package
+# Plain readers: what a user's downstream code does (the reading snippets of docs/formats.md), independent of our package
 # ---------------------------------------------------------------------------------------------------------------
 
 

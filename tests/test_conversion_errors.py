@@ -3,8 +3,6 @@ behind. Also the output folder's atomicity, the selection defaults of the releas
 with an injected client (no network)."""
 
 import os
-import subprocess
-import sys
 from types import SimpleNamespace
 
 import httpx2
@@ -13,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 from caffe_wire import random_layers, write_caffemodel
-from golden import GOLDEN, REPO_ROOT, VOCAB
+from cli_runner import run_cli, run_cli_process
+from golden import GOLDEN, VOCAB
 from huggingface_hub.errors import HfHubHTTPError
 from safetensors import safe_open
 
-from butd_frcnn import ButdFrcnnConfig, ButdFrcnnModel
 from butd_frcnn.conversion.convert import EXPECTED_FILES, convert_caffemodel
 from butd_frcnn.conversion.errors import ConversionError
 from butd_frcnn.conversion.prototxt import PrototxtError
@@ -53,23 +51,10 @@ def assert_nothing_written(tmp_path):
     assert sorted(path.name for path in tmp_path.iterdir()) == ["model.caffemodel"]
 
 
-def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    environment = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")}
-    environment.update(PYTHONPATH=str(REPO_ROOT), HF_HUB_OFFLINE="1", **(env or {}))
-    return subprocess.run(
-        [sys.executable, "-m", "butd_frcnn.cli", *args],
-        check=False,
-        capture_output=True,
-        text=True,
-        env=environment,
-        timeout=600,
-    )
-
-
 def test_cli_reports_a_truncated_file_without_traceback(tmp_path, golden_dir):
     data = (golden_dir / "tiny_seed0.caffemodel").read_bytes()
     (tmp_path / "cut.caffemodel").write_bytes(data[: len(data) // 2])
-    result = run_cli("convert", str(tmp_path / "cut.caffemodel"), str(tmp_path / "out"))
+    result = run_cli("convert", str(tmp_path / "cut.caffemodel"), str(tmp_path / "out"), check=False)
     assert result.returncode == 1
     assert "butd-frcnn convert: error:" in result.stderr and "cut.caffemodel" in result.stderr
     assert "truncated" in result.stderr and "Traceback" not in result.stderr
@@ -200,12 +185,6 @@ def test_prototxt_proposal_parameters_reach_the_config_and_the_anchors(tmp_path,
     assert anchors[4].tolist() == [-8.0, -8.0, 23.0, 23.0]  # ratio 1, scale 2: 32 x 32 centred at 7.5
 
 
-def test_conversion_leaves_no_class_registered_for_remote_code(tmp_path, golden_dir):
-    convert_caffemodel(golden_dir / "tiny_seed0.caffemodel", tmp_path / "out")
-    for cls in (ButdFrcnnConfig, ButdFrcnnModel, ButdFrcnnImageProcessor):
-        assert getattr(cls, "_auto_class", None) is None, cls
-
-
 def test_vocabulary_that_does_not_fit_the_head(tmp_path, golden_dir):
     with pytest.raises(VocabularyError, match=r"attributes_vocab.txt has 400 entries.*cls_score has 1601"):
         convert_caffemodel(
@@ -271,6 +250,12 @@ class FakeHub:
 
     def __init__(self, fail: Exception | None = None):
         self.calls, self.fail = [], fail
+        self.checked_tokens = []
+
+    def whoami(self, token=None, **kwargs):
+        """The token check before the work (kept apart from `calls`, the push itself)."""
+        self.checked_tokens.append(token)
+        return {"name": "someone", "auth": {"accessToken": {"role": "write"}}}
 
     def create_repo(self, repo_id, **kwargs):
         self.calls.append(("create_repo", repo_id, kwargs))
@@ -297,6 +282,7 @@ def test_push_to_hub_creates_the_repository_and_uploads_the_folder_in_one_commit
         token="hf_test_token",
         hub_api=hub,
     )
+    assert hub.checked_tokens == ["hf_test_token"], "the token is checked before converting"
     assert [call[0] for call in hub.calls] == ["create_repo", "create_branch", "upload_folder"]
     assert hub.calls[0][1:] == (
         "org/butd-frcnn-tiny",
@@ -327,13 +313,14 @@ def test_push_without_token_fails_before_converting(tmp_path, golden_dir, monkey
 
 
 def test_cli_push_without_token(tmp_path, golden_dir):
-    result = run_cli(
+    result = run_cli_process(  # HF_HOME is read when huggingface_hub is imported: a fresh process
         "convert",
         str(golden_dir / "tiny_seed0.caffemodel"),
         str(tmp_path / "out"),
         "--push-to-hub",
         "org/m",
-        env={"HF_HOME": str(tmp_path / "hf-home")},
+        env={"HF_HOME": str(tmp_path / "hf-home"), "HF_TOKEN": None, "HUGGING_FACE_HUB_TOKEN": None},
+        check=False,
     )
     assert result.returncode == 1
     assert "error: no Hugging Face token found" in result.stderr and "Traceback" not in result.stderr

@@ -10,33 +10,22 @@ import sys
 
 import numpy as np
 import pytest
+from cli_runner import run_cli
 from golden import GOLDEN, REPO_ROOT, TINY_ARCHITECTURE, VOCAB, golden_image_path, load_golden
 from huggingface_hub import ModelCard
 from safetensors import safe_open
 
 from butd_frcnn.conversion.convert import EXPECTED_FILES
+from butd_frcnn.remote_code import model_files
+
+# the model runs with gradients off here, as users run it for features (tests about gradients turn them on)
+pytestmark = pytest.mark.usefixtures("no_grad")
 
 # Tolerances against the original (CPU Caffe + OpenBLAS; another BLAS agrees to float rounding): probabilities and
 # features differ by ~2e-6 at most, proposals and boxes by ~1e-4 pixels.
 PROBABILITY_ATOL = 1e-5
 FEATURE_ATOL = 1e-5
 BOX_ATOL = 1e-3
-
-
-def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    """`butd-frcnn ...` in a subprocess importing this worktree's code, with no Hub token and no network."""
-    environment = {
-        key: value for key, value in os.environ.items() if key not in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
-    }
-    environment.update(PYTHONPATH=str(REPO_ROOT), HF_HUB_OFFLINE="1", **(env or {}))
-    return subprocess.run(
-        [sys.executable, "-m", "butd_frcnn.cli", *args],
-        check=False,
-        capture_output=True,
-        text=True,
-        env=environment,
-        timeout=600,
-    )
 
 
 @pytest.fixture(scope="module")
@@ -66,15 +55,7 @@ def test_folder_holds_exactly_the_hub_files(converted):
     with safe_open(converted / "model.safetensors", framework="pt") as f:
         assert f.metadata() == {"format": "pt"}
         assert f.get_tensor("proposal_generator.anchor_generator.cell_anchors").shape == (12, 4)
-    for name in (
-        "configuration_butd_frcnn.py",
-        "modeling_butd_frcnn.py",
-        "ops_butd_frcnn.py",
-        "kernels_butd_frcnn.py",
-        "precision_butd_frcnn.py",
-        "image_processing_butd_frcnn.py",
-        "compat_butd_frcnn.py",
-    ):
+    for name in model_files():  # what transformers finds from the model file
         assert (converted / name).read_text() == (REPO_ROOT / "butd_frcnn" / name).read_text()
 
 

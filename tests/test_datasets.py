@@ -39,8 +39,10 @@ from extraction_helpers import (
     direct_outputs,
     make_image_folder,
     run_cli,
+    run_cli_process,
     run_torchrun,
     save_test_model,
+    start_cli_process,
 )
 from huggingface_hub import DatasetCard
 
@@ -193,7 +195,7 @@ def test_the_parquet_output_loads_with_datasets_pandas_and_pyarrow(parquet_outpu
 
 def test_read_features_compare_and_random_access_read_parquet(parquet_output, model_folder, files, tmp_path):
     output, _ = parquet_output
-    assert detect_format(output) == "parquet" and detect_format(min(output.glob("*.parquet"))) == "parquet"
+    assert detect_format(output).name == "parquet" and detect_format(min(output.glob("*.parquet"))).name == "parquet"
     records = list(read_features(output))
     with open_source(output) as source:
         assert source.ids == [record.image_id for record in records]
@@ -258,10 +260,10 @@ def test_a_hub_dataset_from_the_cache_offline(model_folder, files, reference, tm
     env = {"HF_DATASETS_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
     output = tmp_path / "features"
     args = extract_args(model_folder, output, "--format", "parquet", "--num-workers", "0", "--id-column", "name")
-    run_cli(*args, "--dataset", "someone/pictures", env=env)
+    run_cli_process(*args, "--dataset", "someone/pictures", env=env)  # datasets reads its cache folder at import
     assert_rows_equal(our_rows(output), {image_id: reference[image_id] for image_id in list(good)[:3]})
 
-    missing = run_cli(*args, "--dataset", "someone/elsewhere", "--overwrite", env=env, check=False)
+    missing = run_cli_process(*args, "--dataset", "someone/elsewhere", "--overwrite", env=env, check=False)
     assert missing.returncode == 1 and "Traceback" not in missing.stderr
     assert "not in the datasets cache" in missing.stderr and "HF_HUB_OFFLINE=1" in missing.stderr
 
@@ -328,8 +330,7 @@ def test_sigkill_loses_at_most_the_shard_in_progress_and_resume_finishes(
     output = tmp_path / "features"
     args = [*extract_args(model_folder, output, "--format", "parquet", "--parquet-shard-mb", SMALL_SHARD_MB,
                           "--num-workers", "1"), "--dataset", str(parquet_input), "--id-column", "name"]  # fmt: skip
-    process = subprocess.Popen([sys.executable, "-m", "butd_frcnn.cli", *map(str, args)], env=cli_env(),
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    process = start_cli_process(*args)  # a process: the point is a signal
     deadline = time.monotonic() + 300
     while not (output.exists() and list(output.glob("*.parquet"))) and time.monotonic() < deadline:
         assert process.poll() is None, process.communicate()[1]
@@ -565,12 +566,13 @@ def test_cli_push_offline_fails_after_the_output_is_complete(model_folder, files
     images = [str(path) for path in list(good.values())[:2]]
     output = tmp_path / "features"
     args = extract_args(model_folder, output, "--format", "parquet", "--num-workers", "0", "--push-to-hub", "org/f")
-    no_token = run_cli(*args, *images, env={"HF_HOME": str(tmp_path / "hf-home"), "HF_TOKEN": ""}, check=False)
+    # HF_HOME is read when huggingface_hub is imported: fresh processes
+    no_token = run_cli_process(*args, *images, env={"HF_HOME": str(tmp_path / "hf-home"), "HF_TOKEN": ""}, check=False)
     assert no_token.returncode == 1 and "no Hugging Face token found" in no_token.stderr
     assert not output.exists(), "a missing login is found before any work"
 
-    offline = run_cli(*args, *images, env={"HF_TOKEN": "hf_not_a_token", "HF_HOME": str(tmp_path / "hf-home")},
-                      check=False)  # fmt: skip
+    offline = run_cli_process(*args, *images, env={"HF_TOKEN": "hf_not_a_token", "HF_HOME": str(tmp_path / "hf-home")},
+                              check=False)  # fmt: skip
     assert offline.returncode == 1 and "Traceback" not in offline.stderr
     assert "2 images extracted" in offline.stdout
     assert "offline mode is enabled" in offline.stderr and "rerun this command with --resume" in offline.stderr
@@ -591,6 +593,6 @@ def test_without_datasets_the_error_says_what_to_install(tmp_path):
     image = tmp_path / "x.png"
     image.write_bytes(small_png(3))
     for extra in (["--dataset", "some/thing", "--format", "npz"], ["--format", "parquet", str(image)]):
-        completed = run_cli("extract", "--model", "m", "-o", tmp_path / "out", *extra, env=env, check=False)
+        completed = run_cli_process("extract", "--model", "m", "-o", tmp_path / "out", *extra, env=env, check=False)
         assert completed.returncode == 1 and "Traceback" not in completed.stderr, completed.stderr
         assert "pip install 'butd-frcnn[datasets]'" in completed.stderr

@@ -7,7 +7,6 @@ import os
 import resource
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,15 +17,16 @@ from extraction_helpers import (
     PLAIN_READERS,
     TEST_MAX_PIXELS,
     assert_rows_equal,
-    cli_env,
     direct_outputs,
     make_image_folder,
     plain_read_butd_tsv,
     plain_read_hdf5,
     plain_read_lxmert_tsv,
     run_cli,
+    run_cli_process,
     run_torchrun,
     save_test_model,
+    start_cli_process,
 )
 from golden import GOLDEN
 
@@ -179,13 +179,7 @@ def _records_on_disk(format: str, output: Path) -> int:
 
 
 def _start_and_interrupt(args: list, format: str, output: Path, signum: int, after: int) -> subprocess.Popen:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "butd_frcnn.cli", *map(str, args)],
-        env=cli_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = start_cli_process(*args)  # a process: the point is a signal
     deadline = time.monotonic() + 300
     while _records_on_disk(format, output) < after and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -280,7 +274,7 @@ def test_a_full_disk_stops_with_a_clear_error_and_loses_nothing(model_folder, im
     def limit_file_size():
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
-    completed = run_cli(*args, folder, check=False, preexec_fn=limit_file_size)
+    completed = run_cli_process(*args, folder, check=False, preexec_fn=limit_file_size)  # a limit on a process
     assert completed.returncode == 1
     assert "file-size limit" in completed.stderr and "--resume" in completed.stderr
     assert output.stat().st_size <= limit

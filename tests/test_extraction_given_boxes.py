@@ -13,6 +13,7 @@ from extraction_helpers import (
     TEST_MAX_PIXELS,
     direct_outputs,
     make_image_folder,
+    plain_read_butd_tsv,
     plain_read_hdf5,
     plain_read_lxmert_tsv,
     plain_read_npz,
@@ -20,6 +21,7 @@ from extraction_helpers import (
     run_torchrun,
     save_test_model,
 )
+from PIL import Image
 
 from butd_frcnn.compare import compare_files
 from butd_frcnn.extraction import ExtractionError, ExtractOptions, extract, merge_outputs, read_features
@@ -361,8 +363,9 @@ def test_uniter_files_hold_the_keys_uniter_reads(uniter_and_selected, reference)
         assert arrays["features"].shape == (count, expected["features"].shape[1])
         assert arrays["norm_bb"].shape == (count, 6) and arrays["conf"].shape == (count, 1)
         assert arrays["soft_labels"].shape == (count, 1601) and arrays["image_size"].shape == (count, 2)
-        for key in ("features", "norm_bb", "conf", "soft_labels", "boxes"):
+        for key in ("features", "norm_bb", "conf", "soft_labels"):
             assert arrays[key].dtype == np.float32, key
+        assert arrays["boxes"].dtype == np.float64, "float32 values in a dtype the converter's float16 cast leaves"
         conf = arrays["conf"][:, 0]
         assert (np.diff(conf) <= 0).all(), "sorted by conf, highest first"
         assert np.array_equal(conf, np.sort(expected["max_conf"])[::-1][:count]), "the selection's max_conf"
@@ -432,3 +435,110 @@ def test_torchrun_given_boxes_into_uniter_files_merge_into_the_single_process_ou
             assert one.files == two.files
             for key in one.files:
                 assert np.array_equal(one[key], two[key]), f"{name}: {key}"
+
+
+# Given boxes in UNITER's files: its grounding and VCR data find a target as the k-th row of the image's boxes
+# (data/re.py: `target = img['ann_ids'].index(ann_id)`), so row k must be the k-th given box in every format.
+ORDER_FORMATS = {"butd-tsv": "out.tsv", "lxmert-tsv": "out.tsv", "hdf5": "out.h5", "npz": "out", "parquet": "out",
+                 "uniter-npz": "out"}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def many_given_boxes(images) -> dict[str, np.ndarray]:
+    """Twelve boxes per image (as VCR and RefCOCO images bring), in an order that is not their conf order."""
+    rng = np.random.default_rng(7)
+    boxes = {}
+    for image_id in ("rgb_00", "rgb_17"):
+        with Image.open(images[image_id]) as image:
+            width, height = image.size
+        x1 = rng.integers(0, width // 2, 12).astype(np.float32)
+        y1 = rng.integers(0, height // 2, 12).astype(np.float32)
+        x2 = x1 + rng.integers(4, width // 2, 12) + 0.5  # half pixels: exact in float32, not an integer cast
+        y2 = y1 + rng.integers(4, height // 2, 12) + 0.25
+        boxes[image_id] = np.stack([x1, y1, x2, y2], axis=1).astype(np.float32)
+    return boxes
+
+
+@pytest.fixture(scope="module")
+def many_described(model_folder, images, many_given_boxes) -> dict[str, dict]:
+    described = direct_outputs(model_folder, {i: images[i] for i in many_given_boxes}, boxes=many_given_boxes)
+    conf_sorted = [
+        np.array_equal(np.argsort(-d["max_conf"], kind="stable"), np.arange(12)) for d in described.values()
+    ]
+    assert not any(conf_sorted), "the given order must differ from the conf order, or the test proves nothing"
+    return described
+
+
+def uniter_converter_dump(path: Path, conf_th: float = -1, max_bb: int = 100, min_bb: int = 10) -> dict:
+    """What UNITER's `scripts/convert_imgdir.py` stores for one file (its `load_npz`, from reading its code): the
+    count `min(max_bb, max(min_bb, (conf > conf_th).sum()))`, every float32 array cast to float16, every key cut to
+    that many rows, anything but 1-d and 2-d arrays refused."""
+    with np.load(path, allow_pickle=True) as data:
+        count = int(min(max_bb, max(min_bb, (data["conf"] > conf_th).sum())))
+        dump = {}
+        for key in data.files:
+            array = data[key]
+            array = array.astype(np.float16) if array.dtype == np.float32 else array
+            assert array.ndim in (1, 2), f"{path}: the converter refuses {key} ({array.ndim}-d) as corrupted"
+            dump[key] = array[:count]
+    return dump
+
+
+def uniter_grounding_rows(dump: dict, ann_ids: list, num_bb: int = 100) -> dict:
+    """UNITER's reading of a `--conf_th -1` database (data/data.py `DetectFeatLmdb` with `num_bb` rows per image,
+    `_get_img_feat`) and its grounding data (data/re.py): the feature and position rows, the target row of each
+    annotation, and the eval's boxes (`x1 * w, y1 * h, bw * w, bh * h` from the position columns)."""
+    features = torch.tensor(dump["features"][:num_bb]).float()
+    norm_bb = torch.tensor(dump["norm_bb"][:num_bb]).float()
+    position = torch.cat([norm_bb, norm_bb[:, 4:5] * norm_bb[:, 5:]], dim=-1)
+    assert len(ann_ids) == features.size(0), "UNITER's grounding dataset asserts one row per annotation"
+    return {"features": features, "position": position, "targets": [ann_ids.index(ann) for ann in ann_ids]}
+
+
+def plain_read_parquet(folder: Path) -> dict[str, dict]:
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(sorted(folder.glob("*.parquet")))
+    return {row["image_id"]: {"boxes": np.array(row["boxes"], np.float32),
+                              "features": np.array(row["features"], np.float32)} for row in table.to_pylist()}  # fmt: skip
+
+
+PLAIN_READERS = {"butd-tsv": plain_read_butd_tsv, "lxmert-tsv": plain_read_lxmert_tsv, "hdf5": plain_read_hdf5,
+                 "npz": plain_read_npz, "parquet": plain_read_parquet}  # fmt: skip
+
+
+@pytest.mark.parametrize("format", list(ORDER_FORMATS))
+def test_row_k_is_the_kth_given_box_in_every_format_as_its_readers_read_it(
+    format, model_folder, images, many_given_boxes, many_described, tmp_path
+):
+    box_file = tmp_path / "boxes.json"
+    box_file.write_text(json.dumps({image_id: boxes.tolist() for image_id, boxes in many_given_boxes.items()}))
+    listing = tmp_path / "images.txt"
+    listing.write_text("".join(f"{image_id}\t{images[image_id]}\n" for image_id in many_given_boxes))
+    output = tmp_path / ORDER_FORMATS[format]
+    summary = extract_in_process(model_folder, output, [listing], format=format, boxes_from=box_file)
+    assert summary.extracted == 2 and summary.failed == 0
+    for image_id, given in many_given_boxes.items():
+        expected = many_described[image_id]
+        if format != "uniter-npz":
+            row = PLAIN_READERS[format](output)[image_id]
+            assert np.array_equal(row["boxes"], given), f"{format} {image_id}: rows are not in the given order"
+            assert np.array_equal(row["features"], expected["features"]), f"{format} {image_id}"
+            continue
+        # UNITER: the converter's recipe for given boxes, `--conf_th -1 --num_bb 100`, then its grounding reader
+        dump = uniter_converter_dump(output / f"{image_id}.npz", conf_th=-1, max_bb=100, min_bb=10)
+        ann_ids = [1000 + k for k in range(len(given))]  # the image's annotations, in the order given
+        read = uniter_grounding_rows(dump, ann_ids, num_bb=100)
+        assert read["targets"] == list(range(len(given)))
+        for k, target in enumerate(read["targets"]):
+            assert torch.equal(read["features"][target], torch.tensor(expected["features"][k]).half().float()), k
+        height, width = expected["image_h"], expected["image_w"]
+        eval_boxes = read["position"][:, :4] * torch.tensor([width, height, width, height])
+        eval_boxes[:, 2:] = read["position"][:, 4:6] * torch.tensor([width, height])
+        x1, y1, x2, y2 = torch.tensor(given, dtype=torch.float64).T
+        wanted = torch.stack([x1, y1, x2 - x1, y2 - y1], dim=1).float()
+        torch.testing.assert_close(eval_boxes, wanted, rtol=2e-3, atol=0.1)  # float16 positions
+        # the extra keys reach the database exact: the cast to float16 leaves them alone
+        assert dump["boxes"].dtype == np.float64 and np.array_equal(dump["boxes"], given)
+        assert dump["image_size"].dtype == np.int64 and (dump["image_size"] == [height, width]).all()
+        assert {"features", "norm_bb", "conf", "soft_labels"} <= set(dump)

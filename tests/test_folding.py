@@ -12,10 +12,13 @@ from golden import tiny_config
 
 from butd_frcnn import ButdFrcnnModel
 from butd_frcnn.kernels_butd_frcnn import drop_derived_weights
-from butd_frcnn.modeling_butd_frcnn import ButdFrcnnBottleneck, ButdFrcnnConv2d
+from butd_frcnn.modeling_butd_frcnn import ButdFrcnnBottleneck, ButdFrcnnConvNormActivation
+
+# the model runs with gradients off here, as users run it for features (tests about gradients turn them on)
+pytestmark = pytest.mark.usefixtures("no_grad")
 
 
-def unfolded(conv: ButdFrcnnConv2d, x: torch.Tensor) -> torch.Tensor:
+def unfolded(conv: ButdFrcnnConvNormActivation, x: torch.Tensor) -> torch.Tensor:
     """Caffe's order of layers: the convolution, then BatchNorm + Scale as a separate affine map."""
     y = F.conv2d(x, conv.weight, None, conv.stride, conv.padding, conv.dilation)
     return conv.norm(y)
@@ -27,9 +30,9 @@ def tiny_random_model():
     return ButdFrcnnModel(tiny_config()).eval()
 
 
-def random_conv(seed: int = 0, dtype=torch.float32) -> ButdFrcnnConv2d:
+def random_conv(seed: int = 0, dtype=torch.float32) -> ButdFrcnnConvNormActivation:
     torch.manual_seed(seed)
-    conv = ButdFrcnnConv2d(6, 5, 3, padding=2, dilation=2, eps=1e-5).to(dtype)
+    conv = ButdFrcnnConvNormActivation(6, 5, 3, padding=2, dilation=2, eps=1e-5).to(dtype)
     with torch.no_grad():
         conv.weight.normal_()
         conv.norm.weight.uniform_(0.5, 2)
@@ -149,7 +152,7 @@ def test_model_lifetime_train_eval_clear_load(tiny_random_model, processor):
     model = deepcopy(tiny_random_model)
     batch = processor(np.random.default_rng(0).integers(0, 256, (40, 60, 3), dtype=np.uint8), return_tensors="pt")
     expected = model(**batch)
-    convolutions = [m for m in model.modules() if isinstance(m, ButdFrcnnConv2d)]
+    convolutions = [m for m in model.modules() if isinstance(m, ButdFrcnnConvNormActivation)]
     folded_bytes = sum((m.weight.numel() + m.out_channels) * 4 for m in convolutions)
     assert model.derived_weights_nbytes() == folded_bytes, "one folded copy of every convolution"
     model.train()
@@ -164,7 +167,7 @@ def test_model_lifetime_train_eval_clear_load(tiny_random_model, processor):
     other = deepcopy(model)
     with torch.no_grad():
         for conv in other.modules():
-            if isinstance(conv, ButdFrcnnConv2d):
+            if isinstance(conv, ButdFrcnnConvNormActivation):
                 conv.norm.weight.mul_(0.5)
     other.clear_derived_weights()
     changed = other(**batch)
@@ -184,7 +187,7 @@ def test_bottleneck_in_place_activations_keep_input_and_gradients(in_channels):
     block = ButdFrcnnBottleneck(in_channels, 4, 16, stride=1, dilation=2).double()
     with torch.no_grad():
         for module in block.modules():
-            if isinstance(module, ButdFrcnnConv2d):
+            if isinstance(module, ButdFrcnnConvNormActivation):
                 module.norm.weight.uniform_(0.5, 2)
                 module.norm.bias.normal_()
                 module.norm.running_mean.normal_(0, 0.1)

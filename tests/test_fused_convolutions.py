@@ -10,12 +10,15 @@ import pytest
 import torch
 from golden import REPO_ROOT, golden_image_path, tiny_config
 
-from butd_frcnn import ButdFrcnnConfig, ButdFrcnnModel
+from butd_frcnn import ButdFrcnnModel
 from butd_frcnn import kernels_butd_frcnn as kernels
 from butd_frcnn import modeling_butd_frcnn as modeling
 from butd_frcnn.kernels_butd_frcnn import onednn_fused_convolutions
-from butd_frcnn.modeling_butd_frcnn import ButdFrcnnConv2d
+from butd_frcnn.modeling_butd_frcnn import ButdFrcnnConvNormActivation
 from butd_frcnn.ops_butd_frcnn import generate_cell_anchors, global_average_pool, shift_anchors
+
+# the model runs with gradients off here, as users run it for features (tests about gradients turn them on)
+pytestmark = pytest.mark.usefixtures("no_grad")
 
 FIELDS = ("proposals", "proposal_scores", "proposal_features", "class_probs", "attribute_probs", "box_deltas",
           "region_features", "boxes", "object_ids", "object_scores", "attribute_ids", "attribute_scores")  # fmt: skip
@@ -70,10 +73,9 @@ def test_fused_path_gives_the_portable_float32_bits(name, tiny_golden_model, pro
 
 
 @pytest.mark.slow
-def test_fused_path_gives_the_portable_float32_bits_full_size(processor, monkeypatch):
+def test_fused_path_gives_the_portable_float32_bits_full_size(full_random_model, processor, monkeypatch):
     """The full-size network's shapes take other oneDNN kernels than TINY's (brgconv 1x1, dilated 3x3 at 512)."""
-    torch.manual_seed(0)
-    model = ButdFrcnnModel(ButdFrcnnConfig()).eval()
+    model = full_random_model
     image = torch.linspace(0, 255, 3 * 300 * 400).reshape(300, 400, 3).round().to(torch.uint8).numpy()
     batch = processor(image, return_tensors="pt")
     fused, _ = run(model, batch, True, monkeypatch)
@@ -117,7 +119,7 @@ def test_without_the_private_ops_the_portable_path_runs(tiny_golden_model, proce
 def test_fused_path_only_where_conv2d_runs_onednn():
     """`F.conv2d` runs small float32 problems on PyTorch's own kernels (other roundings): the fused path must not
     take them, or results would depend on which path ran."""
-    conv = ButdFrcnnConv2d(8, 8, 1).eval()
+    conv = ButdFrcnnConvNormActivation(8, 8, 1).eval()
     with torch.no_grad():
         assert kernels.onednn_runs(torch.zeros(2, 8, 20, 20), conv)
         assert not kernels.onednn_runs(torch.zeros(1, 8, 4, 4), conv), "one tiny map: PyTorch's own kernel"
@@ -133,7 +135,7 @@ def test_prepacked_weights_are_derived_weights(tiny_random_model_fp32, processor
     with torch.inference_mode():
         model(**batch)
     assert "prepacked" in derived_variants(model)
-    convolutions = [m for m in model.modules() if isinstance(m, ButdFrcnnConv2d)]
+    convolutions = [m for m in model.modules() if isinstance(m, ButdFrcnnConvNormActivation)]
     assert model.derived_weights_nbytes() == sum((m.weight.numel() + m.out_channels) * 4 for m in convolutions)
     model.clear_derived_weights()
     assert model.derived_weights_nbytes() == 0 and not derived_variants(model)

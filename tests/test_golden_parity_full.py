@@ -21,7 +21,11 @@ from parity import (
     selection_scores,
 )
 
+from butd_frcnn.modeling_butd_frcnn import ButdFrcnnHeadOutputs
 from butd_frcnn.ops_butd_frcnn import objectness_probabilities
+
+# the model runs with gradients off here, as users run it for features (tests about gradients turn them on)
+pytestmark = pytest.mark.usefixtures("no_grad")
 
 FULL_BOX_ATOL = 5e-4
 
@@ -31,7 +35,8 @@ def runs(full_golden_model, processor):
     results = {}
     for name in FULL_IMAGES:
         batch = processor(golden_image_path(name), return_tensors="pt")
-        outputs = full_golden_model(**batch, output_hidden_states=name == "astronaut")
+        with torch.no_grad():
+            outputs = full_golden_model(**batch, output_hidden_states=name == "astronaut")
         results[name] = (load_golden("full", name), batch, outputs)
     return results
 
@@ -71,15 +76,10 @@ def test_full_selections(name, suffix, min_boxes, max_boxes, runs, full_golden_m
     golden, batch, outputs = runs[name]
     scale = batch["scales"].to(torch.float32)
     boxes = outputs.proposals[0] / scale
-    selected = full_golden_model.select(
-        boxes,
-        outputs.proposal_features[0],
-        outputs.class_probs[0],
-        outputs.attribute_probs[0],
-        min_boxes,
-        max_boxes,
-        0.2,
+    heads = ButdFrcnnHeadOutputs(
+        outputs.proposal_features[0], outputs.class_probs[0], outputs.box_deltas[0], outputs.attribute_probs[0]
     )
+    selected = full_golden_model.select(boxes, heads, min_boxes, max_boxes, 0.2)
     ours = selected["boxes"].numpy()
     theirs = golden[f"boxes{suffix}"]
     assert len(ours) == int(golden[f"num_boxes{suffix}"])

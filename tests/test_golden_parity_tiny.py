@@ -21,6 +21,9 @@ from parity import BOX_ATOL, assert_same_boxes_up_to_tied_order, cosine
 
 from butd_frcnn.ops_butd_frcnn import argmax_last, objectness_probabilities, per_class_nms_max_scores
 
+# the model runs with gradients off here, as users run it for features (tests about gradients turn them on)
+pytestmark = pytest.mark.usefixtures("no_grad")
+
 NOT_FLAT = [name for name in GOLDEN_IMAGES if name not in FLAT_IMAGES]
 SELECTIONS = {
     "_10_100": {"min_boxes": 10, "max_boxes": 100, "score_threshold": 0.2},
@@ -38,10 +41,11 @@ def runs(tiny_golden_model, processor):
             batch = processor(golden["image_bgr"], input_channel_order="bgr", return_tensors="pt")
         else:
             batch = processor(golden_image_path(name), return_tensors="pt")
-        outputs = {
-            suffix: tiny_golden_model(**batch, output_hidden_states=suffix == "_10_100", **selection)
-            for suffix, selection in SELECTIONS.items()
-        }
+        with torch.no_grad():
+            outputs = {
+                suffix: tiny_golden_model(**batch, output_hidden_states=suffix == "_10_100", **selection)
+                for suffix, selection in SELECTIONS.items()
+            }
         results[name] = (golden, batch, outputs)
     return results
 
@@ -138,7 +142,13 @@ def test_region_head_on_the_originals_proposals(name, tiny_golden_model):
     golden, rois = load_golden("tiny", name), None
     rois = torch.from_numpy(golden["rois"][:, 1:])
     res4 = tiny_golden_model.backbone(torch.from_numpy(golden["blob/data"]))[-1]
-    features, class_probs, box_deltas, attribute_probs = tiny_golden_model.roi_heads(res4, rois)
+    heads = tiny_golden_model.roi_heads(res4, rois)
+    features, class_probs, box_deltas, attribute_probs = (
+        heads.region_features,
+        heads.class_probs,
+        heads.box_deltas,
+        heads.attribute_probs,
+    )
     np.testing.assert_allclose(features.numpy(), golden["pool5_flat"], rtol=0, atol=2e-5)  # measured <= 2.5e-6
     np.testing.assert_allclose(class_probs.numpy(), golden["cls_prob"], rtol=0, atol=1e-5)  # measured <= 2.2e-6
     np.testing.assert_allclose(attribute_probs.numpy(), golden["attr_prob"], rtol=0, atol=1e-5)  # <= 1.6e-6

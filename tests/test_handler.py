@@ -1,13 +1,30 @@
 """The Inference Endpoints handler, imported from a converted folder as `handler.py` in a process that cannot import
-butd_frcnn, called on image payloads: it returns the documented JSON, equal to the model's own selection."""
+butd_frcnn, called on image payloads: it returns the documented JSON, equal to the model's own selection: by default
+the object-detection task's list (read here by huggingface_hub's own parser), with `output=regions` the full
+response."""
 
 import re
+from importlib.metadata import version
+from pathlib import Path
 
 import pytest
 import torch
+from extraction_helpers import _png_with_size
 from golden import REPO_ROOT, golden_image_path
-from hub_support import run_without_package, save_tiny_hub_folder
+from hub_support import (
+    assert_detections_are_the_kept_regions,
+    assert_response_is_the_selection,
+    model_regions,
+    run_without_package,
+    save_tiny_hub_folder,
+)
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
+# the model runs with gradients off here, as users run it for features (tests about gradients turn them on)
+pytestmark = pytest.mark.usefixtures("no_grad")
+
+DETECTION_KEYS = {"score", "label", "box", "attribute", "attribute_score"}
 RESPONSE_KEYS = {
     "image_size",
     "num_boxes",
@@ -31,7 +48,7 @@ import base64
 import json
 from PIL import Image
 
-folder, astronaut, camera = {folder!r}, {astronaut!r}, {camera!r}
+folder, astronaut, camera, huge = {folder!r}, {astronaut!r}, {camera!r}, {huge!r}
 sys.path.insert(0, folder)
 import handler
 
@@ -39,14 +56,24 @@ assert handler.__file__.startswith(folder), handler.__file__
 endpoint = handler.EndpointHandler(folder)
 with open(astronaut, "rb") as file:
     astronaut_bytes = file.read()
+with open(huge, "rb") as file:
+    huge_bytes = file.read()
 as_base64 = "data:image/png;base64," + base64.b64encode(astronaut_bytes).decode()
+regions = {{"output": "regions"}}
 responses = {{
-    "base64_36_features": endpoint({{"inputs": as_base64, "parameters": {{"boxes": "36", "return_features": True}}}}),
-    "pil_threshold": endpoint({{"inputs": Image.open(camera), "parameters": {{"threshold": "0.3"}}}}),
-    "regions": endpoint(
-        {{"inputs": astronaut_bytes, "parameters": {{"regions": {regions!r}, "return_features": True}}}}
+    "base64_36_features": endpoint(
+        {{"inputs": as_base64, "parameters": {{**regions, "boxes": "36", "return_features": True}}}}
     ),
-    "no_regions": endpoint({{"inputs": astronaut_bytes, "parameters": {{"regions": []}}}}),
+    "pil_threshold": endpoint({{"inputs": Image.open(camera), "parameters": {{**regions, "threshold": "0.3"}}}}),
+    "regions": endpoint(
+        {{"inputs": astronaut_bytes, "parameters": {{**regions, "regions": {regions!r}, "return_features": True}}}}
+    ),
+    "no_regions": endpoint({{"inputs": astronaut_bytes, "parameters": {{**regions, "regions": []}}}}),
+    "raw_bytes": endpoint({{"inputs": astronaut_bytes, "parameters": regions}}),
+    "detections": endpoint({{"inputs": as_base64}}),
+    "detections_threshold": endpoint({{"inputs": Image.open(camera), "parameters": {{"threshold": 0.3}}}}),
+    "detections_36": endpoint({{"inputs": astronaut_bytes, "parameters": {{"boxes": 36}}}}),
+    "detections_of_regions": endpoint({{"inputs": astronaut_bytes, "parameters": {{"regions": {regions!r}}}}}),
 }}
 errors = {{}}
 for name, data in {{
@@ -64,17 +91,20 @@ for name, data in {{
     "regions_order": {{"inputs": astronaut_bytes, "parameters": {{"regions": [[0, 0, 9, 9], [5, 5, 4, 9]]}}}},
     "regions_outside": {{"inputs": astronaut_bytes, "parameters": {{"regions": [[600, 0, 700, 9]]}}}},
     "no_inputs": {{"image": astronaut_bytes}},
+    "empty": {{"inputs": b""}},
+    "too_large": {{"inputs": huge_bytes}},
+    "too_large_base64": {{"inputs": base64.b64encode(huge_bytes).decode()}},
+    "bad_output": {{"inputs": astronaut_bytes, "parameters": {{"output": "everything"}}}},
+    "features_without_regions": {{"inputs": astronaut_bytes, "parameters": {{"return_features": True}}}},
 }}.items():
     try:
         endpoint(data)
     except ValueError as error:
         errors[name] = str(error)
-raw = handler.read_image(astronaut_bytes)
 print(json.dumps({{
     "modules": [type(endpoint.model).__module__, type(endpoint.processor).__module__],
     "responses": responses,
     "errors": errors,
-    "raw_size": list(raw.size),
 }}))
 """
 
@@ -83,37 +113,23 @@ REGIONS = [[10.0, 20.0, 200.0, 180.0], [120.5, 60.25, 400.0, 500.0], [0.0, 0.0, 
 
 
 @pytest.fixture(scope="module")
-def handler_run(hub_folder, tmp_path_factory):
+def huge_png(tmp_path_factory) -> Path:
+    """A 10000 x 10000 (100 MP) PNG header with almost no data: refused from its header, or decoding it would fail."""
+    path = tmp_path_factory.mktemp("huge") / "huge.png"
+    path.write_bytes(_png_with_size(10_000, 10_000))
+    return path
+
+
+@pytest.fixture(scope="module")
+def handler_run(hub_folder, huge_png, tmp_path_factory):
     code = HANDLER_CALLS.format(
         folder=str(hub_folder),
         astronaut=str(golden_image_path("astronaut")),
         camera=str(golden_image_path("camera")),
+        huge=str(huge_png),
         regions=REGIONS,
     )
     return run_without_package(code, tmp_path_factory.mktemp("handler"))
-
-
-def model_regions(hub_folder, image: str, **selection) -> tuple:
-    """The model's own output for one image (installed package; `selection` may be `boxes=[...]`), with its config
-    for the names."""
-    from butd_frcnn import ButdFrcnnImageProcessor, ButdFrcnnModel
-
-    model = ButdFrcnnModel.from_pretrained(hub_folder).eval()
-    processor = ButdFrcnnImageProcessor.from_pretrained(hub_folder)
-    return model.config, model(**processor(str(golden_image_path(image)), return_tensors="pt"), **selection)
-
-
-def assert_response_is_the_selection(response: dict, config, outputs, image_size: tuple[int, int]):
-    count = int(outputs.num_boxes[0])
-    assert response["image_size"] == {"height": image_size[0], "width": image_size[1]}
-    assert response["num_boxes"] == count
-    assert torch.equal(torch.tensor(response["boxes"]), outputs.boxes[0, :count])
-    assert response["label_ids"] == outputs.object_ids[0, :count].tolist()
-    assert response["labels"] == [config.id2label[i] for i in response["label_ids"]]
-    assert torch.equal(torch.tensor(response["scores"]), outputs.object_scores[0, :count])
-    assert response["attribute_ids"] == outputs.attribute_ids[0, :count].tolist()
-    assert response["attributes"] == [config.attribute_names[i] for i in response["attribute_ids"]]
-    assert torch.equal(torch.tensor(response["attribute_scores"]), outputs.attribute_scores[0, :count])
 
 
 def test_handler_loads_the_folders_own_code(handler_run):
@@ -168,6 +184,11 @@ def test_given_regions_are_described_in_their_order(handler_run, hub_folder):
             "regions: boxes of image 0: box 0 [600.0, 0.0, 700.0, 9.0] has no pixel inside the 512 x 512",
         ),
         ("no_inputs", '{"inputs": image'),
+        ("empty", "inputs: the image is empty (0 bytes)"),
+        ("too_large", "inputs: refused as a decompression bomb: 10000 x 10000 = 100000000 pixels is above the limit"),
+        ("too_large_base64", "10000 x 10000 = 100000000 pixels is above the limit"),
+        ("bad_output", 'output must be "detections" or "regions"'),
+        ("features_without_regions", 'return_features needs "output": "regions"'),
     ],
 )
 def test_bad_requests_get_a_clear_error(handler_run, case, message):
@@ -175,16 +196,59 @@ def test_bad_requests_get_a_clear_error(handler_run, case, message):
 
 
 def test_raw_bytes_decode(handler_run):
-    assert handler_run["raw_size"] == [512, 512]
+    assert handler_run["responses"]["raw_bytes"]["image_size"] == {"height": 512, "width": 512}
 
 
-def test_folder_carries_the_endpoint_files_and_package_pins(hub_folder):
+def test_detections_are_the_object_detection_task_list(handler_run, hub_folder):
+    config, outputs = model_regions(hub_folder, "astronaut")
+    response = handler_run["responses"]["detections"]
+    assert_detections_are_the_kept_regions(response, config, outputs, config.score_threshold)
+    assert response, "no detection: a weak test"
+    assert all(set(element) == DETECTION_KEYS for element in response)
+
+
+def test_detections_take_the_threshold_boxes_and_regions(handler_run, hub_folder):
+    config, outputs = model_regions(hub_folder, "camera", score_threshold=0.3)
+    assert_detections_are_the_kept_regions(handler_run["responses"]["detections_threshold"], config, outputs, 0.3)
+    config, outputs = model_regions(hub_folder, "astronaut", min_boxes=36, max_boxes=36)
+    response = handler_run["responses"]["detections_36"]
+    assert_detections_are_the_kept_regions(response, config, outputs, config.score_threshold)
+    assert 0 < len(response) < 36, "no selected region was left out below the threshold: a weak test"
+    config, outputs = model_regions(hub_folder, "astronaut", boxes=[REGIONS])
+    response = handler_run["responses"]["detections_of_regions"]
+    assert_detections_are_the_kept_regions(response, config, outputs, 0.0)
+    assert len(response) == len(REGIONS), "given regions are all described"
+
+
+def test_folder_carries_the_endpoint_files(hub_folder):
     for name in ("handler.py", "requirements.txt"):
         assert (hub_folder / name).read_bytes() == (REPO_ROOT / "butd_frcnn" / "hub_templates" / name).read_bytes()
     assert (hub_folder / "pipeline_butd_frcnn.py").read_bytes() == (
         REPO_ROOT / "butd_frcnn" / "pipeline_butd_frcnn.py"
     ).read_bytes()
-    pinned = r"^\W*((?:torch|torchvision|transformers)[=~>][^\s\",]+)"
-    requirements = re.findall(pinned, (hub_folder / "requirements.txt").read_text(), flags=re.MULTILINE)
-    package = re.findall(pinned, (REPO_ROOT / "pyproject.toml").read_text(), flags=re.MULTILINE)
-    assert len(requirements) == 3 and requirements == package, "requirements.txt and pyproject.toml disagree"
+
+
+# The Inference Endpoints server's own pins (huggingface-inference-toolkit 0.5.6, setup.py: transformers 4.51.3,
+# huggingface_hub 0.30.2, torch 2.5.1; torchvision is unpinned there and resolves to torch 2.5.1's release)
+SERVER_PINS = {"torch": "2.5.1", "torchvision": "0.20.1", "transformers": "4.51.3", "huggingface-hub": "0.30.2"}
+
+
+def test_requirements_install_nothing_on_a_stock_server():
+    """The server runs `pip install -r requirements.txt`: its own pins satisfy every requirement (nothing installed,
+    no torch with other CUDA libraries), and so do the versions these tests run with (the other end)."""
+    lines = (REPO_ROOT / "butd_frcnn" / "hub_templates" / "requirements.txt").read_text().splitlines()
+    requirements = [Requirement(line) for line in lines if line.strip() and not line.startswith("#")]
+    dependencies_block = re.search(
+        r"^dependencies = \[(.*?)^\]", (REPO_ROOT / "pyproject.toml").read_text(), re.MULTILINE | re.DOTALL
+    )
+    dependencies = re.findall(r'^\s*"([^"]+)"', dependencies_block.group(1), flags=re.MULTILINE)
+    package = {canonicalize_name(Requirement(dependency).name) for dependency in dependencies}
+    names = {canonicalize_name(requirement.name) for requirement in requirements}
+    assert set(SERVER_PINS) <= names <= package, "requirements.txt states the package's own dependencies"
+    for requirement in requirements:
+        name = canonicalize_name(requirement.name)
+        if name in SERVER_PINS:
+            assert requirement.specifier.contains(SERVER_PINS[name]), f"the server's {name} fails {requirement}"
+        else:  # the server installs these unpinned (their newest release when its image was built)
+            assert all(spec.operator == ">=" for spec in requirement.specifier), requirement
+        assert requirement.specifier.contains(version(requirement.name)), f"this environment fails {requirement}"

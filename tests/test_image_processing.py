@@ -2,17 +2,20 @@
 the original's data blob, batching, serialisation, and clear errors on bad input."""
 
 import json
+import re
 
 import cv2
 import numpy as np
 import pytest
 import torch
+from extraction_helpers import _png_with_size
 from golden import GOLDEN_IMAGES, golden_image_path, load_golden
 from images import make_odd_images
 from PIL import Image
 
 from butd_frcnn import ButdFrcnnImageProcessor
 from butd_frcnn.image_processing_butd_frcnn import (
+    DEFAULT_MAX_PIXELS,
     ImageDecodeError,
     ImageTooLargeError,
     compute_scale,
@@ -202,6 +205,46 @@ def test_decompression_bombs_are_refused(tmp_path, monkeypatch):
         load_image_bgr(path)
     assert load_image_bgr(path, max_pixels=0).shape == (200, 200, 3)  # 0: no limit at all, not even Pillow's
     assert Image.MAX_IMAGE_PIXELS == 100
+
+
+def test_images_above_max_pixels_are_refused_before_decoding(tmp_path):
+    """Paths, encoded bytes and opened PIL images of more than `max_pixels` are refused from the header: this 100 MP
+    PNG holds almost no pixel data, so decoding it first would fail otherwise. Arrays, already decoded, are not
+    checked. The limit is set at construction (and saved with the processor) or per call."""
+    huge = tmp_path / "huge.png"
+    huge.write_bytes(_png_with_size(10_000, 10_000))
+    processor = ButdFrcnnImageProcessor()
+    assert processor.max_pixels == DEFAULT_MAX_PIXELS < 100_000_000
+    refused = f"10000 x 10000 = 100000000 pixels is above the limit of {DEFAULT_MAX_PIXELS} (max_pixels)"
+    with pytest.warns(Image.DecompressionBombWarning):  # Pillow opens it, and only warns
+        opened = Image.open(huge)
+    for image in (huge, str(huge), huge.read_bytes(), opened):
+        with pytest.raises(ImageTooLargeError, match=re.escape(refused)):
+            processor(image, return_tensors="pt")
+    assert Image.MAX_IMAGE_PIXELS == PILLOW_DEFAULT_LIMIT, "a per-call limit must not leak into the process"
+
+    small = tmp_path / "small.png"
+    Image.new("RGB", (200, 100), "teal").save(small)
+    with pytest.raises(ImageTooLargeError, match="200 x 100 = 20000 pixels is above the limit of 19999"):
+        processor(small, max_pixels=19_999, return_tensors="pt")
+    assert processor(small, max_pixels=20_000, return_tensors="pt")["original_sizes"].tolist() == [[100, 200]]
+    ButdFrcnnImageProcessor(max_pixels=19_999).save_pretrained(tmp_path / "saved")
+    limited = ButdFrcnnImageProcessor.from_pretrained(tmp_path / "saved")
+    assert limited.max_pixels == 19_999
+    for image in (small, small.read_bytes(), Image.open(small)):
+        with pytest.raises(ImageTooLargeError, match="above the limit of 19999"):
+            limited(image, return_tensors="pt")
+    assert limited(np.zeros((100, 200, 3), np.uint8), return_tensors="pt")["original_sizes"].tolist() == [[100, 200]]
+
+
+def test_encoded_bytes_decode_exactly_like_their_file(odd_images):
+    processor = ButdFrcnnImageProcessor()
+    for name, path in odd_images.items():
+        with open(path, "rb") as file:
+            data = file.read()
+        assert np.array_equal(processor.process_image(data), processor.process_image(path)), name
+    with pytest.raises(ImageDecodeError, match=r"not an image Pillow can read \(9 bytes\)"):
+        processor(b"not a png", return_tensors="pt")
 
 
 def test_do_resize_false_keeps_each_image_at_its_own_size(processor):

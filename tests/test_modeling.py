@@ -13,10 +13,14 @@ from images import make_odd_images
 from remote import run_without_package
 from safetensors import safe_open
 from transformers import AutoConfig, AutoImageProcessor, AutoModel
-from transformers.dynamic_module_utils import get_relative_import_files
+from transformers.dynamic_module_utils import get_relative_import_files, get_relative_imports
 
 from butd_frcnn import ButdFrcnnConfig, ButdFrcnnImageProcessor, ButdFrcnnModel, ButdFrcnnModelOutput
-from butd_frcnn.remote_code import MODEL_FILES, registered_for_remote_code
+from butd_frcnn.conversion.convert import EXPECTED_FILES
+from butd_frcnn.remote_code import model_files
+
+# the model runs with gradients off here, as users run it for features (tests about gradients turn them on)
+pytestmark = pytest.mark.usefixtures("no_grad")
 
 OUTPUT_FIELDS = [
     "region_features", "boxes", "object_ids", "object_scores", "attribute_ids", "attribute_scores", "num_boxes",
@@ -156,11 +160,10 @@ def test_every_odd_image_kind_runs(tiny_golden_model, processor, tmp_path):
 
 
 def save_hub_folder(model, folder):
-    """What the converter writes: config.json with auto_map, model.safetensors, preprocessor_config.json, sources
-    (the classes registered for remote code only while saving)."""
-    with registered_for_remote_code():
-        model.save_pretrained(folder)
-        ButdFrcnnImageProcessor().save_pretrained(folder)
+    """What the converter writes but the card: config.json with auto_map, model.safetensors,
+    preprocessor_config.json, sources, endpoint files and pipeline."""
+    model.save_pretrained(folder)
+    ButdFrcnnImageProcessor().save_pretrained(folder)
 
 
 def test_save_and_load_round_trip_bit_exactly_in_safetensors(tiny_golden_model, processor, tmp_path):
@@ -192,12 +195,7 @@ def test_auto_classes_resolve_the_installed_package(tiny_golden_model, tmp_path)
 def test_remote_code_without_the_package(tiny_golden_model, processor, tmp_path):
     folder = tmp_path / "hub"
     save_hub_folder(tiny_golden_model, folder)
-    assert sorted(p.name for p in folder.iterdir()) == [
-        "compat_butd_frcnn.py", "config.json", "configuration_butd_frcnn.py", "image_processing_butd_frcnn.py",
-        "kernels_butd_frcnn.py",
-        "model.safetensors", "modeling_butd_frcnn.py", "ops_butd_frcnn.py", "precision_butd_frcnn.py",
-        "preprocessor_config.json",
-    ]  # fmt: skip
+    assert sorted(p.name for p in folder.iterdir()) == sorted(name for name in EXPECTED_FILES if name != "README.md")
     image = golden_image_path("astronaut")
     run_without_package(
         f"""
@@ -220,27 +218,46 @@ def test_remote_code_without_the_package(tiny_golden_model, processor, tmp_path)
 
 
 def test_model_files_are_what_transformers_finds_from_the_model():
-    """The converter's `MODEL_FILES` are exactly the files transformers' remote code needs: the model and the image
-    processor files and every file they import relatively, found as `save_pretrained` finds them
-    (`get_relative_import_files`), so that a new model-side file cannot be left out of converted folders."""
+    """`model_files()` (what converted and saved folders must hold) are exactly the files transformers' remote code
+    needs: the model and the image processor files and every file they import relatively, found as
+    `save_pretrained` finds them (`get_relative_import_files`), so that a new model-side file cannot be left out."""
     package = Path(inspect.getfile(ButdFrcnnModel)).parent
     needed = set()
     for entry in ("modeling_butd_frcnn.py", "image_processing_butd_frcnn.py"):
         needed |= {entry, *(Path(name).name for name in get_relative_import_files(package / entry))}
     assert "kernels_butd_frcnn.py" in needed and "precision_butd_frcnn.py" in needed
-    assert sorted(name for name in MODEL_FILES if name.endswith(".py")) == sorted(needed)
+    assert sorted(model_files()) == sorted(needed)
 
 
-def test_full_size_default_architecture_runs(processor):
+def test_model_files_import_each_other_without_a_cycle():
+    """transformers 4's `get_relative_import_files` follows relative imports until no new file turns up, and loops
+    forever on a cycle (typing-only imports included: it reads the source), so `save_pretrained` and remote-code
+    loading hang at the floor of the supported range. The model files' relative imports form a DAG."""
+    package = Path(inspect.getfile(ButdFrcnnModel)).parent
+    imports = {path.stem: set(get_relative_imports(str(path))) for path in package.glob("*_butd_frcnn.py")}
+    finished: set[str] = set()
+
+    def visit(module: str, path: tuple[str, ...]) -> None:
+        assert module not in path, f"relative imports form a cycle: {' -> '.join((*path, module))}"
+        if module not in finished:
+            for imported in imports.get(module, ()):
+                visit(imported, (*path, module))
+            finished.add(module)
+
+    for module in imports:
+        visit(module, ())
+
+
+def test_full_size_default_architecture_runs(full_random_model, processor):
     """ResNet-101 with the released heads (random weights): a 600x800 input gives 10-100 regions of 2048-d."""
-    torch.manual_seed(0)
     config = ButdFrcnnConfig()
     assert config.depths == [3, 4, 23, 3] and config.num_labels == 1601 and config.num_attributes == 401
-    model = ButdFrcnnModel(config).eval()
+    model = full_random_model
     assert sum(p.numel() for p in model.parameters()) > 60_000_000
     batch = processor(random_images([(600, 800)], seed=1), return_tensors="pt")
     assert batch["pixel_values"].shape == (1, 3, 600, 800)
-    outputs = model(**batch)
+    with torch.inference_mode():
+        outputs = model(**batch)
     count = int(outputs.num_boxes[0])
     assert 10 <= count <= 100
     assert outputs.region_features.shape == (1, count, 2048) and torch.isfinite(outputs.region_features).all()

@@ -12,6 +12,9 @@ from safetensors.torch import load_file, save_file
 from butd_frcnn import ButdFrcnnConfig, ButdFrcnnModel, ButdFrcnnModelOutput
 from butd_frcnn.ops_butd_frcnn import generate_cell_anchors
 
+# the model runs with gradients off here, as users run it for features (tests about gradients turn them on)
+pytestmark = pytest.mark.usefixtures("no_grad")
+
 SCREENED_ONLY = ("settled_proposals",)  # set by precision "fp32-screened" alone (tests/test_precision.py)
 OUTPUT_FIELDS = [field.name for field in dataclasses.fields(ButdFrcnnModelOutput) if field.name not in SCREENED_ONLY]
 
@@ -34,7 +37,8 @@ def inputs(tester):
 @pytest.fixture(scope="module")
 def outputs(model, inputs):
     """Every field set: hidden states asked for, original sizes given."""
-    result = model(**inputs, output_hidden_states=True)
+    with torch.no_grad():
+        result = model(**inputs, output_hidden_states=True)
     assert all(result[name] is not None for name in OUTPUT_FIELDS), "a field is missing from the full output"
     assert int(result.num_boxes.min()) >= 3, "the tester's inputs must select regions"
     return result

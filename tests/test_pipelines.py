@@ -12,6 +12,9 @@ import torch
 from golden import golden_image_path
 from hub_support import run_without_package, save_tiny_hub_folder
 
+# the model runs with gradients off here, as users run it for features (tests about gradients turn them on)
+pytestmark = pytest.mark.usefixtures("no_grad")
+
 IMAGES = ("astronaut", "rocket")  # 22 and 13 selected regions: together, a padded batch
 GIVEN_BOXES = [[10.0, 20.0, 200.0, 180.0], [0.0, 0.0, 50.0, 40.0], [120.5, 60.25, 400.0, 500.0]]
 
@@ -44,7 +47,8 @@ def reference(hub_folder):
     model = ButdFrcnnModel.from_pretrained(hub_folder).eval()
     processor = ButdFrcnnImageProcessor.from_pretrained(hub_folder)
     inputs = processor([str(golden_image_path(name)) for name in IMAGES], return_tensors="pt")
-    outputs = model(**inputs)
+    with torch.no_grad():
+        outputs = model(**inputs)
     assert outputs.num_boxes.tolist() == [22, 13]
     return model, processor, outputs
 

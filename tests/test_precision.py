@@ -25,6 +25,9 @@ from butd_frcnn.precision_butd_frcnn import (
     settlement_granularity,
 )
 
+# the model runs with gradients off here, as users run it for features (tests about gradients turn them on)
+pytestmark = pytest.mark.usefixtures("no_grad")
+
 SELECTED = ("region_features", "boxes", "object_ids", "object_scores", "attribute_ids", "attribute_scores",
             "num_boxes", "proposals", "num_proposals", "proposal_scores", "proposal_indices",
             "selection_scores")  # fmt: skip
@@ -232,9 +235,8 @@ def test_res5_rows_do_not_depend_on_the_other_rows_tiny(tiny_golden_model):
 
 
 @pytest.mark.slow
-def test_res5_rows_do_not_depend_on_the_other_rows_full_size():
-    torch.manual_seed(0)
-    heads = ButdFrcnnModel(ButdFrcnnConfig()).eval().roi_heads
+def test_res5_rows_do_not_depend_on_the_other_rows_full_size(full_random_model):
+    heads = full_random_model.roi_heads
     pooled = pooled_regions(150, 1024)
     granularity = settlement_granularity(heads, pooled)
     assert granularity is not None
@@ -253,7 +255,7 @@ def test_heads_rows_do_not_depend_on_the_other_rows(tiny_golden_model):
     with torch.inference_mode():
         a, b = heads.class_probabilities(features), heads.class_probabilities(changed)
         assert torch.equal(a[keep], b[keep])
-        assert torch.equal(a, heads.predict(features)[0])
+        assert torch.equal(a, heads.predict(features).class_probs)
 
 
 def test_without_onednn_whole_chunks_are_settled(tiny_golden_model, processor, monkeypatch):
@@ -394,3 +396,27 @@ def test_planner_on_random_near_duplicates(seed):
         chosen, expected, result = run_planner(boxes, exact.tolist(), estimate.tolist(), 0.2, min_boxes, max_boxes)
         assert chosen == expected, (min_boxes, max_boxes)
         assert result.settled[torch.tensor(expected)].all()
+
+
+def test_planner_bounds_sharp_probabilities_by_their_complement():
+    """Row 1 overlaps the selected row 0 in its class, screened 0.95 against row 0's exact 0.99. The log bound alone
+    ([0.70, 1]) would let row 1 outrank row 0; the complement bound (1 - p within e^+-0.3 of 0.05: [0.9325, 0.963])
+    cannot, so row 1 is certainly suppressed and stays unsettled."""
+    boxes = [square(0, 0), square(1, 0), square(50, 50)]
+    exact = [[0.99, 0.005], [0.96, 0.03], [0.01, 0.9]]
+    estimate = [[0.99, 0.005], [0.95, 0.03], [0.01, 0.9]]
+    chosen, expected, result = run_planner(boxes, exact, estimate)
+    assert chosen == expected == [0, 2]
+    assert result.settled.tolist() == [True, False, True]
+
+
+def test_planner_margin_checks_the_complement_bound():
+    """Row 0 (selected, settled first) shows a complement error of log(0.04 / 0.005) = 2.1 while its log error is
+    0.04: the margin must grow from it, else row 1 (screened 0.9, exact 0.999: its complement interval at margin
+    0.3 is [0.865, 0.926]) would stay suppressed below row 0's exact 0.995."""
+    boxes = [square(0, 0), square(1, 0), square(50, 50)]
+    exact = [[0.995], [0.999], [0.6]]
+    estimate = [[0.96], [0.9], [0.6]]
+    chosen, expected, result = run_planner(boxes, exact, estimate)
+    assert expected == [1, 2] and chosen == expected
+    assert result.margin >= 2 * math.log(0.04 / 0.005) - 1e-6

@@ -12,13 +12,14 @@ thereby run against that same release.
 import inspect
 from importlib import metadata
 
+import pytest
 from golden import REPO_ROOT
 from packaging.requirements import Requirement
 from transformers import PreTrainedModel
 from transformers.models.auto.modeling_auto import MODEL_FOR_OBJECT_DETECTION_MAPPING_NAMES
 from transformers.pipelines import ImageFeatureExtractionPipeline, ObjectDetectionPipeline
 
-from butd_frcnn import ButdFrcnnConfig, ButdFrcnnModel, ButdFrcnnPreTrainedModel
+from butd_frcnn import ButdFrcnnConfig, ButdFrcnnImageProcessor, ButdFrcnnModel, ButdFrcnnPreTrainedModel
 from butd_frcnn.pipeline_butd_frcnn import ButdFrcnnImageFeatureExtractionPipeline, ButdFrcnnObjectDetectionPipeline
 
 
@@ -97,12 +98,17 @@ def test_the_object_detection_pipeline_checks_a_copy_of_its_model_table():
     assert MODEL_FOR_OBJECT_DETECTION_MAPPING_NAMES["butd_frcnn"] == "ButdFrcnnModel"
 
 
-def test_auto_class_registration_attribute():
-    """`butd_frcnn.remote_code.registered_for_remote_code` undoes `register_for_auto_class` through the class
-    attribute it sets."""
-    assert "_auto_class" not in ButdFrcnnModel.__dict__
-    ButdFrcnnConfig.register_for_auto_class()
+@pytest.mark.parametrize(
+    ("cls", "auto_class"),
+    [(ButdFrcnnConfig, "AutoConfig"), (ButdFrcnnModel, "AutoModel"), (ButdFrcnnImageProcessor, "AutoImageProcessor")],
+)
+def test_classes_are_registered_for_their_auto_class_as_transformers_registers_them(cls, auto_class):
+    """`save_pretrained` saves a class as remote code (its file, its relative imports, its `auto_map` entry) when the
+    class attribute `_auto_class` is set: what `register_for_auto_class()` sets, and what transformers calls on the
+    classes it loads as remote code. The package's classes carry that very value."""
+    assert cls.__dict__["_auto_class"] == auto_class
     try:
-        assert ButdFrcnnConfig.__dict__["_auto_class"] == "AutoConfig"
+        cls.register_for_auto_class()
+        assert cls.__dict__["_auto_class"] == auto_class
     finally:
-        del ButdFrcnnConfig._auto_class
+        cls._auto_class = auto_class

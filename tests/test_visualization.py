@@ -2,13 +2,12 @@
 subprocess on a golden image."""
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
-from golden import REPO_ROOT, golden_image_path
+import torch
+from cli_runner import run_cli
+from golden import golden_image_path
 from hub_support import save_tiny_hub_folder
 from PIL import Image
 
@@ -20,6 +19,9 @@ from butd_frcnn.visualization import (
     show_regions,
     text_color_on,
 )
+
+# the model runs with gradients off here, as users run it for features (tests about gradients turn them on)
+pytestmark = pytest.mark.usefixtures("no_grad")
 
 
 def test_colours_are_distinct_and_text_contrasts_with_them():
@@ -123,7 +125,8 @@ def camera_regions(hub_folder):
     model = ButdFrcnnModel.from_pretrained(hub_folder).eval()
     processor = ButdFrcnnImageProcessor.from_pretrained(hub_folder)
     path = golden_image_path("camera")
-    outputs = model(**processor(str(path), return_tensors="pt"))
+    with torch.no_grad():
+        outputs = model(**processor(str(path), return_tensors="pt"))
     count = int(outputs.num_boxes[0])
     order = np.argsort(-outputs.object_scores[0, :count].numpy(), kind="stable")
     return path, model, processor, outputs.boxes[0, :count].numpy()[order]
@@ -148,26 +151,8 @@ def test_show_regions_draws_the_best_boxes(camera_regions):
 def test_show_command_writes_a_picture_of_the_input_size(camera_regions, hub_folder, tmp_path):
     path, _, _, boxes = camera_regions
     output = tmp_path / "camera_boxes.png"
-    completed = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "butd_frcnn.cli",
-            "show",
-            str(path),
-            "--model",
-            str(hub_folder),
-            "-o",
-            str(output),
-            "--top-k",
-            "8",
-        ],
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1"},
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
+    completed = run_cli(
+        "show", path, "--model", hub_folder, "-o", output, "--top-k", "8", cwd=tmp_path, threads=None, check=False
     )
     assert completed.returncode == 0, completed.stderr
     assert f"the best 8 drawn in {output}" in completed.stdout

@@ -1,7 +1,10 @@
 """`butd-frcnn convert`: the original weights -> a Hub-ready folder (-> the Hub)."""
 
 import argparse
+import logging
 import sys
+
+from ..hub_errors import show_traceback
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -33,7 +36,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="BatchNorm moving-average factor, for .pt files that lost it (caffemodel2pytorch keeps two blobs)",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace OUTPUT_DIR if it exists")
-    hub = parser.add_argument_group("Hugging Face Hub")
+    hub = parser.add_argument_group(
+        "Hugging Face Hub",
+        "Checked before converting: that a token is there and that the Hub accepts it (a refused, expired or "
+        "read-only token stops here; a Hub out of reach is a warning). Only at the end: creating the repository "
+        "(rights to ORG) and the upload; if those fail, the folder stays complete and `hf upload ORG/NAME "
+        "OUTPUT_DIR` pushes it later.",
+    )
     hub.add_argument("--push-to-hub", metavar="ORG/NAME", help="push the folder to this model repository")
     hub.add_argument("--private", action="store_true", help="create the repository as private")
     hub.add_argument("--revision", metavar="R", help="branch to push to (created if needed)")
@@ -69,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
         )
     except (ConversionError, OSError) as error:
         print(f"butd-frcnn convert: error: {error}", file=sys.stderr)
+        show_traceback(logging.getLogger(__name__))
         return 1
     print(f"converted {args.checkpoint} -> {result.output_dir}")
     print(result.report.summary())

@@ -20,12 +20,12 @@ import torch
 from ..configuration_butd_frcnn import ButdFrcnnConfig
 from ..image_processing_butd_frcnn import ButdFrcnnImageProcessor
 from ..modeling_butd_frcnn import ButdFrcnnModel
-from ..remote_code import ENDPOINT_FILES, MODEL_FILES, PIPELINE_FILE, registered_for_remote_code, write_hub_files
+from ..remote_code import ENDPOINT_FILES, PIPELINE_FILE, model_files
 from .checkpoints import read_checkpoint
 from .errors import ConversionError
 from .model_card import render_model_card
 from .prototxt import check_prototxt, proposal_parameters, read_prototxt
-from .push import HubClient, push_folder, resolve_token
+from .push import HubClient, check_token, push_folder
 from .vocab import attribute_names_from_vocabulary, id2label_from_vocabulary
 from .weights import (
     ConversionReport,
@@ -48,11 +48,12 @@ RELEASED_CHECKPOINTS = {
     "resnet101_faster_rcnn_final_iter_320000.caffemodel": "36",
 }
 DEFAULT_PRESET = "10-100"
+# what `save_pretrained` writes (the model files: those the model's code imports), and the card
 EXPECTED_FILES = (
     "config.json",
     "model.safetensors",
     "preprocessor_config.json",
-    *MODEL_FILES,
+    *model_files(),
     "README.md",
     *ENDPOINT_FILES,
     PIPELINE_FILE,
@@ -156,10 +157,8 @@ def save_model_folder(
             model = ButdFrcnnModel(config)
         model.load_state_dict(state_dict, strict=True, assign=True)
         processor = ButdFrcnnImageProcessor()
-        with registered_for_remote_code(model):
-            model.save_pretrained(staging)
-            processor.save_pretrained(staging)
-        write_hub_files(staging)
+        model.save_pretrained(staging)  # with the model files and the endpoint files (see remote_code.py)
+        processor.save_pretrained(staging)
         (staging / "README.md").write_text(model_card, encoding="utf-8")
         missing = [name for name in EXPECTED_FILES if not (staging / name).is_file()]
         if missing:
@@ -219,8 +218,16 @@ def convert_caffemodel(
         if path is not None and not Path(path).is_file():
             raise ConversionError(f"{path}: no such file")
     check_output_dir(output_dir, overwrite)
-    if push_to_hub:
-        token = resolve_token(token)
+    if push_to_hub:  # before the work: a refused token stops here, a Hub out of reach is said now
+        token, warning = check_token(token, hub_api)
+        if warning:
+            logger.warning(
+                "%s. Converting anyway: the push at the end needs the Hub; if it fails, the folder stays complete "
+                "and `hf upload %s %s` pushes it later.",
+                warning,
+                push_to_hub,
+                output_dir,
+            )
 
     definition = read_prototxt(prototxt) if prototxt is not None else None
     net, source_format, notes = read_checkpoint(checkpoint, bn_factor)

@@ -7,22 +7,23 @@ import re
 from datetime import timedelta
 from pathlib import Path
 
-import torch
-
-from .dataset_push import push_features, push_token
-from .decoding import DEFAULT_MAX_PIXELS
-from .extract import PROBS_DTYPES, ExtractionSummary, ExtractOptions, default_num_workers, extract
+from ..hub_errors import failure_line, hub_failure, show_traceback
+from .defaults import DEFAULT_MAX_PIXELS, PRECISION_CHOICES, PROBS_DTYPES, RAY_INSTALL_HINT, default_num_workers
 from .feature_format import DEFAULT_PARQUET_SHARD_MB
 from .formats import FORMATS, format_from_path
 from .inputs import ID_STYLES
-from .merge import find_shards, merge_outputs
-from .model_loading import PRECISION_CHOICES
 from .records import ExtractionError
 from .sharding import Shard, all_shard_paths
+
+# torch, transformers, Ray and the Hub client load in the run_* functions: `butd-frcnn extract --help` needs none
 
 logger = logging.getLogger(__name__)
 
 EXIT_INTERRUPTED = 130
+PUSH_LATER = (
+    "the push at the end needs the Hub; if it fails, the features stay complete in {output}, and rerunning the "
+    "same command with --resume pushes them (nothing is extracted again)"
+)
 DATASET_OPTIONS = ("split", "config", "image_column", "id_column")
 # ranks of one torchrun wait for each other at the end; a resumed rank may have far less left than the others
 DISTRIBUTED_TIMEOUT = timedelta(days=7)
@@ -140,7 +141,7 @@ def add_parser(subparsers) -> None:
         metavar="FILE",
         type=Path,
         help="describe these boxes instead of detecting: JSON {image_id: [[x1, y1, x2, y2], ...]}, JSON lines, COCO "
-        "annotations (bbox [x, y, w, h]) or a feature file or folder of ours (see README)",
+        "annotations (bbox [x, y, w, h]) or a feature file or folder of ours (see docs/given-boxes.md)",
     )
     speed = extract_parser.add_argument_group("speed and decoding")
     speed.add_argument(
@@ -148,12 +149,12 @@ def add_parser(subparsers) -> None:
         type=int,
         help="images of one resized size per forward pass (default: 4 on a CPU, where a batch gives every image "
         "the bits it gets alone and fp32 runs ~1.1x faster; 1 on a GPU, where cuDNN may pick other kernels for "
-        "other batch sizes, so larger batches may round differently there: see the README)",
+        "other batch sizes, so larger batches may round differently there: see docs/extraction.md)",
     )
     speed.add_argument(
         "--num-workers", type=int, default=default_num_workers(), help="processes decoding images (0: in this one)"
     )
-    speed.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
+    speed.add_argument("--device", help="cpu or cuda (default: cuda where available)")
     speed.add_argument(
         "--dtype",
         choices=PRECISION_CHOICES,
@@ -161,10 +162,10 @@ def add_parser(subparsers) -> None:
         metavar="PRECISION",
         help="how the model computes (ButdFrcnnConfig.precision): fp32 (default; the original's numbers), bf16 "
         "(about 2x faster on CPUs with bf16 units, more with AMX; near-tied regions may swap, mean feature "
-        "cosine ~0.9999), fp16, fp32-screened (fp32's selection and features bit for bit: res5 screened in bf16, redone in "
-        "fp32 for every proposal whose selection is in doubt; faster than fp32 only where bf16 is far faster and few "
-        "proposals are in doubt, slower on CPUs without AMX: see the README), tf32 (CUDA only). float32, bfloat16, "
-        "float16 are accepted spellings of fp32, bf16, fp16",
+        "cosine ~0.9999), fp16, fp32-screened (fp32's selection and features bit for bit: res5 screened in bf16, "
+        "redone in fp32 for every proposal whose selection is in doubt; faster than fp32 only where bf16 is far "
+        "faster and few proposals are in doubt, slower on CPUs without AMX: see docs/precision.md), tf32 (CUDA "
+        "only). float32, bfloat16, float16 are accepted spellings of fp32, bf16, fp16",
     )
     speed.add_argument(
         "--max-pixels",
@@ -177,7 +178,14 @@ def add_parser(subparsers) -> None:
     scale.add_argument("--shard", type=_shard, help="process share I of N (0-based) of the listing")
     scale.add_argument("--no-merge", action="store_true", help="torchrun: leave the shards unmerged")
     scale.add_argument("--remove-shards", action="store_true", help="torchrun: delete shards once merged")
-    hub = extract_parser.add_argument_group("share the features on the Hugging Face Hub (parquet)")
+    add_ray_arguments(extract_parser)
+    hub = extract_parser.add_argument_group(
+        "share the features on the Hugging Face Hub (parquet)",
+        "Checked before any work: that a token is there and that the Hub accepts it (a refused, expired or read-only "
+        "token stops the run; a Hub out of reach is a warning, and the run goes on). Only at the end, after the "
+        f"extraction: creating the repository (rights to ORG) and the upload. If those fail, "
+        f"{PUSH_LATER.format(output='OUTPUT')}.",
+    )
     hub.add_argument(
         "--push-to-hub",
         metavar="ORG/NAME",
@@ -202,7 +210,9 @@ def add_parser(subparsers) -> None:
     merge_parser.set_defaults(func=run_merge)
 
 
-def _options(args, shard: Shard, device: str) -> ExtractOptions:
+def _options(args, shard: Shard, device: str):
+    from .extract import ExtractOptions
+
     min_boxes, max_boxes = args.boxes or (None, None)
     return ExtractOptions(
         model=args.model,
@@ -248,12 +258,13 @@ def _usage_problem(args, torchrun: bool) -> str | None:
         return "--shard and torchrun both split the work: use one of them"
     if args.boxes_from is not None and (args.boxes is not None or args.score_threshold is not None):
         return "--boxes and --score-threshold choose among detected regions; with --boxes-from every given box is one"
-    format = args.format or format_from_path(args.output)
-    if args.probs_dtype is not None and not args.save_class_probs and format != "uniter-npz":
+    format = FORMATS[args.format] if args.format else format_from_path(args.output)
+    keeps_class_probs = args.save_class_probs or (format is not None and format.needs_class_probs)
+    if args.probs_dtype is not None and not keeps_class_probs:
         return "--probs-dtype goes with --save-class-probs (or --format uniter-npz, for its soft_labels)"
     if not args.push_to_hub:
         return "--private and --token only go with --push-to-hub" if args.private or args.token else None
-    if format != "parquet":
+    if format is None or not format.hub_dataset:
         return "--push-to-hub uploads a Parquet output: add --format parquet"
     if args.shard is not None or (torchrun and args.no_merge):
         return "--push-to-hub needs the whole output: with --shard or --no-merge, merge the shards, then push"
@@ -266,23 +277,96 @@ def run_extract(args) -> int:
     if problem:
         logger.error("%s", problem)
         return 2
+    import torch
+
+    from .dataset_push import push_token
+    from .extract import extract
+
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.push_to_hub:
-        try:
-            push_token(args.token)  # before the work: a missing login should not wait for the end of the run
+        try:  # before the work: a bad login should not wait for the end of the run
+            _, warning = push_token(args.token)
         except ExtractionError as error:
             logger.error("%s", error)
+            show_traceback(logger)
             return 1
+        if warning:
+            logger.warning("%s. Extracting anyway: %s", warning, PUSH_LATER.format(output=args.output))
+    if args.ray is not None:
+        return _run_on_ray(args, torchrun_shard is not None)
     if torchrun_shard is not None:
         return _run_distributed(args, torchrun_shard)
     try:
         summary = extract(_options(args, args.shard or Shard(), args.device))
     except ExtractionError as error:
         logger.error("%s", error)
+        show_traceback(logger)
+        return 1
+    except Exception as error:  # the Hub failing under a streamed --dataset
+        if hub_failure(error) is None:
+            raise
+        safe = f"The images written to {args.output} before it are complete."
+        logger.error("%s", failure_line(error, "extract", safe, "rerun this command with --resume"))
+        show_traceback(logger)
         return 1
     print(summary.report())
     if summary.interrupted:
         return EXIT_INTERRUPTED
     return _push(args, summary.complete)
+
+
+def _run_on_ray(args, torchrun: bool) -> int:
+    from .ray_data import run_with_ray
+
+    problem = "--ray and torchrun both spread the work: use one of them" if torchrun else ray_usage_problem(args)
+    if problem:
+        logger.error("%s", problem)
+        return 2
+    try:
+        print(run_with_ray(_options(args, Shard(), args.device), args.ray, args.ray_actors, args.ray_actor_cpus))
+    except ExtractionError as error:
+        logger.error("%s", error)
+        show_traceback(logger)
+        return 1
+    return _push(args, complete=True)
+
+
+def add_ray_arguments(parser) -> None:
+    """The `extract` options of a Ray run (Ray itself is imported only when `--ray` is given)."""
+    group = parser.add_argument_group(f"a Ray cluster (needs {RAY_INSTALL_HINT}; Parquet output)")
+    group.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        metavar="ADDRESS",
+        help="run on Ray Data: decoding in CPU tasks, the model in an actor pool; ADDRESS of an existing cluster "
+        "(host:6379, or auto), or none to start one on this machine",
+    )
+    group.add_argument(
+        "--ray-actors",
+        type=int,
+        metavar="N",
+        help="model actors (default: one per GPU with --device cuda; on CPUs, one per --ray-actor-cpus CPUs of the "
+        "cluster's, one CPU left to read and decode)",
+    )
+    group.add_argument(
+        "--ray-actor-cpus",
+        type=float,
+        default=1,
+        metavar="C",
+        help="CPUs each model actor holds (default 1; its PyTorch threads)",
+    )
+
+
+def ray_usage_problem(args) -> str | None:
+    """What `--ray` cannot be combined with, before anything is loaded."""
+    if args.resume:
+        return "--ray does not resume: Ray retries what fails during the run; rerun into a new output"
+    if args.shard is not None:
+        return "--ray splits the work itself: leave out --shard"
+    if args.format is not None and not FORMATS[args.format].hub_dataset:
+        return f"--ray writes the parquet format: leave out --format {args.format}"
+    return None
 
 
 def _push(args, complete: bool) -> int:
@@ -293,6 +377,8 @@ def _push(args, complete: bool) -> int:
         print(f"  not pushed to {args.push_to_hub}: the run is incomplete; rerun it with --resume to finish and push")
         return 0
     try:
+        from .dataset_push import push_features
+
         url = push_features(args.output, args.push_to_hub, private=args.private, token=args.token)
     except ExtractionError as error:
         logger.error("%s", error)
@@ -304,6 +390,9 @@ def _push(args, complete: bool) -> int:
 def _run_distributed(args, shard: Shard) -> int:
     """One rank of a torchrun: extract this rank's shard, then rank 0 merges all of them once every rank is done."""
     import torch.distributed as dist
+
+    from .extract import ExtractionSummary, extract
+    from .merge import merge_outputs
 
     device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if args.device == "cuda" else args.device
     dist.init_process_group(backend="gloo", timeout=DISTRIBUTED_TIMEOUT)
@@ -343,6 +432,8 @@ def _run_distributed(args, shard: Shard) -> int:
 
 
 def run_merge(args) -> int:
+    from .merge import find_shards, merge_outputs
+
     shards = args.shards or find_shards(args.output)
     try:
         if not shards:

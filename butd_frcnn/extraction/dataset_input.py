@@ -18,6 +18,7 @@ from pathlib import Path
 
 from huggingface_hub import constants as hub_constants
 
+from ..hub_errors import capitalised, hub_failure, one_line
 from .inputs import ImageEntry, ImageSource, check_image_ids
 from .model_loading import looks_like_path
 from .records import ExtractionError
@@ -84,19 +85,23 @@ def load_dataset_source(name: str, split: str | None = None, config: str | None 
         return _pick_split(datasets.load_dataset(name, name=config, streaming=True), name, split)
     except ExtractionError:
         raise
-    except ConnectionError as error:
-        why = (
-            "the Hub is switched off here (HF_HUB_OFFLINE=1)"
-            if hub_constants.HF_HUB_OFFLINE
-            else "the Hub could not be reached"
-        )
+    except Exception as error:  # datasets raises many kinds; the user needs the reason, not a traceback
+        failure = hub_failure(error)
+        if failure is None:
+            raise ExtractionError(
+                f"--dataset {name}: cannot load it: {type(error).__name__}: {one_line(str(error))}"
+            ) from error
+        if not failure.unreachable:
+            why = f"the Hub answered: {failure.reason()}. {capitalised(failure.remedy)}"
+        elif hub_constants.HF_HUB_OFFLINE:
+            why = "the Hub is switched off here (HF_HUB_OFFLINE=1)"
+        else:
+            why = f"the Hub could not be reached ({one_line(str(failure.error))})"
         raise ExtractionError(
-            f"--dataset {name}: not a local folder or file, not in the datasets cache, and {why}. Load it once where "
-            f"there is network (python -c \"import datasets; datasets.load_dataset('{name}')\") so that it is "
-            f"cached, or pass a local folder. Details: {error}"
-        ) from None
-    except Exception as error:  # noqa: BLE001 (datasets raises many kinds; the user needs the reason, not a traceback)
-        raise ExtractionError(f"--dataset {name}: cannot load it: {type(error).__name__}: {error}") from None
+            f"--dataset {name}: not a local folder or file, not in the datasets cache, and {why}. Nothing was "
+            f'written. Load it once where there is network (python -c "import datasets; '
+            f"datasets.load_dataset('{name}')\") so that it is cached, or pass a local folder."
+        ) from error
 
 
 def _image_entry(image_id: str, where: str, value) -> ImageEntry:
@@ -158,7 +163,6 @@ class DatasetSource(ImageSource):
                 features[self.image_column],
             )
         self.dataset = dataset.with_format("arrow")
-        self._ids: list[str] = []
 
     def _find_image_column(self, features) -> str:
         import datasets
@@ -193,15 +197,14 @@ class DatasetSource(ImageSource):
                 "before is kept: repair or replace the data, then rerun with --resume."
             ) from None
 
-    def image_ids(self) -> list[str]:
+    def _list_image_ids(self) -> list[str]:
         if self.id_column is None:
-            self._ids = [str(index) for index in range(self._row_count())]
-            return self._ids
-        self._ids = []
+            return [str(index) for index in range(self._row_count())]
+        ids = []
         for table in self._column_batches(self.id_column, 1000):
-            self._ids.extend("" if value is None else str(value) for value in table.column(0).to_pylist())
-        check_image_ids(self._ids, self.location, ID_REMEDY)
-        return self._ids
+            ids.extend("" if value is None else str(value) for value in table.column(0).to_pylist())
+        check_image_ids(ids, self.location, ID_REMEDY)
+        return ids
 
     def _row_count(self) -> int:
         """The split's rows: its length, or for a streamed split its metadata where the dataset has it, else counted
@@ -245,5 +248,6 @@ class DatasetSource(ImageSource):
                            len(wanted) - position)  # fmt: skip
 
     def _entries(self, table, indices: list[int]) -> Iterator[ImageEntry]:
+        ids = self.image_ids()  # listed once, whichever is asked first
         for index, value in zip(indices, table.column(0).to_pylist()):
-            yield _image_entry(self._ids[index], self.location(index), value)
+            yield _image_entry(ids[index], self.location(index), value)

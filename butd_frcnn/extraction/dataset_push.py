@@ -13,11 +13,12 @@ import sys
 from pathlib import Path
 
 import huggingface_hub
-from huggingface_hub.errors import HfHubHTTPError
 
-from ..conversion.push import HubClient, HubPushError, resolve_token
+from ..conversion.push import HubClient, HubPushError, check_token, resolve_token
+from ..hub_errors import failure_line
 from .dataset_card import render_dataset_card
 from .durable import link_into_new_folder
+from .formats import FORMATS
 from .model_loading import model_revision
 from .parquet import shard_files
 from .records import ExtractionError
@@ -28,13 +29,13 @@ logger = logging.getLogger(__name__)
 CARD_NAME = "README.md"
 
 
-def push_token(token: str | None = None) -> str:
-    """The token to push with (see `resolve_token`), as an `ExtractionError` when there is none: checked before a
-    run, so that a missing login does not wait for the end of the extraction."""
+def push_token(token: str | None = None, api: HubClient | None = None) -> tuple[str, str | None]:
+    """The token to push with and a warning or None (see `check_token`), as an `ExtractionError` when there is none
+    or the Hub refuses it: checked before a run, so that a bad login does not wait for the end of the extraction."""
     try:
-        return resolve_token(token)
+        return check_token(token, api)
     except HubPushError as error:
-        raise ExtractionError(str(error)) from None
+        raise ExtractionError(str(error)) from error
 
 
 def push_features(
@@ -55,9 +56,13 @@ def push_features(
     """
     output = Path(output)
     manifest = RunManifest.load(output)
-    if manifest is None or manifest.format != "parquet":
+    format = FORMATS.get(manifest.format) if manifest is not None else None
+    if format is None or not format.hub_dataset:
         raise ExtractionError(f"{output}: only a Parquet output of `butd-frcnn extract` (--format parquet) is pushed")
-    token = push_token(token)
+    try:
+        token = resolve_token(token)
+    except HubPushError as error:
+        raise ExtractionError(str(error)) from None
     command_line = command_line or shlex.join(["butd-frcnn", *sys.argv[1:]])
     card = render_dataset_card(output, repo_id, command_line, model_revision(manifest.model))
     staging = output.with_name(f".{output.name}.hub-upload")
@@ -74,12 +79,13 @@ def push_features(
             token=token,
             commit_message="Upload bottom-up-attention region features (butd-frcnn)",
         )
-    except (HfHubHTTPError, OSError, ValueError) as error:
-        raise ExtractionError(
-            f"pushing {output} to the dataset {repo_id} failed: {error}. The features in {output} are complete; "
-            "push them when the Hub can be reached: rerun this command with --resume (nothing is extracted again), "
-            "or call butd_frcnn.extraction.push_features."
-        ) from None
+    except Exception as error:
+        retry = "rerun this command with --resume (nothing is extracted again), or call push_features"
+        action, safe = f"pushing {output} to the dataset {repo_id}", f"The features in {output} are complete."
+        message = failure_line(error, action, safe, retry)
+        if message is None:
+            raise
+        raise ExtractionError(message) from error
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     url = getattr(info, "commit_url", None) or str(info)

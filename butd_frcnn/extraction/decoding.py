@@ -6,46 +6,16 @@ prefetch. Each item coming back is either a `PreparedImage` (the resized, mean-s
 a `FailedImage` naming the image and the reason, which the main process writes to the errors file.
 """
 
-import io
 import signal
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 
-from ..image_processing_butd_frcnn import (
-    ImageDecodeError,
-    ImageTooLargeError,
-    _pillow_bomb_check_off,
-    load_image_bgr,
-    opened_image_to_bgr,
-)
+from ..image_processing_butd_frcnn import ImageDecodeError, ImageTooLargeError, decode_image_bytes, load_image_bgr
 from .inputs import ImageEntry
-
-# Pillow's own warning threshold (it refuses only twice as many); extraction refuses anything above it
-DEFAULT_MAX_PIXELS = 89_478_485
-
-
-def decode_image_bytes(
-    data: bytes, apply_exif_orientation: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS
-) -> np.ndarray:
-    """Decode an encoded image held in memory exactly as `load_image_bgr` decodes a file holding the same bytes
-    (the same decoder, checks and conversion to OpenCV's BGR); errors say why, without a path."""
-    if not data:
-        raise ImageDecodeError("the image is empty (0 bytes)")
-    try:
-        with _pillow_bomb_check_off(), Image.open(io.BytesIO(data)) as image:
-            return opened_image_to_bgr(image, max_pixels, apply_exif_orientation)
-    except ImageDecodeError:
-        raise
-    except UnidentifiedImageError:
-        raise ImageDecodeError(f"not an image Pillow can read ({len(data)} bytes)") from None
-    except (OSError, SyntaxError, ValueError) as error:
-        raise ImageDecodeError(f"cannot decode: {error}") from error
 
 
 @dataclass

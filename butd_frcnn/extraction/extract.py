@@ -2,7 +2,6 @@
 records to the output, log what failed, and stop cleanly when asked."""
 
 import logging
-import os
 import signal
 import threading
 import time
@@ -17,14 +16,17 @@ from tqdm import tqdm
 from .batching import SizeBatcher, collate
 from .box_files import GivenBoxes, read_box_file
 from .dataset_input import DatasetSource
-from .decoding import DEFAULT_MAX_PIXELS, FailedImage, ImageDataset, PreparedImage, image_loader
+from .decoding import FailedImage, ImageDataset, PreparedImage, image_loader
+from .defaults import DEFAULT_MAX_PIXELS, PROBS_DTYPES, canonical_precision, default_num_workers
 from .feature_format import DEFAULT_PARQUET_SHARD_MB, OutputFormat, WriterOptions
-from .formats import FORMATS, get_format, resolve_format
+from .formats import FORMATS, resolve_format
 from .inputs import FileSource, ImageEntry, ImageSource
-from .model_loading import canonical_precision, load_model, resolve_device
+from .model_loading import load_model, resolve_device
+from .parquet_shards import ParquetShardSource, parquet_files
 from .records import ExtractionError, records_from_model_output
 from .sharding import Shard
 from .sidecars import ErrorLog, RunManifest, errors_path, manifest_path
+from .webdataset_input import WebDatasetSource, is_webdataset
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +34,6 @@ logger = logging.getLogger(__name__)
 # The original drops proposals under RPN_MIN_SIZE (16 px) in original pixels: an image with a side under 16 px keeps
 # none. Such a row would hold empty arrays, which LXMERT's and the original's readers cannot reshape.
 NO_REGIONS = "no region survives the proposal size filter (a side under 16 pixels?): nothing to write"
-PROBS_DTYPES = ("float32", "float16")
 # ids of box-file entries for images the run was not given, named in the summary
 UNLISTED_SHOWN = 10
 
@@ -41,10 +42,6 @@ DEFAULT_BATCH_SIZES = {"cpu": 4}
 """Images per forward by device when not asked: on a CPU a batch gives each image the bits it gets alone (the model
 runs the images one at a time where PyTorch would give a batch other kernels) and is faster (its backbone's small
 maps use the cores better); elsewhere 1, bit-identical to one image at a time."""
-
-
-def default_num_workers() -> int:
-    return min(8, max(1, (os.cpu_count() or 2) - 1))
 
 
 @dataclass
@@ -200,6 +197,15 @@ def image_source(options: ExtractOptions) -> ImageSource:
         return FileSource(options.inputs, options.image_ids)
     if options.inputs:
         raise ExtractionError("give either image files and folders or --dataset, not both")
+    if is_webdataset(options.dataset):
+        if options.id_column is not None:
+            raise ExtractionError("--id-column: the samples of WebDataset tars are named by their keys; leave it out")
+        return WebDatasetSource(options.dataset, options.shard, options.image_column)
+    found = parquet_files(options.dataset, options.split) if options.shard.count > 1 else None
+    if found is not None:  # a share that reads only its files or row groups
+        files, split = found
+        name = f"{options.dataset}[{split}]"
+        return ParquetShardSource(name, files, options.shard, options.image_column, options.id_column)
     return DatasetSource(
         options.dataset, options.split, options.image_column, options.id_column, options.dataset_config
     )
@@ -344,7 +350,7 @@ def extract(options: ExtractOptions) -> ExtractionSummary:
         ExtractionError: a problem the user must fix (listing, model, output), before work starts where possible.
     """
     started = time.perf_counter()
-    format = get_format(resolve_format(options.format, options.output))
+    format = resolve_format(options.format, options.output)
     format.require()
     device = resolve_device(options.device)
     batch_size = DEFAULT_BATCH_SIZES.get(device.type, 1) if options.batch_size is None else options.batch_size
@@ -354,7 +360,7 @@ def extract(options: ExtractOptions) -> ExtractionSummary:
     given = read_box_file(options.boxes_from, options.image_ids) if options.boxes_from is not None else None
     source = image_source(options)
     ids = source.image_ids()
-    mine = options.shard.select(range(len(ids)))
+    mine = range(len(ids)) if source.sharded else options.shard.select(range(len(ids)))
     output = options.shard.output_path(options.output)
     model, processor = load_model(options.model, device, options.dtype)
     selection = {} if given is not None else _selection(options, model.config)
@@ -365,6 +371,7 @@ def extract(options: ExtractOptions) -> ExtractionSummary:
         dtype=canonical_precision(options.dtype),
         shard_index=options.shard.index,
         shard_count=options.shard.count,
+        shard_by_units=source.sharded and options.shard.count > 1,
         source=source.describe(),
         image_ids=[ids[index] for index in mine],
         boxes_from=None if given is None else given.source(),
@@ -378,7 +385,13 @@ def extract(options: ExtractOptions) -> ExtractionSummary:
     writer = format.open_writer(
         output,
         options.resume,
-        WriterOptions(attributes, options.checkpoint_images, options.parquet_shard_mb, manifest.class_probs),
+        WriterOptions(
+            attributes,
+            options.checkpoint_images,
+            options.parquet_shard_mb,
+            manifest.class_probs,
+            given_boxes=given is not None,
+        ),
     )
     done = set(writer.completed)
     todo = [index for index in mine if ids[index] not in done]

@@ -3,10 +3,10 @@ scanned for the images they hold and merged. `formats.py` holds the table of the
 own module (`tsv.py`, `hdf5.py`, `npz.py`, `parquet.py`, `uniter_npz.py`), so a new format is one new module and one table entry."""
 
 import shutil
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 from .records import ExtractionError, RegionRecord
 
@@ -26,38 +26,45 @@ class WriterOptions:
         parquet_shard_mb: parquet: the size (MB of arrays) at which a shard file is closed and the next begun.
         probs_dtype: the dtype (`float32`, `float16`) of the records' class distributions (`cls_prob`,
             `attr_prob`) when the run keeps them (`--save-class-probs`), else None.
+        given_boxes: the records describe given boxes (`--boxes-from`), whose order is their identity (row k is the
+            k-th given box): a format that reorders detected regions (uniter-npz) keeps it then.
     """
 
     attributes: dict = field(default_factory=dict)
     checkpoint_images: int = 1000
     parquet_shard_mb: float = DEFAULT_PARQUET_SHARD_MB
     probs_dtype: str | None = None
+    given_boxes: bool = False
 
 
-class FeatureWriter(Protocol):
+class FeatureWriter(ABC):
     """Streams records into an output. `completed` lists the ids it already held when opened with `resume` (after
     repairing what an interrupted run left); `commit` makes what was written durable as far as the format allows;
     `close` finishes the output; `abort` gives up after a failure, leaving only complete records."""
 
     completed: list[str]
 
+    @abstractmethod
     def write(self, record: RegionRecord) -> None: ...
 
+    @abstractmethod
     def commit(self) -> None: ...
 
+    @abstractmethod
     def close(self) -> None: ...
 
+    @abstractmethod
     def abort(self) -> None: ...
 
 
-class FeatureSource:
+class FeatureSource(ABC):
     """The images of one feature file: `ids` in file order, `get(image_id)` one record. Use it as a context manager."""
 
     path: Path
     ids: list[str]
 
-    def get(self, image_id: str) -> RegionRecord:
-        raise NotImplementedError
+    @abstractmethod
+    def get(self, image_id: str) -> RegionRecord: ...
 
     def close(self) -> None:
         """Release the open file, if any."""
@@ -82,7 +89,7 @@ def unique_ids(path: Path, ids: list[str]) -> list[str]:
     return ids
 
 
-class OutputFormat:
+class OutputFormat(ABC):
     """One output format.
 
     Attributes:
@@ -93,6 +100,7 @@ class OutputFormat:
         needs_class_probs: whether every record must carry them (the format itself holds them).
         writes_max_boxes: whether it holds the MAX best regions of a MIN-MAX selection, sorted by score, for its
             reader to cut with its own threshold (UNITER's converter), rather than the selection itself.
+        hub_dataset: whether a finished output is a Hugging Face dataset as it stands (`--push-to-hub` uploads it).
     """
 
     name: str
@@ -101,33 +109,34 @@ class OutputFormat:
     stores_class_probs: bool = False
     needs_class_probs: bool = False
     writes_max_boxes: bool = False
+    hub_dataset: bool = False
 
     def require(self) -> None:
         """Raise an `ExtractionError` saying what to install if a library the format needs is missing."""
 
+    @abstractmethod
     def recognises(self, path: Path) -> bool:
         """Whether the existing file or folder `path` is an output of this format."""
-        raise NotImplementedError
 
+    @abstractmethod
     def open_writer(self, path: Path, resume: bool, options: WriterOptions) -> FeatureWriter:
         """A writer adding records to `path`; with `resume`, what is there is kept (and repaired)."""
-        raise NotImplementedError
 
-    def read(self, path: Path, suffix: str | None = None) -> Iterator[RegionRecord]:
-        """Every record, in file order (`suffix`: the selection of golden-style npz files; others ignore it)."""
-        raise NotImplementedError
+    @abstractmethod
+    def read(self, path: Path) -> Iterator[RegionRecord]:
+        """Every record, in file order."""
 
-    def open_source(self, path: Path, suffix: str | None = None) -> FeatureSource:
+    @abstractmethod
+    def open_source(self, path: Path) -> FeatureSource:
         """Random access by image id."""
-        raise NotImplementedError
 
+    @abstractmethod
     def stored_ids(self, path: Path) -> list[str]:
         """The ids of the complete records of an output, read without changing it (what `merge` checks)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def merge(self, shards: list[Path], output: Path) -> None:
         """Write `output` (replacing it) from the `shards`, which the caller checked for duplicates."""
-        raise NotImplementedError
 
     def paths(self, path: Path) -> list[Path]:
         """The files and folders a writer creates at `path` (besides the sidecars)."""

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from .durable import output_error, publish, temporary_path
-from .feature_format import FeatureSource, OutputFormat, WriterOptions, unique_ids
+from .feature_format import FeatureSource, FeatureWriter, OutputFormat, WriterOptions, unique_ids
 from .npz import PROBS_KEYS, class_distributions
 from .records import ExtractionError, RegionRecord
 from .tsv import LXMERT_TSV, LxmertTsvLayout, TsvLayout, TsvWriter, decode_array, encode_array, read_tsv
@@ -142,7 +142,7 @@ def read_attributes(path: Path) -> dict:
         return {key: value for key, value in file.attrs.items() if key not in ("format", "version")}
 
 
-class Hdf5Writer:
+class Hdf5Writer(FeatureWriter):
     """Adds images to an HDF5 feature file through a spool and atomic checkpoints (see the module docstring).
 
     Args:
@@ -281,10 +281,10 @@ class Hdf5Format(OutputFormat):
     def open_writer(self, path: Path, resume: bool, options: WriterOptions) -> Hdf5Writer:
         return Hdf5Writer(path, resume, options.attributes, options.checkpoint_images, options.probs_dtype)
 
-    def read(self, path: Path, suffix: str | None = None) -> Iterator[RegionRecord]:
+    def read(self, path: Path) -> Iterator[RegionRecord]:
         return read_hdf5(path)
 
-    def open_source(self, path: Path, suffix: str | None = None) -> Hdf5Source:
+    def open_source(self, path: Path) -> Hdf5Source:
         return Hdf5Source(path)
 
     def stored_ids(self, path: Path) -> list[str]:

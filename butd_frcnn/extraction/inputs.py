@@ -8,6 +8,7 @@ written) is an error before any work starts; problems with the images' contents 
 import logging
 import os
 import re
+from abc import ABC, abstractmethod
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -64,22 +65,32 @@ class ImageEntry:
     problem: str | None = None
 
 
-class ImageSource:
+class ImageSource(ABC):
     """Where a run's images come from. `image_ids` lists every image once, in a fixed order (all processes of a
-    distributed run list the same), before any work; `images` then yields the chosen ones lazily, so that only the
-    images in flight are ever in memory."""
+    distributed run list the same), before any work; `images` yields the chosen ones lazily, so that only the
+    images in flight are ever in memory. Either can be asked first: the listing happens once, when first needed.
+    A `sharded` source was given its share and lists only that."""
+
+    sharded = False
+    _listed_ids: list[str] | None = None
 
     def image_ids(self) -> list[str]:
         """Every image's id, in order; an `ExtractionError` if the listing is unusable (e.g. duplicate ids)."""
-        raise NotImplementedError
+        if self._listed_ids is None:
+            self._listed_ids = self._list_image_ids()
+        return self._listed_ids
 
+    @abstractmethod
+    def _list_image_ids(self) -> list[str]:
+        """List the images (once per source; `image_ids` keeps the result)."""
+
+    @abstractmethod
     def images(self, indices: Iterable[int]) -> Iterator[ImageEntry]:
         """The images at `indices` (positions in `image_ids`, ascending), one at a time."""
-        raise NotImplementedError
 
+    @abstractmethod
     def describe(self) -> str:
         """What the images are, in words (for logs and dataset cards)."""
-        raise NotImplementedError
 
 
 def image_id_from_path(path: str, style: str) -> str:
@@ -192,11 +203,12 @@ class FileSource(ImageSource):
         self.id_style = id_style
         self._entries: list[ImageEntry] = []
 
-    def image_ids(self) -> list[str]:
+    def _list_image_ids(self) -> list[str]:
         self._entries = list_images(self.inputs, self.id_style)
         return [entry.image_id for entry in self._entries]
 
     def images(self, indices: Iterable[int]) -> Iterator[ImageEntry]:
+        self.image_ids()  # the listing, made once whichever is asked first
         return (self._entries[index] for index in indices)
 
     def describe(self) -> str:

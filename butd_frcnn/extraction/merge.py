@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from itertools import chain
 from pathlib import Path
 
-from .formats import detect_format, get_format
+from .formats import detect_format
 from .records import ExtractionError
 from .sidecars import RunManifest, errors_path, manifest_path, read_errors
 
@@ -67,6 +67,8 @@ def _expected_ids(shards: list[Path]) -> list[str] | None:
             else f"a shard is given twice: {indices}"
         )
     by_index = {m.shard_index: m.image_ids for m in manifests}
+    if any(m.shard_by_units for m in manifests):  # each shard read its own files or row groups
+        return [image_id for index in range(count) for image_id in by_index[index]]
     total = sum(len(ids) for ids in by_index.values())
     return [by_index[position % count][position // count] for position in range(total)]
 
@@ -88,8 +90,8 @@ def merge_outputs(
         raise ExtractionError("no shards to merge")
     formats = {detect_format(path) for path in shards}
     if len(formats) > 1:
-        raise ExtractionError(f"the shards have different formats: {sorted(formats)}")
-    format = get_format(formats.pop())
+        raise ExtractionError(f"the shards have different formats: {sorted(format.name for format in formats)}")
+    format = formats.pop()
     if format.exists(output) and not overwrite:
         raise ExtractionError(f"{output} exists: pass --overwrite to replace it")
     ids_per_shard = [format.stored_ids(path) for path in shards]

@@ -13,18 +13,11 @@ from transformers.utils import logging as transformers_logging
 
 from .. import ButdFrcnnImageProcessor, ButdFrcnnModel
 from ..configuration_butd_frcnn import PRECISIONS
+from ..hub_errors import capitalised, hub_failure, one_line
+from .defaults import PRECISION_CHOICES, canonical_precision
 from .records import ExtractionError
 
 logger = logging.getLogger(__name__)
-
-DTYPE_SPELLINGS = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
-"""`--dtype` spellings of the precisions (`ButdFrcnnConfig.precision`) that older versions accepted."""
-PRECISION_CHOICES = (*PRECISIONS, *DTYPE_SPELLINGS)
-
-
-def canonical_precision(name: str) -> str:
-    """The `ButdFrcnnConfig.precision` that a `--dtype` value names (`bfloat16` -> `bf16`)."""
-    return DTYPE_SPELLINGS.get(name, name)
 
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
@@ -85,18 +78,22 @@ def load_model(name: str, device: torch.device, precision: str) -> tuple[ButdFrc
     try:
         model = AutoModel.from_pretrained(source)
         processor = AutoImageProcessor.from_pretrained(source)
-    except OSError as error:
+    except Exception as error:
+        failure = None if folder.exists() else hub_failure(error)
+        if failure is None and not isinstance(error, OSError):
+            raise
         if folder.exists():
-            raise ExtractionError(f"--model {folder}: cannot load it: {error}") from error
-        why = (
-            "the Hub is switched off here (HF_HUB_OFFLINE=1)"
-            if hub_constants.HF_HUB_OFFLINE
-            else "it could not be downloaded (no network, a wrong name, or a gated repository)"
-        )
+            raise ExtractionError(f"--model {folder}: cannot load it: {one_line(str(error))}") from error
+        if failure is not None:
+            why = f"downloading it failed: {failure.reason()}. {capitalised(failure.remedy)}"
+        elif hub_constants.HF_HUB_OFFLINE:
+            why = "the Hub is switched off here (HF_HUB_OFFLINE=1)"
+        else:
+            why = "it could not be downloaded (no network, a wrong name, or a gated repository)"
         raise ExtractionError(
-            f"--model {name}: not a local folder, and {why}. Either pass a converted folder (butd-frcnn convert "
-            f"WEIGHTS.caffemodel FOLDER), or download it once where there is network (huggingface-cli download "
-            f"{name}) so that it loads from the cache. Details: {error}"
+            f"--model {name}: not a local folder, and {why}. Nothing was written. Either pass a converted folder "
+            f"(butd-frcnn convert WEIGHTS.caffemodel FOLDER), or download it once where there is network (hf download "
+            f"{name}) so that it loads from the cache. Details: {one_line(str(error))}"
         ) from error
     if not isinstance(model, ButdFrcnnModel):
         raise ExtractionError(f"--model {name}: a {type(model).__name__}, not a butd_frcnn model")

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .durable import atomic_write_bytes, fsync_directory, link_into_new_folder, output_error, remove_temporaries
-from .feature_format import FeatureSource, OutputFormat, WriterOptions
+from .feature_format import FeatureSource, FeatureWriter, OutputFormat, WriterOptions
 from .records import ExtractionError, RegionRecord
 
 logger = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ def npz_keys(path: Path) -> set[str] | None:
         return None
 
 
-class NpzWriter:
+class NpzWriter(FeatureWriter):
     """Writes one `<image_id>.npz` per image into `folder`.
 
     Args:
@@ -169,31 +169,34 @@ def read_npz_folder(folder: str | os.PathLike, suffix: str | None = None) -> Ite
 
 
 class NpzSource(FeatureSource):
-    """A folder of `<image_id>.npz` files: ours, or golden-style ones whose keys carry a selection `suffix`; `read`
-    reads one file of the folder's format."""
+    """A folder of `<image_id>.npz` files; `read` reads one file of the folder's format."""
 
-    def __init__(
-        self,
-        path: Path,
-        suffix: str | None,
-        read: Callable[[Path, str | None], RegionRecord] = read_npz_file,
-    ):
+    def __init__(self, path: Path, read: Callable[[Path], RegionRecord] = read_npz_file):
         self.path = path
-        self.suffix = suffix
         self.read = read
         self._files = {file.stem: file for file in sorted(path.glob("*.npz"))}
         self.ids = list(self._files)
 
     def get(self, image_id: str) -> RegionRecord:
-        record = self.read(self._files[image_id], self.suffix)
+        record = self.read(self._files[image_id])
         record.image_id = image_id
         return record
 
 
 class NpzFormat(OutputFormat):
+    """Folders of `<image_id>.npz` files: ours, or golden-style ones whose keys carry a selection suffix
+    (`boxes_10_100`); `selecting(suffix)` reads that selection, else the keys without one (or the only selection)."""
+
     name = "npz"
     is_folder = True
     stores_class_probs = True
+
+    def __init__(self, suffix: str | None = None):
+        self.suffix = suffix
+
+    def selecting(self, suffix: str) -> "NpzFormat":
+        """This format reading the golden-style selection `suffix` (e.g. `10_100`)."""
+        return type(self)(suffix)
 
     def recognises(self, path: Path) -> bool:
         return path.is_dir() and any(path.glob("*.npz"))
@@ -201,11 +204,11 @@ class NpzFormat(OutputFormat):
     def open_writer(self, path: Path, resume: bool, options: WriterOptions) -> NpzWriter:
         return NpzWriter(path, resume)
 
-    def read(self, path: Path, suffix: str | None = None) -> Iterator[RegionRecord]:
-        return read_npz_folder(path, suffix)
+    def read(self, path: Path) -> Iterator[RegionRecord]:
+        return read_npz_folder(path, self.suffix)
 
-    def open_source(self, path: Path, suffix: str | None = None) -> NpzSource:
-        return NpzSource(path, suffix)
+    def open_source(self, path: Path) -> NpzSource:
+        return NpzSource(path, lambda file: read_npz_file(file, self.suffix))
 
     def stored_ids(self, path: Path) -> list[str]:
         return sorted(p.stem for p in path.glob("*.npz"))

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from .durable import link_into_new_folder, output_error, publish, remove_temporaries, temporary_path
-from .feature_format import FeatureSource, OutputFormat, WriterOptions, unique_ids
+from .feature_format import FeatureSource, FeatureWriter, OutputFormat, WriterOptions, unique_ids
 from .records import ExtractionError, RegionRecord
 
 logger = logging.getLogger(__name__)
@@ -257,7 +257,7 @@ def _record_bytes(record: RegionRecord) -> int:
     return sum(array.nbytes for array in arrays if array is not None)
 
 
-class ParquetWriter:
+class ParquetWriter(FeatureWriter):
     """Writes records into Parquet shards of at most `parquet_shard_mb` (see the module docstring).
 
     Args:
@@ -361,6 +361,7 @@ class ParquetFormat(OutputFormat):
     name = "parquet"
     is_folder = True
     stores_class_probs = True
+    hub_dataset = True
 
     def require(self) -> None:
         require_pyarrow()
@@ -376,10 +377,10 @@ class ParquetFormat(OutputFormat):
     def open_writer(self, path: Path, resume: bool, options: WriterOptions) -> ParquetWriter:
         return ParquetWriter(path, resume, options)
 
-    def read(self, path: Path, suffix: str | None = None) -> Iterator[RegionRecord]:
+    def read(self, path: Path) -> Iterator[RegionRecord]:
         return read_parquet(path)
 
-    def open_source(self, path: Path, suffix: str | None = None) -> ParquetSource:
+    def open_source(self, path: Path) -> ParquetSource:
         return ParquetSource(path)
 
     def stored_ids(self, path: Path) -> list[str]:

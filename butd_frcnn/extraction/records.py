@@ -7,9 +7,12 @@ Object and attribute ids follow the original `generate_tsv.py` and LXMERT: a 0-b
 """
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 
 class ExtractionError(RuntimeError):
@@ -56,7 +59,7 @@ class RegionRecord:
         return self.objects is not None and self.attrs is not None
 
 
-def _rows(tensor: torch.Tensor, index: int, count: int, dtype) -> np.ndarray:
+def _rows(tensor: "torch.Tensor", index: int, count: int, dtype) -> np.ndarray:
     """The first `count` entries of image `index` of a padded batch tensor, as a contiguous numpy array."""
     rows = tensor[index, :count].detach().cpu()
     rows = rows.float() if rows.is_floating_point() else rows.long()  # numpy has no bfloat16
@@ -64,7 +67,7 @@ def _rows(tensor: torch.Tensor, index: int, count: int, dtype) -> np.ndarray:
 
 
 def records_from_model_output(
-    outputs, image_ids: list[str], original_sizes: torch.Tensor, probs_dtype: str | None = None
+    outputs, image_ids: list[str], original_sizes: "torch.Tensor", probs_dtype: str | None = None
 ) -> list[RegionRecord]:
     """Split the model's padded batch outputs into one float32 / int64 record per image; with `probs_dtype`
     (`float32` or `float16`), each region's class and attribute distributions too (rows `proposal_indices` of the

@@ -6,9 +6,9 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .defaults import canonical_precision
 from .durable import atomic_write_bytes, output_error
 from .inputs import ImageEntry
-from .model_loading import canonical_precision
 from .records import ExtractionError
 
 MANIFEST_VERSION = 1
@@ -32,6 +32,8 @@ class RunManifest:
         selection: `min_boxes`, `max_boxes`, `score_threshold` of the run.
         dtype: the model's precision (`ButdFrcnnConfig.precision`; older manifests: its dtype's name).
         shard_index, shard_count: which share of the listing this output holds (0, 1 for all of it).
+        shard_by_units: the share is whole files or row groups of the input (read only by this shard), not every
+            `shard_count`-th image of the listing.
         source: where the images came from, in words (files and folders, or a dataset and its split).
         image_ids: the ids of the images of this share.
         boxes_from: with `--boxes-from`, the box file: its `path`, `kind` and `sha256` (of its ids and boxes).
@@ -46,6 +48,7 @@ class RunManifest:
     shard_count: int = 1
     source: str = ""
     image_ids: list[str] = field(default_factory=list)
+    shard_by_units: bool = False
     version: int = MANIFEST_VERSION
     boxes_from: dict | None = None
     class_probs: str | None = None

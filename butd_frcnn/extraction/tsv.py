@@ -15,13 +15,14 @@ import base64
 import binascii
 import logging
 import os
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
 from .durable import output_error, temporary_path, write_all
-from .feature_format import FeatureSource, OutputFormat, WriterOptions
+from .feature_format import FeatureSource, FeatureWriter, OutputFormat, WriterOptions
 from .records import ExtractionError, RegionRecord
 
 logger = logging.getLogger(__name__)
@@ -60,17 +61,17 @@ def _integer(field: bytes, name: str) -> int:
         raise ValueError(f"field {name} is not an integer: {field[:40]!r}") from None
 
 
-class TsvLayout:
+class TsvLayout(ABC):
     """The fields of one TSV dialect: how a record becomes a row and back."""
 
     name: str
     fields: tuple[str, ...]
 
-    def encode(self, record: RegionRecord) -> bytes:
-        raise NotImplementedError
+    @abstractmethod
+    def encode(self, record: RegionRecord) -> bytes: ...
 
-    def decode(self, fields: list[bytes]) -> RegionRecord:
-        raise NotImplementedError
+    @abstractmethod
+    def decode(self, fields: list[bytes]) -> RegionRecord: ...
 
     def parse_line(self, line: bytes) -> RegionRecord:
         """A complete row (its line end included or not) -> record; ValueError says what is wrong."""
@@ -211,7 +212,7 @@ def scan_and_repair(path: Path, layout: TsvLayout) -> list[str]:
     return ids
 
 
-class TsvWriter:
+class TsvWriter(FeatureWriter):
     """Appends rows to a TSV file, whole rows only: a failed write (full disk) is cut back to the last whole row.
 
     Args:
@@ -360,10 +361,10 @@ class TsvFormat(OutputFormat):
     def open_writer(self, path: Path, resume: bool, options: WriterOptions) -> TsvWriter:
         return TsvWriter(path, self.layout, resume)
 
-    def read(self, path: Path, suffix: str | None = None) -> Iterator[RegionRecord]:
+    def read(self, path: Path) -> Iterator[RegionRecord]:
         return read_tsv(path, self.layout)
 
-    def open_source(self, path: Path, suffix: str | None = None) -> TsvSource:
+    def open_source(self, path: Path) -> TsvSource:
         return TsvSource(path, self.layout)
 
     def stored_ids(self, path: Path) -> list[str]:

@@ -2,7 +2,10 @@
 database converter (`scripts/convert_imgdir.py` of ChenRocks/UNITER), as its own extractor (`tools/generate_npz.py`
 of the butd-caffe image it runs) writes them.
 
-Keys UNITER reads, one row per region, regions sorted by `conf`, highest first:
+Keys UNITER reads, one row per region. Detected regions are sorted by `conf`, highest first (the converter keeps a
+file's first rows); given boxes (`--boxes-from`) keep the given order, since UNITER's grounding and VCR data find a
+target as the k-th row of its image (`ann_ids.index(ann_id)`), and are all kept by the converter's
+`--conf_th -1 --num_bb 100` (every row up to `--max_bb`, 100):
 - `features` (N x 2048 float32): the regions' `pool5_flat` features;
 - `norm_bb` (N x 6 float32): `x1/w, y1/h, x2/w, y2/h, bw/w, bh/h` with `bw = x2 - x1`, `bh = y2 - y1` (UNITER's
   extractor takes the plain difference of the inclusive corners, not the `+ 1` pixel count; columns 2 and 3 are
@@ -17,9 +20,10 @@ The converter casts every float32 array to float16, so float32 files give the sa
 ones, and our reader gets the features exactly.
 
 The converter takes every key of a file and refuses a file holding anything but one- and two-dimensional arrays, so
-what reading the files back needs is stored as per-region rows too: `boxes` (N x 4 float32, original-image pixels,
-inclusive; exact, so that a folder can be given to `--boxes-from`) and `image_size` (N x 2 int64: the image's height
-and width on every row).
+what reading the files back needs is stored as per-region rows too, in dtypes its float32 -> float16 cast leaves
+alone, so that they reach its database exact: `boxes` (N x 4 float64 holding the float32 boxes exactly,
+original-image pixels, inclusive; a folder can be given to `--boxes-from`) and `image_size` (N x 2 int64: the image's
+height and width on every row).
 
 Files are written as `npz.py`'s are: hidden temporary name, synced, renamed.
 """
@@ -54,17 +58,18 @@ def conf_order(max_conf: np.ndarray) -> np.ndarray:
     return np.argsort(-np.asarray(max_conf, dtype=np.float32), kind="stable")
 
 
-def encode_uniter_npz(record: RegionRecord, keep_attr_prob: bool) -> bytes:
-    """One image's file: its regions sorted by `conf`, since the converter keeps a file's first rows."""
+def encode_uniter_npz(record: RegionRecord, keep_attr_prob: bool, given_boxes: bool = False) -> bytes:
+    """One image's file: detected regions sorted by `conf`, since the converter keeps a file's first rows; given boxes
+    in the given order (row k is the k-th given box)."""
     if record.max_conf is None or record.cls_prob is None:
         raise ExtractionError(f"image {record.image_id}: uniter-npz needs each region's conf and class distribution")
-    order = conf_order(record.max_conf)
+    order = np.arange(record.num_boxes) if given_boxes else conf_order(record.max_conf)
     arrays = {
         "features": np.asarray(record.features, dtype=np.float32)[order],
         "norm_bb": normalized_boxes(record.boxes, record.image_h, record.image_w)[order],
         "conf": np.asarray(record.max_conf, dtype=np.float32)[order, None],
         "soft_labels": record.cls_prob[order],
-        "boxes": np.asarray(record.boxes, dtype=np.float32)[order],
+        "boxes": np.asarray(record.boxes, dtype=np.float32).astype(np.float64)[order],
         "image_size": np.tile(np.array([record.image_h, record.image_w], dtype=np.int64), (record.num_boxes, 1)),
     }
     if keep_attr_prob:
@@ -74,8 +79,8 @@ def encode_uniter_npz(record: RegionRecord, keep_attr_prob: bool) -> bytes:
     return buffer.getvalue()
 
 
-def read_uniter_file(path: Path, suffix: str | None = None) -> RegionRecord:
-    """One UNITER-ready file of ours as a record (id from the file name; `suffix` is not used)."""
+def read_uniter_file(path: Path) -> RegionRecord:
+    """One UNITER-ready file of ours as a record (id from the file name)."""
     try:
         with np.load(path) as data:
             missing = [key for key in (*UNITER_KEYS, *READ_BACK_KEYS) if key not in data.files]
@@ -86,7 +91,7 @@ def read_uniter_file(path: Path, suffix: str | None = None) -> RegionRecord:
                 image_id=path.stem,
                 image_h=height,
                 image_w=width,
-                boxes=data["boxes"],
+                boxes=data["boxes"].astype(np.float32),  # float64 in the files, holding float32 values
                 features=data["features"],
                 cls_prob=data["soft_labels"],
                 attr_prob=data["attr_prob"] if "attr_prob" in data.files else None,
@@ -97,7 +102,8 @@ def read_uniter_file(path: Path, suffix: str | None = None) -> RegionRecord:
 
 
 class UniterNpzFormat(NpzFormat):
-    """A folder of UNITER-ready files: written, resumed, merged and listed as `npz` folders are."""
+    """A folder of UNITER-ready files: written, resumed, merged and listed as `npz` folders are (its keys carry no
+    selection suffix: `selecting` changes nothing it reads)."""
 
     name = "uniter-npz"
     needs_class_probs = True
@@ -112,15 +118,15 @@ class UniterNpzFormat(NpzFormat):
         return NpzWriter(
             path,
             resume,
-            encode=lambda record: encode_uniter_npz(record, keep_attr_prob),
+            encode=lambda record: encode_uniter_npz(record, keep_attr_prob, options.given_boxes),
             keys=(*UNITER_KEYS, *READ_BACK_KEYS),
         )
 
-    def read(self, path: Path, suffix: str | None = None) -> Iterator[RegionRecord]:
+    def read(self, path: Path) -> Iterator[RegionRecord]:
         return (read_uniter_file(file) for file in sorted(path.glob("*.npz")))
 
-    def open_source(self, path: Path, suffix: str | None = None) -> NpzSource:
-        return NpzSource(path, suffix, read_uniter_file)
+    def open_source(self, path: Path) -> NpzSource:
+        return NpzSource(path, read_uniter_file)
 
 
 UNITER_NPZ_FORMAT = UniterNpzFormat()

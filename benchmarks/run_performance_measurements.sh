@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every measurement of the README's Performance section (issue 11: precision modes), in sequence, on a quiet machine:
+# Every measurement of docs/performance.md and docs/precision.md, in sequence (run it on an otherwise idle machine):
 # whole forward at 600x800 in fp32 and bf16 against the machine's own dense-convolution peak (paired ratios; RUNS
 # invocations of 3 paired forwards each, medians summarized at the end), the convolutions' share and res5's ratio,
 # peak memory of one 600x1000 image in every CPU precision, each precision's time against fp32's (interleaved),
@@ -7,17 +7,17 @@
 # for batches of 1, 2 and 4 (EXTRACTION_IMAGES images, default 8), and a batch of 4 against one image at a time
 # (interleaved).
 #
-#   bash benchmarks/run_issue11_measurements.sh                 # all cores
-#   THREADS=2 RUNS=3 OUT=issue11-results bash benchmarks/run_issue11_measurements.sh
-#   STEPS="agreement extraction" bash benchmarks/run_issue11_measurements.sh   # some steps only (model, memory,
-#                                                                              # speed, agreement, extraction,
-#                                                                              # batches)
+#   bash benchmarks/run_performance_measurements.sh                 # all cores
+#   THREADS=2 RUNS=3 OUT=results bash benchmarks/run_performance_measurements.sh
+#   STEPS="agreement extraction" bash benchmarks/run_performance_measurements.sh   # some steps only (model, memory,
+#                                                                                  # speed, agreement, extraction,
+#                                                                                  # batches)
 #
-# Logs and JSON go to $OUT (default: issue11-measurements/); the load average is printed before every step, since
+# Logs and JSON go to $OUT (default: performance-measurements/); the load average is printed before every step, since
 # other work on the machine makes every absolute number slower (the paired ratios less so).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-OUT=${OUT:-issue11-measurements}
+OUT=${OUT:-performance-measurements}
 RUNS=${RUNS:-3}
 THREADS=${THREADS:-$(nproc)}
 STEPS=${STEPS:-model memory speed agreement extraction batches}
