@@ -39,8 +39,9 @@ __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 
 def _register_with_auto_classes() -> None:
-    from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForObjectDetection
+    from transformers import AutoConfig, AutoModel, AutoModelForObjectDetection
 
+    from .compat_butd_frcnn import register_image_processor
     from .configuration_butd_frcnn import ButdFrcnnConfig
     from .image_processing_butd_frcnn import ButdFrcnnImageProcessor
     from .modeling_butd_frcnn import ButdFrcnnModel
@@ -48,9 +49,7 @@ def _register_with_auto_classes() -> None:
     AutoConfig.register(ButdFrcnnConfig.model_type, ButdFrcnnConfig, exist_ok=True)
     AutoModel.register(ButdFrcnnConfig, ButdFrcnnModel, exist_ok=True)
     AutoModelForObjectDetection.register(ButdFrcnnConfig, ButdFrcnnModel, exist_ok=True)
-    AutoImageProcessor.register(
-        ButdFrcnnConfig, image_processor_classes={"torchvision": ButdFrcnnImageProcessor}, exist_ok=True
-    )
+    register_image_processor(ButdFrcnnConfig, ButdFrcnnImageProcessor)
     try:
         from transformers import AutoVideoProcessor
     except ImportError:  # transformers before 4.52 has no video processors (and its pipelines look for none)

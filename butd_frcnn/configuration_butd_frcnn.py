@@ -5,8 +5,7 @@ original value as its default, so that the modeling code holds no magic numbers 
 and the golden TINY network's) are expressible.
 """
 
-from huggingface_hub.dataclasses import strict
-from transformers import PreTrainedConfig
+from .compat_butd_frcnn import PreTrainedConfig, strict
 
 BACKGROUND_LABEL = "__background__"
 NO_ATTRIBUTE_LABEL = "__no_attribute__"

@@ -18,11 +18,12 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
-from transformers.image_processing_backends import TorchvisionBackend
 from transformers.image_processing_base import BatchFeature
 from transformers.image_utils import PILImageResampling
 from transformers.processing_utils import ImagesKwargs, Unpack
 from transformers.utils import TensorType
+
+from .compat_butd_frcnn import TorchvisionBackend
 
 PIXEL_MEANS_BGR = (102.9801, 115.9465, 122.7717)
 # Largest image (in pixels) the processor decodes unless told otherwise: one image at this size stays under 3 GB of

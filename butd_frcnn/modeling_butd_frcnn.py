@@ -23,11 +23,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
-from transformers import initialization as init
 from transformers.models.auto.modeling_auto import MODEL_FOR_OBJECT_DETECTION_MAPPING_NAMES
 from transformers.utils import ModelOutput, logging
 from transformers.utils.generic import can_return_tuple
 
+from .compat_butd_frcnn import init
 from .configuration_butd_frcnn import PRECISIONS, ButdFrcnnConfig
 from .kernels_butd_frcnn import (
     ButdFrcnnDerivedKey,

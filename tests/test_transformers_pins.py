@@ -1,10 +1,12 @@
-"""The parts of transformers the model files rely on beyond its public API, pinned.
+"""The parts of transformers the model files rely on beyond its public API, checked at whichever release is installed.
 
-The model files run as Hub remote code under whatever transformers a user has; the Hub folder's requirements.txt
-names the version they are tested with. Where they override an underscored hook of a transformers base class
-(because transformers offers no public one for that job), this checks that the installed transformers is the one
-requirements.txt names and that the hook exists there with the signature we override; the behaviour behind each
-is tested by the model, processor and pipeline tests, which thereby run against that same version.
+The model files run as Hub remote code under whatever transformers a user has, within the range that the package and
+the Hub folder's requirements.txt declare; ci/test_at_end.sh runs these tests at both ends of that range (the floor in
+ci/constraints-floor.txt, the newest releases in ci/constraints-newest.txt), the main suite in between. Where the
+model files override an underscored hook of a transformers base class (because transformers offers no public one for
+that job), this checks that the installed transformers lies in the declared range and that the hook exists there with
+the signature we override; the behaviour behind each is tested by the model, processor and pipeline tests, which
+thereby run against that same release.
 """
 
 import inspect
@@ -21,18 +23,23 @@ from butd_frcnn import ButdFrcnnConfig, ButdFrcnnImageProcessor, ButdFrcnnModel,
 from butd_frcnn.pipeline_butd_frcnn import ButdFrcnnImageFeatureExtractionPipeline, ButdFrcnnObjectDetectionPipeline
 
 
-def pinned_transformers() -> Requirement:
-    lines = (REPO_ROOT / "butd_frcnn" / "hub_templates" / "requirements.txt").read_text().splitlines()
-    pins = [Requirement(line) for line in lines if line.strip() and not line.startswith("#")]
-    return next(pin for pin in pins if pin.name == "transformers")
+def declared(text: str, name: str) -> Requirement:
+    """The requirement on `name` among the lines of a requirements file."""
+    lines = [line.split("#")[0].strip() for line in text.splitlines()]
+    return next(Requirement(line) for line in lines if line and Requirement(line).name == name)
 
 
-def test_installed_transformers_is_the_one_the_hub_requirements_name():
-    pin = pinned_transformers()
+def test_installed_transformers_lies_in_the_declared_range():
+    hub = declared((REPO_ROOT / "butd_frcnn" / "hub_templates" / "requirements.txt").read_text(), "transformers")
+    package = next(r for r in map(Requirement, metadata.requires("butd-frcnn")) if r.name == "transformers")
+    assert hub == package, "the package and the Hub requirements.txt must declare the same transformers range"
     installed = metadata.version("transformers")
-    assert pin.specifier.contains(installed), f"transformers {installed} installed, requirements.txt names {pin}"
-    package = [Requirement(line) for line in metadata.requires("butd-frcnn")]
-    assert pin in package, "the package and the Hub requirements.txt must pin the same transformers"
+    assert package.specifier.contains(installed), f"transformers {installed} installed, the package declares {package}"
+    floor = declared((REPO_ROOT / "ci" / "constraints-floor.txt").read_text(), "transformers")
+    newest = declared((REPO_ROOT / "ci" / "constraints-newest.txt").read_text(), "transformers")
+    for end in (floor, newest):
+        (version,) = (spec.version for spec in end.specifier)
+        assert package.specifier.contains(version), f"the tested end {end} lies outside the declared {package}"
 
 
 def parameters(function) -> list[tuple[str, inspect._ParameterKind]]:

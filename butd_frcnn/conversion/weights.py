@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from huggingface_hub.errors import StrictDataclassError
 
+from ..compat_butd_frcnn import StrictDataclassError
 from ..configuration_butd_frcnn import ButdFrcnnConfig
 from ..modeling_butd_frcnn import ButdFrcnnAnchorGenerator, ButdFrcnnModel
 from .caffemodel import CaffeNet
