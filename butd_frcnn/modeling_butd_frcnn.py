@@ -27,8 +27,9 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_OBJECT_DETECTION_MA
 from transformers.utils import ModelOutput, logging
 from transformers.utils.generic import can_return_tuple
 
-from .compat_butd_frcnn import init
+from .compat_butd_frcnn import init, register_image_processor
 from .configuration_butd_frcnn import PRECISIONS, ButdFrcnnConfig
+from .image_processing_butd_frcnn import ButdFrcnnImageProcessor
 from .kernels_butd_frcnn import (
     ButdFrcnnDerivedKey,
     ButdFrcnnDerivedWeights,
@@ -1107,5 +1108,19 @@ def declare_object_detection_support() -> None:
 
 
 declare_object_detection_support()
+
+
+def declare_image_processor() -> None:
+    """Register the model's image processor for its configuration with `AutoImageProcessor`.
+
+    transformers 4's `pipeline()` loads an image processor only for a configuration type `AutoImageProcessor`
+    knows, and loading a model as remote code registers it with the model's Auto class alone: without this, the
+    `object-detection` pipeline of a Hub folder would run with no image processor. The installed package's
+    `__init__` makes the same registration; done when this file is imported, before any pipeline looks.
+    """
+    register_image_processor(ButdFrcnnConfig, ButdFrcnnImageProcessor)
+
+
+declare_image_processor()
 
 __all__ = ["ButdFrcnnModel", "ButdFrcnnModelOutput", "ButdFrcnnPreTrainedModel"]

@@ -71,3 +71,10 @@ def model_from_caffemodel(path: Path):
     model = ButdFrcnnModel(config).eval()
     model.load_state_dict(state_dict, strict=True)
     return model
+
+
+def dtype_keyword(dtype) -> dict:
+    """`from_pretrained`'s keyword for a dtype: `dtype` in transformers 5, `torch_dtype` in transformers 4."""
+    import transformers
+
+    return {"dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype": dtype}

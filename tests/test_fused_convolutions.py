@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from golden import REPO_ROOT, golden_image_path, tiny_config
+from golden import REPO_ROOT, dtype_keyword, golden_image_path, tiny_config
 
 from butd_frcnn import ButdFrcnnModel
 from butd_frcnn import kernels_butd_frcnn as kernels
@@ -194,7 +194,7 @@ def test_half_precision_models_decode_boxes_on_float32_anchors(how, tmp_path):
         model.to(torch.bfloat16)
     else:
         model.save_pretrained(tmp_path)
-        model = ButdFrcnnModel.from_pretrained(tmp_path, dtype=torch.bfloat16)
+        model = ButdFrcnnModel.from_pretrained(tmp_path, **dtype_keyword(torch.bfloat16))
     assert next(model.parameters()).dtype == torch.bfloat16
     generator = model.proposal_generator.anchor_generator
     assert generator.float32_cell_anchors().dtype == torch.float32

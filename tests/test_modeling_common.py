@@ -6,6 +6,7 @@ import dataclasses
 
 import pytest
 import torch
+from golden import dtype_keyword
 from model_tester import ButdFrcnnModelTester
 from safetensors.torch import load_file, save_file
 
@@ -131,7 +132,7 @@ def test_config_return_dict_false_gives_tuples(tester, inputs, outputs):
 
 
 def test_loading_in_bfloat16_runs(saved, inputs, outputs):
-    model = ButdFrcnnModel.from_pretrained(saved, dtype=torch.bfloat16)
+    model = ButdFrcnnModel.from_pretrained(saved, **dtype_keyword(torch.bfloat16))
     assert all(p.dtype == torch.bfloat16 for p in model.parameters())
     result = model(**{**inputs, "pixel_values": inputs["pixel_values"].to(torch.bfloat16)})
     assert result.region_features.dtype == torch.bfloat16 and torch.isfinite(result.region_features).all()
