@@ -2,7 +2,7 @@
 considers the folder's own code: no "Do you wish to run the custom code?" prompt, no warning, nothing imported from
 the folder. Without the package, the folder's code runs only when asked for with `trust_remote_code=True`.
 
-Each path runs in a fresh process with standard input closed (a prompt cannot be answered there: transformers prints
+The paths run in a fresh process with standard input closed (a prompt cannot be answered there: transformers prints
 it and goes on or fails), warnings shown (`-W always`, transformers' default verbosity) and progress bars off, so
 that anything it writes to stderr is a warning.
 """
@@ -42,20 +42,30 @@ PATHS = {
 WITH_PACKAGE = """
 import json
 import sys
+import traceback
 
 import butd_frcnn
 from butd_frcnn.pipeline_butd_frcnn import ButdFrcnnObjectDetectionPipeline
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForObjectDetection, pipeline
 
 folder = {folder!r}
-{load}
-if "created" in globals():
-    loaded = [created, created.model, created.model.config, created.image_processor]
-print(json.dumps({{
-    "modules": [type(thing).__module__ for thing in loaded],
-    "folder_code": [name for name in sys.modules if name.startswith("transformers_modules")],
-}}))
+for name, code in {paths!r}.items():
+    print(MARK + name, flush=True)
+    print(MARK + name, file=sys.stderr, flush=True)
+    namespace = dict(globals())
+    try:
+        exec(code, namespace)
+        loaded = namespace.get("loaded")
+        if loaded is None:
+            created = namespace["created"]
+            loaded = [created, created.model, created.model.config, created.image_processor]
+        result = {{"modules": [type(thing).__module__ for thing in loaded]}}
+    except BaseException:
+        result = {{"error": traceback.format_exc()}}
+    result["folder_code"] = [module for module in sys.modules if module.startswith("transformers_modules")]
+    print(json.dumps(result), flush=True)
 """
+MARK = "@@@ path: "
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +83,7 @@ def run_with_package(code: str, workdir: Path) -> subprocess.CompletedProcess:
         PYTHONPATH=os.pathsep.join(filter(None, [str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH")])),
     )
     return subprocess.run(
-        [sys.executable, "-W", "always", "-c", textwrap.dedent(code)],
+        [sys.executable, "-W", "always", "-c", f"MARK = {MARK!r}\n" + textwrap.dedent(code)],
         cwd=workdir,
         env=environment,
         capture_output=True,
@@ -84,20 +94,41 @@ def run_with_package(code: str, workdir: Path) -> subprocess.CompletedProcess:
     )
 
 
+def by_path(text: str) -> dict[str, str]:
+    """What a stream holds after each path's mark, by path (what came before the first mark under "")."""
+    parts = text.split(MARK)
+    sections = {"": parts[0]}
+    for part in parts[1:]:
+        name, _, rest = part.partition("\n")
+        sections[name] = rest
+    return sections
+
+
+@pytest.fixture(scope="module")
+def loading_with_the_package(hub_folder, tmp_path_factory):
+    """Every path, one after the other in one fresh process (one interpreter start instead of one per path): each
+    path's stdout and stderr are told apart by the marks printed before it. A warning printed only once per process
+    still shows, at the first path that causes it."""
+    workdir = tmp_path_factory.mktemp("quiet")
+    result = run_with_package(WITH_PACKAGE.format(folder=str(hub_folder), paths=PATHS), workdir)
+    return result, by_path(result.stdout), by_path(result.stderr), workdir
+
+
 @pytest.mark.parametrize("path", list(PATHS))
-def test_loading_with_the_package_is_quiet(hub_folder, tmp_path, path):
-    result = run_with_package(WITH_PACKAGE.format(folder=str(hub_folder), load=PATHS[path]), tmp_path)
+def test_loading_with_the_package_is_quiet(loading_with_the_package, path):
+    result, stdout, stderr, workdir = loading_with_the_package
     output = result.stdout + result.stderr
-    assert PROMPT not in output, f"{path} asked whether to run the folder's code:\n{output}"
-    assert result.returncode == 0, output
-    assert result.stderr == "", f"{path} warned:\n{result.stderr}"
-    loaded = json.loads(result.stdout.strip().splitlines()[-1])
+    assert result.returncode == 0 and path in stdout, output
+    assert PROMPT not in stdout[path] + stderr[path], f"{path} asked whether to run the folder's code:\n{output}"
+    assert stderr[""] == "" and stderr[path] == "", f"{path} warned:\n{stderr[''] + stderr[path]}"
+    loaded = json.loads(stdout[path].strip().splitlines()[-1])
+    assert "error" not in loaded, loaded.get("error")
     installed = [module for module in loaded["modules"] if module.startswith("butd_frcnn.")]
     assert installed, loaded["modules"]
     assert not any(module.startswith("transformers_modules") for module in loaded["modules"]), loaded["modules"]
     assert loaded["folder_code"] == []
-    copied = list((tmp_path / "hf_home").rglob("*.py"))
-    assert copied == [], f"{path} copied the folder's code: {copied}"
+    copied = list((workdir / "hf_home").rglob("*.py"))
+    assert copied == [], f"the folder's code was copied: {copied}"
 
 
 WITHOUT_PACKAGE_UNTRUSTED = """
