@@ -20,6 +20,7 @@ whether its outputs equal fp32's bit for bit:
 """
 
 import argparse
+import logging
 import os
 import statistics
 import sys
@@ -65,10 +66,27 @@ def sharpen(model: ButdFrcnnModel, factor: float) -> None:
     model.clear_derived_weights()
 
 
+class ExactTies(logging.Handler):
+    """Counts the exact float32 ties fp32-screened reports: where they decide the selection, fp32's order among
+    them follows numpy's sort of whole columns that hold screened estimates, the one difference allowed."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "exact float32 ties" in record.getMessage():
+            self.count += int(record.args[0])
+
+
 def sharpness_sweep(model: ButdFrcnnModel, batch, scales: list[float], selections: list[str], rounds: int) -> None:
     """Per class-head scale and selection: sharpness, regions, settled share, fp32-screened's time vs fp32's."""
+    ties = ExactTies()
+    package_logger = logging.getLogger("butd_frcnn")
+    package_logger.addHandler(ties)
+    package_logger.setLevel(logging.INFO)
     print(f"{'scale':>5} {'selection':>9} {'median top prob':>15} {'regions':>7} {'settled':>11} "
-          f"{'screened vs fp32 time':>21} {'bit-equal':>9}")  # fmt: skip
+          f"{'screened vs fp32 time':>21} {'bit-equal':>9} {'exact ties':>10}")  # fmt: skip
     current = 1.0
     for scale in scales:
         sharpen(model, scale / current)
@@ -79,8 +97,10 @@ def sharpness_sweep(model: ButdFrcnnModel, batch, scales: list[float], selection
             with torch.inference_mode():
                 reference = model(**batch, min_boxes=boxes[0], max_boxes=boxes[1])
             model.config.precision = "fp32-screened"
+            ties.count = 0
             with torch.inference_mode():
                 screened = model(**batch, min_boxes=boxes[0], max_boxes=boxes[1])
+            exact_ties = ties.count
             equal = all(torch.equal(getattr(screened, f), getattr(reference, f)) for f in COMPARED_FIELDS)
             count = int(reference.num_proposals[0])
             top = reference.class_probs[0, :count, 1:].amax(dim=1).median()
@@ -93,7 +113,7 @@ def sharpness_sweep(model: ButdFrcnnModel, batch, scales: list[float], selection
             ratio = statistics.median(ratios)
             print(f"{scale:5g} {name:>9} {float(top):15.2f} {int(reference.num_boxes[0]):7d} "
                   f"{settled:4d} of {count:3d} {ratio:11.2f}x ({'faster' if ratio < 1 else 'slower'}) "
-                  f"{'yes' if equal else 'NO':>9}", flush=True)  # fmt: skip
+                  f"{'yes' if equal else 'NO':>9} {exact_ties:10d}", flush=True)  # fmt: skip
     sharpen(model, 1.0 / current)
 
 
