@@ -162,9 +162,11 @@ def add_parser(subparsers) -> None:
         metavar="PRECISION",
         help="how the model computes (ButdFrcnnConfig.precision): fp32 (default; the original's numbers), bf16 "
         "(about 2x faster on CPUs with bf16 units, more with AMX; near-tied regions may swap, mean feature "
-        "cosine ~0.9999), fp16, fp32-screened (fp32's selection and features bit for bit: res5 screened in bf16, "
-        "redone in fp32 for every proposal whose selection is in doubt; faster than fp32 only where bf16 is far "
-        "faster and few proposals are in doubt, slower on CPUs without AMX: see docs/precision.md), tf32 (CUDA "
+        "cosine ~0.9999), fp16, fp32-screened (fp32's selection and features bit for bit, but for the order of "
+        "exactly tied scores: res5 screened in bf16, redone in fp32 for the selected proposals and every one whose "
+        "selection is in doubt; on an AMX CPU with sharp class probabilities 0.55-0.70x fp32's time with --boxes "
+        "36, but 1.15-1.5x with 10-100, where most proposals need fp32; slower still without AMX: see "
+        "docs/precision.md), tf32 (CUDA "
         "only). float32, bfloat16, float16 are accepted spellings of fp32, bf16, fp16",
     )
     speed.add_argument(
