@@ -19,13 +19,13 @@ from pathlib import Path
 from huggingface_hub import constants as hub_constants
 
 from ..hub_errors import capitalised, hub_failure, one_line
+from .defaults import DATASETS_INSTALL_HINT
 from .inputs import ImageEntry, ImageSource, check_image_ids
 from .model_loading import looks_like_path
 from .records import ExtractionError
 
 logger = logging.getLogger(__name__)
 
-INSTALL_HINT = "pip install 'butd-frcnn[datasets]'"
 ROWS_PER_READ = 64  # rows converted from Arrow at a time: a few MB of encoded images
 ID_REMEDY = "Name another --id-column, or none (the ids are then the row numbers)."
 # what a file's extension says about how `datasets` reads a glob of such files
@@ -36,7 +36,7 @@ def require_datasets():
     try:
         import datasets
     except ImportError as error:  # the cause says why, when datasets is installed but broken
-        raise ExtractionError(f"--dataset needs the `datasets` library: {INSTALL_HINT}") from error
+        raise ExtractionError(f"--dataset needs the `datasets` library: {DATASETS_INSTALL_HINT}") from error
     return datasets
 
 

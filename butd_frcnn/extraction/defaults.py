@@ -12,6 +12,7 @@ PRECISION_CHOICES = (*PRECISIONS, *DTYPE_SPELLINGS)
 PROBS_DTYPES = ("float32", "float16")
 """dtypes of the stored class distributions (`--probs-dtype`)."""
 
+DATASETS_INSTALL_HINT = "pip install 'butd-frcnn[datasets]'"
 RAY_INSTALL_HINT = "pip install 'butd-frcnn[ray]'"
 
 DEFAULT_MAX_PIXELS = 89_478_485

@@ -24,13 +24,13 @@ from pathlib import Path
 
 import numpy as np
 
+from .defaults import DATASETS_INSTALL_HINT
 from .durable import link_into_new_folder, output_error, publish, remove_temporaries, temporary_path
 from .feature_format import FeatureSource, FeatureWriter, OutputFormat, WriterOptions, unique_ids
 from .records import ExtractionError, RegionRecord
 
 logger = logging.getLogger(__name__)
 
-INSTALL_HINT = "pip install 'butd-frcnn[datasets]'"
 SHARD_NAME = "train-{index:05d}.parquet"  # "train" in the name: `load_dataset` calls the split "train"
 SHARD_GLOB = "*.parquet"
 ROW_GROUP_MB = 16.0  # at most: random access (and the dataset viewer) reads a whole row group
@@ -55,7 +55,7 @@ def require_pyarrow():
         import pyarrow
         import pyarrow.parquet
     except ImportError as error:  # the cause says why, when pyarrow is installed but broken
-        raise ExtractionError(f"the parquet format needs pyarrow: {INSTALL_HINT}") from error
+        raise ExtractionError(f"the parquet format needs pyarrow: {DATASETS_INSTALL_HINT}") from error
     return pyarrow
 
 
